@@ -1,0 +1,56 @@
+# proteinperf — two commands on a fresh machine: `make train` and `make test`.
+# Both (re)build .venv when it is missing or pyproject.toml changed.
+#
+# TORCH is handed to pip verbatim. The default is the CPU wheel this project's CI uses;
+# on a GPU machine pick the CUDA build, e.g.
+#   make train TORCH="torch==2.13.0 --index-url <the PyTorch CUDA wheel index for your driver>"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,bench
+DATASET ?= sample
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.proteinperf-installed
+export WANDB_MODE ?= offline
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test lint bench data clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "  Hydra overrides pass through: make train model=performer_causal trainer.max_steps=200"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(STAMP) ## create/refresh .venv with the package (editable) and its dev/bench extras
+
+# Everything after `train` on the command line that looks like a Hydra override is passed on.
+TRAIN_ARGS := $(filter-out train,$(MAKECMDGOALS))
+train: $(STAMP) ## train a small bidirectional Performer on data/sample_proteins.fasta (Hydra overrides allowed)
+	$(BIN)/python -m proteinperf.train $(TRAIN_ARGS) $(ARGS)
+
+test: $(STAMP) ## run the whole test suite (what CI runs)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check proteinperf tests
+	$(BIN)/ruff format --check proteinperf tests
+
+bench: $(STAMP) ## run every benchmark; tables printed, JSON + PNG in benchmarks/results/
+	$(BIN)/python -m proteinperf.benchmarks $(ARGS)
+
+data: $(STAMP) ## download (unless DATASET=sample) and prepare a corpus: make data DATASET=uniref50
+	$(BIN)/python -m proteinperf.cli data $(DATASET) $(ARGS)
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache outputs multirun .cache
+
+# Swallow Hydra overrides such as `model=tiny` or `-m` so make does not treat them as targets.
+%:
+	@:
