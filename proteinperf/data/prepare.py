@@ -1,0 +1,319 @@
+"""FASTA -> corpus directory: parallel over blocks, deterministic, atomic, bounded memory.
+
+Layout of a corpus directory (FORMAT_VERSION 1), per split in train/valid/test:
+  {split}.tokens.bin   uint8 token ids (residues only, records back to back)
+  {split}.offsets.bin  int64, n+1 entries: record i is tokens[offsets[i]:offsets[i+1]]
+  {split}.meta.parquet id, cluster_id, description, n, tax, taxid, repid, os, ox, gn, length
+and manifest.json (counts, residues, token counts, alphabet, inputs, command line, skips).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .alphabet import get_alphabet
+from .blocks import SPLITS, parse_block
+from .fasta import DECOMPRESSION_ERRORS, INVALID_POLICIES, DataError, FastaFormatError
+from .fasta import check_fasta_start, compression_of, open_binary
+
+FORMAT_VERSION = 1
+BLOCK_SIZE = 16 << 20
+DATASETS = ("sample", "uniref50", "uniref90", "swissprot", "trembl")
+
+
+def prepare(inputs, out, *, valid_fraction=0.01, test_fraction=0.01, min_length=1,
+            max_length=None, workers=None, seed=0, invalid="error", block_size=BLOCK_SIZE,
+            progress=True, command=None) -> dict:
+    """Build the corpus directory `out` from FASTA `inputs`; returns the manifest."""
+    if invalid not in INVALID_POLICIES:
+        raise DataError(f"--invalid must be one of {', '.join(INVALID_POLICIES)}")
+    if not 0 <= valid_fraction + test_fraction < 1:
+        raise DataError("valid and test fractions must be >= 0 and sum to less than 1")
+    inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    for p in inputs:
+        if not p.is_file():
+            raise DataError(f"{p}: no such file")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    options = dict(invalid=invalid, min_length=min_length, max_length=max_length,
+                   valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed)
+    workers = workers or min(os.cpu_count() or 1, 8)
+    try:
+        manifest = _build(inputs, tmp, options, workers, block_size, progress)
+        manifest["command"] = command or " ".join(sys.argv)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        print(summary(manifest), file=sys.stderr)
+    return manifest
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+class _Writer:
+    """Appends parsed blocks, in input order, to the split files of a temp corpus directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tokens = [open(root / f"{s}.tokens.bin", "wb") for s in SPLITS]
+        self.offsets = [open(root / f"{s}.offsets.bin", "wb") for s in SPLITS]
+        for f in self.offsets:
+            f.write(np.zeros(1, np.int64).tobytes())
+        self.meta = [None, None, None]
+        self.ends = [0, 0, 0]
+        self.records = [0, 0, 0]
+        self.counts = np.zeros((3, len(get_alphabet())), np.int64)
+        self.hashes = open(root / ".id_hashes", "wb")
+        self.stats: dict[str, int] = {}
+
+    def add(self, r: dict) -> None:
+        for s in range(3):
+            self.tokens[s].write(memoryview(r["tokens"][s]))
+            ends = self.ends[s] + np.cumsum(r["lengths"][s])
+            self.offsets[s].write(ends.astype(np.int64).tobytes())
+            self.ends[s] = int(ends[-1]) if ends.size else self.ends[s]
+            self.records[s] += r["lengths"][s].size
+            table = r["meta"][s]
+            if self.meta[s] is None:
+                self.meta[s] = pq.ParquetWriter(self.root / f"{SPLITS[s]}.meta.parquet",
+                                                table.schema, compression="zstd")
+            if table.num_rows:
+                self.meta[s].write_table(table)
+        self.counts += r["counts"]
+        self.hashes.write(r["id_hashes"].tobytes())
+        for k, v in r["stats"].items():
+            self.stats[k] = self.stats.get(k, 0) + v
+
+    def close(self) -> None:
+        for f in [*self.tokens, *self.offsets, self.hashes]:
+            f.close()
+        for s, w in enumerate(self.meta):
+            if w is not None:
+                w.close()
+            else:
+                pq.write_table(pa.table({"id": pa.array([], pa.string())}),
+                               self.root / f"{SPLITS[s]}.meta.parquet")
+
+
+def _build(inputs, tmp, options, workers, block_size, progress) -> dict:
+    from tqdm import tqdm
+
+    writer = _Writer(tmp)
+    total = sum(p.stat().st_size for p in inputs)
+    bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress, file=sys.stderr,
+               desc="prepare", smoothing=0.1)
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    described = []
+    t0 = time.monotonic()
+    try:
+        for path in inputs:
+            digest = hashlib.sha256()
+            lines = 0
+            for r, n_in in _parsed_blocks(path, options, pool, block_size, workers):
+                if r["error"] is not None:
+                    line, rec_id, char = r["error"]
+                    what = f"invalid character {char!r}" if char else "invalid character"
+                    raise FastaFormatError(
+                        f"{path}:{lines + line}: record '{rec_id}': {what} "
+                        "(use --invalid unk or skip-record to accept it)")
+                lines += r["newlines"]
+                digest.update(r["checksum"].to_bytes(4, "little"))
+                writer.add(r)
+                bar.update(n_in)
+                done = sum(writer.records)
+                bar.set_postfix_str(f"{done / max(time.monotonic() - t0, 1e-9):,.0f} rec/s")
+            described.append({"path": str(path), "size": path.stat().st_size,
+                              "compression": compression_of(path),
+                              "checksum": "sha256-of-block-adler32:" + digest.hexdigest()})
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        writer.close()
+    if sum(writer.records) == 0:
+        raise DataError(f"{', '.join(map(str, inputs))}: no records kept "
+                        f"({_skips_text(writer.stats)})")
+    duplicates = _duplicate_count(tmp / ".id_hashes")
+    os.remove(tmp / ".id_hashes")
+    alphabet = get_alphabet()
+    return {
+        "format_version": FORMAT_VERSION,
+        "splits": {s: {"records": writer.records[i], "residues": writer.ends[i],
+                       "token_counts": writer.counts[i].tolist()} for i, s in enumerate(SPLITS)},
+        "records_read": writer.stats["records"],
+        "skipped": {k: writer.stats[k] for k in ("empty", "too_short", "too_long",
+                                                 "invalid_skipped")},
+        "records_with_unk": writer.stats["invalid_unk"],
+        "duplicate_ids": duplicates,
+        "alphabet": alphabet.tokens,
+        "inputs": described,
+        "options": options,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+
+
+def _parsed_blocks(path, options, pool, block_size, workers):
+    """Parsed blocks of one file, in file order, with the number of input bytes each covers."""
+    tasks = _block_tasks(path, block_size)
+    if pool is None:
+        for task, n_in in tasks:
+            yield _work(task, options), n_in
+        return
+    pending = []
+    for task, n_in in tasks:  # keep a bounded window in flight (memory stays O(workers))
+        pending.append((pool.submit(_work, task, options), n_in))
+        if len(pending) > workers + 1:
+            fut, n = pending.pop(0)
+            yield fut.result(), n
+    for fut, n in pending:
+        yield fut.result(), n
+
+
+def _work(task, options) -> dict:
+    if isinstance(task, tuple):
+        path, start, stop = task
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(stop - start)
+    else:
+        data = task
+    r = parse_block(data, **options)
+    r["checksum"] = zlib.adler32(data)
+    return r
+
+
+def _block_tasks(path: Path, block_size: int):
+    """(task, bytes) pairs: (path, start, stop) ranges of a plain file, or decompressed bytes."""
+    with open_binary(path) as f:
+        try:
+            head = f.read(1 << 16)
+        except DECOMPRESSION_ERRORS as e:
+            raise FastaFormatError(f"{path}: truncated or corrupt compressed file ({e})") from None
+        check_fasta_start(head, path)
+        start = len(head) - len(head.lstrip())
+    if compression_of(path) is None:
+        yield from _plain_ranges(path, start, block_size)
+    else:
+        yield from _decompressed_blocks(path, start, block_size)
+
+
+def _plain_ranges(path: Path, start: int, block_size: int):
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        while start < size:
+            stop = _next_record_start(f, start + block_size, size)
+            yield (str(path), start, stop), stop - start
+            start = stop
+
+
+def _next_record_start(f, pos: int, size: int) -> int:
+    """The first offset >= pos that begins a line starting with '>' (or the file size)."""
+    if pos >= size:
+        return size
+    f.seek(pos - 1)
+    buf = b""
+    while True:
+        chunk = f.read(1 << 20)
+        if not chunk:
+            return size
+        buf += chunk
+        i = buf.find(b"\n>")
+        if i >= 0:
+            return pos - 1 + i + 1
+
+
+def _decompressed_blocks(path: Path, start: int, block_size: int):
+    raw = path.stat().st_size
+    with open(path, "rb") as fraw, open_binary_from(fraw, path) as f:
+        carry, seen = b"", 0
+        try:
+            f.read(start)
+            while True:
+                chunk = f.read(block_size)
+                pos = fraw.tell()
+                if not chunk:
+                    break
+                buf = carry + chunk
+                cut = buf.rfind(b"\n>") + 1
+                if cut <= 0:
+                    carry = buf
+                    continue
+                carry = buf[cut:]
+                yield buf[:cut], pos - seen
+                seen = pos
+        except DECOMPRESSION_ERRORS as e:
+            raise FastaFormatError(f"{path}: truncated or corrupt compressed file ({e})") from None
+        if carry:
+            yield carry, raw - seen
+
+
+def open_binary_from(fraw, path):
+    """Decompressing reader over an already open raw file (so progress can follow raw bytes)."""
+    import bz2
+    import gzip
+    import lzma
+
+    kind = compression_of(path)
+    return {"gzip": lambda: gzip.GzipFile(fileobj=fraw), "bzip2": lambda: bz2.BZ2File(fraw),
+            "xz": lambda: lzma.LZMAFile(fraw)}[kind]()
+
+
+def _duplicate_count(path: Path, budget: int = 256 << 20) -> int:
+    """Records whose id hash was seen before, in passes over hash ranges to bound memory."""
+    size = path.stat().st_size
+    passes = max(1, -(-size // budget))
+    dups = 0
+    hashes = np.memmap(path, np.uint64, "r") if size else np.zeros(0, np.uint64)
+    for p in range(passes):
+        lo, hi = (1 << 64) * p // passes, (1 << 64) * (p + 1) // passes
+        part = [c[(c >= np.uint64(lo)) & ((c < np.uint64(hi)) if hi < 1 << 64 else True)]
+                for c in np.array_split(hashes, max(1, size // (64 << 20)))]
+        h = np.sort(np.concatenate(part)) if part else np.zeros(0, np.uint64)
+        dups += int((h[1:] == h[:-1]).sum())
+    del hashes
+    return dups
+
+
+def _skips_text(stats: dict) -> str:
+    parts = [f"{stats.get(k, 0)} {k.replace('_', ' ')}" for k in
+             ("empty", "too_short", "too_long", "invalid_skipped") if stats.get(k)]
+    return ", ".join(parts) or "nothing skipped"
+
+
+def summary(m: dict) -> str:
+    kept = {s: m["splits"][s]["records"] for s in SPLITS}
+    residues = sum(m["splits"][s]["residues"] for s in SPLITS)
+    text = (f"prepared {sum(kept.values()):,} records ({residues:,} residues) in "
+            f"{m['seconds']:.1f} s: train {kept['train']:,}, valid {kept['valid']:,}, "
+            f"test {kept['test']:,}; skipped: {_skips_text(m['skipped'])}")
+    if m["records_with_unk"]:
+        text += f"; {m['records_with_unk']:,} records with <unk>"
+    if m["duplicate_ids"]:
+        text += f"; warning: {m['duplicate_ids']:,} duplicate ids (all kept)"
+    return text
