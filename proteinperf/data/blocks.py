@@ -125,7 +125,7 @@ def _headers(a: np.ndarray, hs: np.ndarray, he: np.ndarray) -> pa.Table:
     hit = kind >= 0
     hpos, hkind, hrec = sp[hit], kind[hit], rec[hit]
     hend = np.append(hpos[1:], 0)
-    last = np.append(hrec[1:] != hrec[:-1], True)
+    last = np.append(hrec[1:] != hrec[:-1], True)[: hrec.size]
     hend[last] = h1[hrec[last]]
     first_marker = h1.copy()
     np.minimum.at(first_marker, hrec, hpos)

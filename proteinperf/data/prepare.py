@@ -317,3 +317,75 @@ def summary(m: dict) -> str:
     if m["duplicate_ids"]:
         text += f"; warning: {m['duplicate_ids']:,} duplicate ids (all kept)"
     return text
+
+
+# --- command line (wired into proteinperf.cli by the lead) --------------------------------
+
+
+def add_prepare_parser(subparsers):
+    p = subparsers.add_parser("prepare", help="FASTA -> tokenized, memory-mapped corpus directory")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA files (.gz/.bz2/.xz too)")
+    p.add_argument("--out", required=True, help="corpus directory to write")
+    p.add_argument("--valid-fraction", type=float, default=0.01)
+    p.add_argument("--test-fraction", type=float, default=0.01)
+    p.add_argument("--min-length", type=int, default=1, help="skip shorter sequences")
+    p.add_argument("--max-length", type=int, default=None, help="skip longer sequences")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    p.add_argument("--invalid", choices=INVALID_POLICIES, default="error",
+                   help="characters outside the alphabet: fail, map to <unk>, or skip the record")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=run_prepare)
+    return p
+
+
+def run_prepare(args) -> dict:
+    return prepare(args.inputs, args.out, valid_fraction=args.valid_fraction,
+                   test_fraction=args.test_fraction, min_length=args.min_length,
+                   max_length=args.max_length, workers=args.workers, seed=args.seed,
+                   invalid=args.invalid, progress=not getattr(args, "quiet", False),
+                   command="proteinperf prepare " + " ".join(sys.argv[2:]))
+
+
+def add_data_parser(subparsers):
+    p = subparsers.add_parser("data", help="download (unless sample) and prepare a corpus")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--root", default="data/corpora", help="where corpora and downloads go")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=run_data)
+    return p
+
+
+def run_data(args) -> dict:
+    root = Path(args.root)
+    if args.dataset == "sample":
+        source = Path(__file__).resolve().parents[2] / "data" / "sample_proteins.fasta"
+        if not source.is_file():
+            source = Path("data/sample_proteins.fasta")
+    else:
+        from .download import download_dataset
+
+        source = download_dataset(args.dataset, root / "downloads")
+    return prepare([source], root / args.dataset, workers=args.workers,
+                   command=f"proteinperf data {args.dataset}")
+
+
+def main(argv=None) -> int:
+    """`python -m proteinperf.data.prepare INPUT ... --out DIR` (used by the benchmark)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="proteinperf")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_prepare_parser(sub)
+    add_data_parser(sub)
+    args = parser.parse_args(["prepare", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        args.func(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
