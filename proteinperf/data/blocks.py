@@ -44,7 +44,7 @@ def parse_block(data, *, invalid="error", min_length=1, max_length=None, valid_f
     after = after[after < n]
     hs = np.concatenate([[0], after[a[after] == 62]])  # header starts ('>')
     k = np.searchsorted(nl, hs)
-    he = np.where(k < nl.size, nl[np.minimum(k, max(nl.size - 1, 0))] if nl.size else n, n)
+    he = np.append(nl, n)[k]  # header ends (its newline)
     seq_start = np.minimum(he + 1, n)
     seq_end = np.append(hs[1:], n)
 
@@ -73,6 +73,7 @@ def parse_block(data, *, invalid="error", min_length=1, max_length=None, valid_f
             rec, pos, char = error
             raw = int(np.flatnonzero(kept)[pos])
             line = int(np.searchsorted(nl, raw, side="right")) + 1
+            char = chr(a[raw]) if 32 < a[raw] < 127 else f"\\x{a[raw]:02x}"
             return {"error": (line, meta.column("id")[rec].as_py(), char), "newlines": int(nl.size)}
         if invalid == "skip-record":
             dropped |= bad
@@ -106,11 +107,8 @@ def _headers(a: np.ndarray, hs: np.ndarray, he: np.ndarray) -> pa.Table:
     rec = np.searchsorted(hs, sp, side="right") - 1
     inside = sp < h1[rec]
     sp, rec = sp[inside], rec[inside]
-    first = np.searchsorted(sp, h0)
-    has_space = first < sp.size
-    first_sp = np.where(has_space, sp[np.minimum(first, max(sp.size - 1, 0))], h1)
-    has_space &= first_sp < h1
-    id_end = np.where(has_space, first_sp, h1)
+    first_sp = np.append(sp, a.size)[np.searchsorted(sp, h0)]
+    id_end = np.minimum(first_sp, h1)
 
     # 6 bytes after each space packed into an integer, compared with each "KEY=" marker
     code = np.zeros(sp.size, np.uint64)

@@ -50,7 +50,7 @@ def parse_header(header: str) -> dict:
     head, _, rest = header.partition(" ")
     fields: dict = {"id": head}
     hits = [(m.start(), m.group(1)) for m in _marker_re.finditer(" " + rest)] if rest else []
-    fields["description"] = rest[: hits[0][0] - 2] if hits else rest
+    fields["description"] = rest[: max(hits[0][0] - 2, 0)] if hits else rest
     for k, (pos, key) in enumerate(hits):  # pos indexes " " + rest
         end = hits[k + 1][0] - 2 if k + 1 < len(hits) else len(rest)
         name = key.lower()

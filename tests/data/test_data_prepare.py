@@ -1,0 +1,129 @@
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SAMPLE, write
+
+from proteinperf.data import DataError, ProteinCorpus, prepare, read_fasta
+from proteinperf.data.prepare import add_prepare_parser, run_prepare
+
+
+def _files(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name != "manifest.json"}
+
+
+def test_round_trip_and_workers_byte_identical(tmp_path):
+    one = prepare([SAMPLE], tmp_path / "w1", workers=1, block_size=20_000, progress=False,
+                  valid_fraction=0.05, test_fraction=0.05)
+    prepare([SAMPLE], tmp_path / "w2", workers=2, block_size=20_000, progress=False,
+            valid_fraction=0.05, test_fraction=0.05)
+    assert _files(tmp_path / "w1") == _files(tmp_path / "w2")
+    records = {r.id: r.sequence for r in read_fasta(SAMPLE)}
+    seen = 0
+    for split in ("train", "valid", "test"):
+        c = ProteinCorpus(tmp_path / "w1", split)
+        assert len(c) == one["splits"][split]["records"] > 20
+        for i in range(len(c)):
+            assert c.sequence(i) == records[c.id(i)]
+        assert c.tokens(0).dtype == np.uint8 and (c.lengths > 0).all()
+        meta = c.metadata()
+        assert list(meta["length"]) == list(c.lengths)
+        seen += len(c)
+    assert seen == len(records)
+    manifest = json.loads((tmp_path / "w1" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["size"] == SAMPLE.stat().st_size
+    assert manifest["alphabet"][4] == "L"
+
+
+def test_clusters_never_straddle_splits(tmp_path):
+    recs = "".join(f">UniRef50_P{i % 97:05d} member {i}\nMKV{'A' * (i % 13)}\n" for i in range(3000))
+    recs += "".join(f">sp|P{i:05d}|X_HUMAN swissprot copy\nMKVL\n" for i in range(97))
+    path = write(tmp_path / "c.fa", recs)
+    m = prepare([path], tmp_path / "c", workers=2, block_size=4096, progress=False,
+                valid_fraction=0.2, test_fraction=0.2)
+    where = {}
+    for split in ("train", "valid", "test"):
+        for rid in ProteinCorpus(tmp_path / "c", split).ids:
+            key = rid.split("_", 1)[1] if rid.startswith("UniRef") else rid.split("|")[1]
+            where.setdefault(key, set()).add(split)
+    assert all(len(s) == 1 for s in where.values())
+    assert m["duplicate_ids"] == 3000 - 97
+
+
+def test_skips_and_policies(tmp_path):
+    path = write(tmp_path / "s.fa", ">e1\n\n>short\nMK\n>long\n" + "A" * 50 + "\n>j\nMKJ\n>ok\nMKV*\n")
+    m = prepare([path], tmp_path / "s", min_length=3, max_length=10, invalid="skip-record",
+                progress=False, workers=1, valid_fraction=0, test_fraction=0)
+    assert m["skipped"] == {"empty": 1, "too_short": 1, "too_long": 1, "invalid_skipped": 1}
+    assert ProteinCorpus(tmp_path / "s").sequence(0) == "MKV"
+    m = prepare([path], tmp_path / "u", invalid="unk", progress=False, workers=1,
+                valid_fraction=0, test_fraction=0)
+    c = ProteinCorpus(tmp_path / "u")
+    assert c.sequence(c.ids.index("j")) == "MK<unk>"
+    with pytest.raises(DataError, match=r"s.fa:8: record 'j': invalid character 'J'"):
+        prepare([path], tmp_path / "err", progress=False, workers=1)
+    assert not (tmp_path / "err").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".err")]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty file"), (b"MKV\n", "no '>' header"), (b"@r\nAC\n+\nII\n", "FASTQ"),
+    (b"LOCUS  X\n", "GenBank"), (bytes(range(256)) * 4, "binary"), (b">a\n\n>b\n", "no records"),
+])
+def test_bad_input_leaves_nothing(tmp_path, data, message):
+    path = write(tmp_path / "bad.fa", data)
+    with pytest.raises(DataError, match=message) as e:
+        prepare([path], tmp_path / "out", progress=False, workers=1)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.fa"]
+
+
+def test_compressed_and_truncated(tmp_path):
+    gz = write(tmp_path / "x.fa.gz", SAMPLE.read_bytes())
+    m = prepare([gz], tmp_path / "gz", progress=False, workers=2, block_size=30_000)
+    plain = prepare([SAMPLE], tmp_path / "plain", progress=False, workers=1)
+    assert m["splits"] == plain["splits"]
+    gz_files, plain_files = _files(tmp_path / "gz"), _files(tmp_path / "plain")
+    for name in plain_files:  # parquet row groups follow block sizes; compare contents there
+        if name.endswith(".parquet"):
+            assert pd.read_parquet(tmp_path / "gz" / name).equals(
+                pd.read_parquet(tmp_path / "plain" / name))
+        else:
+            assert gz_files[name] == plain_files[name]
+    gz.write_bytes(gz.read_bytes()[:20_000])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        prepare([gz], tmp_path / "t", progress=False, workers=1)
+    assert not (tmp_path / "t").exists()
+
+
+def test_interrupted_run_leaves_nothing_complete_and_rerun_works(tmp_path):
+    big = write(tmp_path / "big.fa", SAMPLE.read_bytes() * 40)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "proteinperf.data.prepare", str(big), "--out", str(out),
+           "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    assert not (out / "manifest.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert subprocess.run(cmd).returncode == 0
+    assert (out / "manifest.json").exists()
+    assert subprocess.run(cmd).returncode == 0  # rerun over a finished corpus
+
+
+def test_cli_functions(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_prepare_parser(parser.add_subparsers())
+    args = parser.parse_args(["prepare", str(SAMPLE), "--out", str(tmp_path / "o"),
+                              "--valid-fraction", "0.1", "--workers", "1", "--quiet"])
+    m = run_prepare(args)
+    assert m["splits"]["valid"]["records"] > 50
+    assert pd.read_parquet(tmp_path / "o" / "valid.meta.parquet").shape[0] > 50
