@@ -5,9 +5,19 @@ from .corpus import ProteinCorpus
 from .fasta import DataError, FastaFormatError, FastaRecord, parse_header, read_fasta
 from .prepare import prepare
 
-__all__ = ["Alphabet", "get_alphabet", "ProteinCorpus", "ProteinDataModule", "read_fasta",
-           "FastaRecord", "FastaFormatError", "DataError", "parse_header", "prepare",
-           "ensure_corpus"]
+__all__ = [
+    "Alphabet",
+    "get_alphabet",
+    "ProteinCorpus",
+    "ProteinDataModule",
+    "read_fasta",
+    "FastaRecord",
+    "FastaFormatError",
+    "DataError",
+    "parse_header",
+    "prepare",
+    "ensure_corpus",
+]
 
 
 def __getattr__(name):  # Lightning is imported only by those who need the DataModule

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .alphabet import INVALID, get_alphabet
+from .alphabet import get_alphabet
 from .fasta import INT_FIELDS, MARKERS, UNIREF_PREFIX
 
 TRAIN, VALID, TEST, DROPPED = 0, 1, 2, 3
@@ -34,8 +34,16 @@ def byte_table() -> np.ndarray:
 _LUT = byte_table()
 
 
-def parse_block(data, *, invalid="error", min_length=1, max_length=None, valid_fraction=0.01,
-                test_fraction=0.01, seed=0) -> dict:
+def parse_block(
+    data,
+    *,
+    invalid="error",
+    min_length=1,
+    max_length=None,
+    valid_fraction=0.01,
+    test_fraction=0.01,
+    seed=0,
+) -> dict:
     """Parse whole FASTA records in `data` (bytes starting with '>') into per-split arrays."""
     a = np.frombuffer(data, dtype=np.uint8)
     n = a.size
@@ -48,23 +56,33 @@ def parse_block(data, *, invalid="error", min_length=1, max_length=None, valid_f
     seq_start = np.minimum(he + 1, n)
     seq_end = np.append(hs[1:], n)
 
-    in_header = np.repeat(np.tile(np.array([True, False]), hs.size),
-                          np.stack([seq_start - hs, seq_end - seq_start], 1).ravel())
+    in_header = np.repeat(
+        np.tile(np.array([True, False]), hs.size),
+        np.stack([seq_start - hs, seq_end - seq_start], 1).ravel(),
+    )
     tok = _LUT[a]
     np.putmask(tok, in_header, DROP)
     kept = tok != DROP
     tokens = tok[kept]
     del tok
 
-    lengths = (seq_end - seq_start) - (np.searchsorted(nl, seq_end) - np.searchsorted(nl, seq_start))
+    lengths = (seq_end - seq_start) - (
+        np.searchsorted(nl, seq_end) - np.searchsorted(nl, seq_start)
+    )
     if lengths.sum() != tokens.size:  # CR, tabs or spaces inside sequences: count them exactly
         other = np.flatnonzero(~kept & ~in_header & (a != 10))
         lengths -= np.searchsorted(other, seq_end) - np.searchsorted(other, seq_start)
     del in_header
 
     meta = _headers(a, hs, he)
-    stats = {"records": int(hs.size), "empty": 0, "too_short": 0, "too_long": 0,
-             "invalid_skipped": 0, "invalid_unk": 0}
+    stats = {
+        "records": int(hs.size),
+        "empty": 0,
+        "too_short": 0,
+        "too_long": 0,
+        "invalid_skipped": 0,
+        "invalid_unk": 0,
+    }
     dropped = np.zeros(hs.size, dtype=bool)
     error = None
     if tokens.size and tokens.max() > NUM_TOKENS:
@@ -93,8 +111,12 @@ def parse_block(data, *, invalid="error", min_length=1, max_length=None, valid_f
     split = assign_splits(split_keys(ids), valid_fraction, test_fraction, seed)
     split[dropped] = DROPPED
     meta = meta.append_column("length", pa.array(lengths.astype(np.int32)))
-    out = {"newlines": int(nl.size), "error": None, "stats": stats,
-           "id_hashes": hash_strings(ids, seed=0x1D)[~dropped]}
+    out = {
+        "newlines": int(nl.size),
+        "error": None,
+        "stats": stats,
+        "id_hashes": hash_strings(ids, seed=0x1D)[~dropped],
+    }
     out.update(_by_split(tokens, lengths, split, meta))
     return out
 
@@ -128,8 +150,11 @@ def _headers(a: np.ndarray, hs: np.ndarray, he: np.ndarray) -> pa.Table:
     first_marker = h1.copy()
     np.minimum.at(first_marker, hrec, hpos)
 
-    cols = {"id": _strings(a, h0, id_end), "cluster_id": None,
-            "description": _strings(a, np.minimum(id_end + 1, first_marker), first_marker)}
+    cols = {
+        "id": _strings(a, h0, id_end),
+        "cluster_id": None,
+        "description": _strings(a, np.minimum(id_end + 1, first_marker), first_marker),
+    }
     for k, key in enumerate(MARKERS):
         sel = hkind == k
         r, p, e = hrec[sel], hpos[sel], hend[sel]
@@ -146,9 +171,11 @@ def _headers(a: np.ndarray, hs: np.ndarray, he: np.ndarray) -> pa.Table:
     for name in ("pe", "sv"):
         cols.pop(name, None)
     ids = cols["id"]
-    cols["cluster_id"] = pc.if_else(pc.starts_with(ids, "UniRef"),
-                                    pc.if_else(pc.match_substring_regex(ids, UNIREF_PREFIX), ids,
-                                               None), None)
+    cols["cluster_id"] = pc.if_else(
+        pc.starts_with(ids, "UniRef"),
+        pc.if_else(pc.match_substring_regex(ids, UNIREF_PREFIX), ids, None),
+        None,
+    )
     return pa.table(cols)
 
 
@@ -162,8 +189,13 @@ def _strings(a, starts, ends, present=None) -> pa.Array:
     idx = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
     data = a[idx]
     validity = None if present is None else pa.array(present).buffers()[1]
-    arr = pa.LargeStringArray.from_buffers(lens.size, pa.py_buffer(offsets), pa.py_buffer(data),
-                                           validity, -1 if present is not None else 0)
+    arr = pa.LargeStringArray.from_buffers(
+        lens.size,
+        pa.py_buffer(offsets),
+        pa.py_buffer(data),
+        validity,
+        -1 if present is not None else 0,
+    )
     return pc.cast(arr, pa.string())
 
 
@@ -175,8 +207,9 @@ def _specials(tokens, lengths, invalid):
     strip = np.zeros(pos.size, dtype=bool)
     for j in range(pos.size - 1, -1, -1):  # a star is trailing if only stars follow it
         if tokens[pos[j]] == STAR:
-            nxt_ok = pos[j] == ends[rec[j]] - 1 or (j + 1 < pos.size and strip[j + 1]
-                                                      and pos[j + 1] == pos[j] + 1)
+            nxt_ok = pos[j] == ends[rec[j]] - 1 or (
+                j + 1 < pos.size and strip[j + 1] and pos[j + 1] == pos[j] + 1
+            )
             strip[j] = nxt_ok
     bad_pos = pos[~strip]
     bad = np.zeros(lengths.size, dtype=bool)
@@ -200,7 +233,7 @@ def _by_split(tokens, lengths, split, meta) -> dict:
     for lo, hi in zip(run_lo.tolist(), run_hi.tolist()):
         s = split[lo]
         if s != DROPPED:
-            pieces[s].append(tokens[starts[lo]:ends[hi - 1]])
+            pieces[s].append(tokens[starts[lo] : ends[hi - 1]])
     out = {"tokens": [], "lengths": [], "meta": [], "counts": np.zeros((3, NUM_TOKENS), np.int64)}
     for s in range(3):
         toks = np.concatenate(pieces[s]) if pieces[s] else np.zeros(0, np.uint8)
@@ -227,9 +260,9 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def hash_strings(arr: pa.Array, seed: int = 0) -> np.ndarray:
     """A stable 64-bit hash of each string (same on every machine, process and worker count)."""
     arr = pc.cast(arr, pa.large_string()).fill_null("")
-    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] else np.zeros(0, np.uint8)
-    data = data[offsets[0]:offsets[-1]]
+    data = data[offsets[0] : offsets[-1]]
     offsets = offsets - offsets[0]
     lens = np.diff(offsets)
     pos = np.arange(data.size, dtype=np.int64) - np.repeat(offsets[:-1], lens)
@@ -249,8 +282,9 @@ def split_keys(ids: pa.Array) -> pa.Array:
     return ids
 
 
-def assign_splits(keys: pa.Array, valid_fraction: float, test_fraction: float,
-                  seed: int) -> np.ndarray:
+def assign_splits(
+    keys: pa.Array, valid_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
     """0 train / 1 valid / 2 test from a uniform number derived from the key's hash."""
     u = (hash_strings(keys, seed) >> np.uint64(11)).astype(np.float64) * 2.0**-53
     split = np.full(u.size, TRAIN, dtype=np.uint8)

@@ -28,8 +28,10 @@ class ProteinCorpus:
             raise FileNotFoundError(f"{self.path}: not a prepared corpus (no manifest.json)")
         self.manifest = json.loads(manifest_file.read_text())
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{self.path}: corpus format {self.manifest.get('format_version')}, "
-                             f"expected {FORMAT_VERSION}; run `proteinperf prepare` again")
+            raise ValueError(
+                f"{self.path}: corpus format {self.manifest.get('format_version')}, "
+                f"expected {FORMAT_VERSION}; run `proteinperf prepare` again"
+            )
         if split not in self.manifest["splits"]:
             raise ValueError(f"split must be one of {list(self.manifest['splits'])}, got {split!r}")
         self.split = split
@@ -42,7 +44,7 @@ class ProteinCorpus:
 
     def tokens(self, i: int) -> np.ndarray:
         """Residue token ids of record i (uint8, a view into the memory map, no framing)."""
-        return self._tokens[self.offsets[i]:self.offsets[i + 1]]
+        return self._tokens[self.offsets[i] : self.offsets[i + 1]]
 
     def sequence(self, i: int) -> str:
         return get_alphabet().decode(self.tokens(i))
@@ -51,7 +53,9 @@ class ProteinCorpus:
     def ids(self) -> list[str]:
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path / f"{self.split}.meta.parquet", columns=["id"])["id"].to_pylist()
+        return pq.read_table(self.path / f"{self.split}.meta.parquet", columns=["id"])[
+            "id"
+        ].to_pylist()
 
     def id(self, i: int) -> str:
         return self.ids[i]

@@ -15,8 +15,16 @@ from torch.utils.data import DataLoader, Dataset
 from .alphabet import get_alphabet
 from .corpus import ProteinCorpus
 from .prepare import FORMAT_VERSION, prepare
-from .sampling import (_EVAL_EPOCH, BatchPlanSampler, _rng, clm_example, collate, crop, frame,
-                       mlm_example)
+from .sampling import (
+    _EVAL_EPOCH,
+    BatchPlanSampler,
+    _rng,
+    clm_example,
+    collate,
+    crop,
+    frame,
+    mlm_example,
+)
 
 OBJECTIVES = ("mlm", "clm")
 
@@ -46,8 +54,15 @@ class _Examples(Dataset):
 class SequenceDataset(_Examples):
     """One framed sequence per example, cropped to max_length (random crop when training)."""
 
-    def __init__(self, corpus: ProteinCorpus, max_length=1024, objective="mlm", mask_prob=0.15,
-                 seed=0, train=True):
+    def __init__(
+        self,
+        corpus: ProteinCorpus,
+        max_length=1024,
+        objective="mlm",
+        mask_prob=0.15,
+        seed=0,
+        train=True,
+    ):
         super().__init__(objective, mask_prob, seed, train)
         self.corpus, self.max_length = corpus, max_length
 
@@ -70,8 +85,15 @@ class ConcatenatedDataset(_Examples):
     Training windows move by a random shift each epoch; evaluation windows are fixed.
     """
 
-    def __init__(self, corpus: ProteinCorpus, max_length=8192, objective="mlm", mask_prob=0.15,
-                 seed=0, train=True):
+    def __init__(
+        self,
+        corpus: ProteinCorpus,
+        max_length=8192,
+        objective="mlm",
+        mask_prob=0.15,
+        seed=0,
+        train=True,
+    ):
         super().__init__(objective, mask_prob, seed, train)
         self.corpus, self.max_length, self.width = corpus, max_length, max_length - 1
         self.stream_ends = corpus.offsets[1:] + np.arange(1, len(corpus) + 1)  # + one <eos> each
@@ -98,7 +120,7 @@ class ConcatenatedDataset(_Examples):
         while lo < hi:
             rec_start = int(self.stream_ends[r]) - int(self.corpus.lengths[r]) - 1
             seq = np.append(self.corpus.tokens(r).astype(np.int64), a.eos_idx)
-            take = seq[lo - rec_start: hi - rec_start]
+            take = seq[lo - rec_start : hi - rec_start]
             pieces.append(take)
             lo += take.size
             r += 1
@@ -128,8 +150,9 @@ class _ResumableLoader(DataLoader):
 
 def fasta_cache_dir(fasta: Path, cache_dir: str | None, options: dict) -> Path:
     st = fasta.stat()
-    key = json.dumps([str(fasta.resolve()), st.st_size, st.st_mtime_ns, FORMAT_VERSION, options],
-                     sort_keys=True)
+    key = json.dumps(
+        [str(fasta.resolve()), st.st_size, st.st_mtime_ns, FORMAT_VERSION, options], sort_keys=True
+    )
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     root = Path(cache_dir) if cache_dir else fasta.parent / ".cache" / "proteinperf"
     return root / f"{fasta.stem}-{digest}"
@@ -156,18 +179,31 @@ def ensure_corpus(data_path: str | Path, cache_dir: str | None = None, **options
 
 
 class ProteinDataModule(pl.LightningDataModule):
-    """Batches: tokens (B, L) framed and padded, padding_mask (True = real), targets (-100 = no loss).
+    """Batches: tokens (B, L) framed and padded, padding_mask (True = real), targets (-100: none).
 
     Under DDP every loader shards itself by rank (see BatchPlanSampler), so it behaves the same
     with Lightning's `use_distributed_sampler` on or off.
     """
 
-    def __init__(self, data_path: str, objective: str = "mlm", max_length: int = 1024,
-                 batch_size: int = 8, tokens_per_batch: int | None = None,
-                 concatenated: bool = False, mask_prob: float = 0.15, num_workers: int = 0,
-                 seed: int = 0, cache_dir: str | None = None, valid_fraction: float = 0.05,
-                 test_fraction: float = 0.05, min_length: int = 1, max_residues: int | None = None,
-                 pin_memory: bool = False, persistent_workers: bool = False):
+    def __init__(
+        self,
+        data_path: str,
+        objective: str = "mlm",
+        max_length: int = 1024,
+        batch_size: int = 8,
+        tokens_per_batch: int | None = None,
+        concatenated: bool = False,
+        mask_prob: float = 0.15,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        valid_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        min_length: int = 1,
+        max_residues: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -177,9 +213,15 @@ class ProteinDataModule(pl.LightningDataModule):
 
     def _corpus_path(self) -> Path:
         h = self.hparams
-        return ensure_corpus(h.data_path, h.cache_dir, valid_fraction=h.valid_fraction,
-                             test_fraction=h.test_fraction, min_length=h.min_length,
-                             max_length=h.max_residues, seed=h.seed)
+        return ensure_corpus(
+            h.data_path,
+            h.cache_dir,
+            valid_fraction=h.valid_fraction,
+            test_fraction=h.test_fraction,
+            min_length=h.min_length,
+            max_length=h.max_residues,
+            seed=h.seed,
+        )
 
     def prepare_data(self) -> None:
         self._corpus_path()
@@ -191,19 +233,34 @@ class ProteinDataModule(pl.LightningDataModule):
         self.corpus_path = self._corpus_path()
         kind = ConcatenatedDataset if h.concatenated else SequenceDataset
         for split in ("train", "valid", "test"):
-            self.datasets[split] = kind(ProteinCorpus(self.corpus_path, split), h.max_length,
-                                        h.objective, h.mask_prob, h.seed, train=split == "train")
+            self.datasets[split] = kind(
+                ProteinCorpus(self.corpus_path, split),
+                h.max_length,
+                h.objective,
+                h.mask_prob,
+                h.seed,
+                train=split == "train",
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         h = self.hparams
         ds = self.datasets[split]
-        sampler = BatchPlanSampler(ds.lengths, batch_size=h.batch_size,
-                                   tokens_per_batch=h.tokens_per_batch, shuffle=shuffle,
-                                   seed=h.seed)
-        return _ResumableLoader(ds, sampler=sampler, batch_size=None, num_workers=h.num_workers,
-                                pin_memory=h.pin_memory,
-                                persistent_workers=h.persistent_workers and h.num_workers > 0)
+        sampler = BatchPlanSampler(
+            ds.lengths,
+            batch_size=h.batch_size,
+            tokens_per_batch=h.tokens_per_batch,
+            shuffle=shuffle,
+            seed=h.seed,
+        )
+        return _ResumableLoader(
+            ds,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=h.num_workers,
+            pin_memory=h.pin_memory,
+            persistent_workers=h.persistent_workers and h.num_workers > 0,
+        )
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

@@ -52,8 +52,15 @@ def download(url: str, dest: str | Path, progress: bool = True, timeout: float =
         if response.status != 206:
             have = 0  # the server ignored the Range: start again
         total = have + int(length) if length is not None else None
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, disable=not progress,
-                   file=sys.stderr, desc=dest.name)
+        bar = tqdm(
+            total=total,
+            initial=have,
+            unit="B",
+            unit_scale=True,
+            disable=not progress,
+            file=sys.stderr,
+            desc=dest.name,
+        )
         try:
             with open(part, "ab" if have else "wb") as f:
                 while chunk := response.read(CHUNK):

@@ -25,17 +25,36 @@ import pyarrow.parquet as pq
 
 from .alphabet import get_alphabet
 from .blocks import SPLITS, parse_block
-from .fasta import DECOMPRESSION_ERRORS, INVALID_POLICIES, DataError, FastaFormatError
-from .fasta import check_fasta_start, compression_of, open_binary
+from .fasta import (
+    DECOMPRESSION_ERRORS,
+    INVALID_POLICIES,
+    DataError,
+    FastaFormatError,
+    check_fasta_start,
+    compression_of,
+    open_binary,
+)
 
 FORMAT_VERSION = 1
 BLOCK_SIZE = 16 << 20
 DATASETS = ("sample", "uniref50", "uniref90", "swissprot", "trembl")
 
 
-def prepare(inputs, out, *, valid_fraction=0.01, test_fraction=0.01, min_length=1,
-            max_length=None, workers=None, seed=0, invalid="error", block_size=BLOCK_SIZE,
-            progress=True, command=None) -> dict:
+def prepare(
+    inputs,
+    out,
+    *,
+    valid_fraction=0.01,
+    test_fraction=0.01,
+    min_length=1,
+    max_length=None,
+    workers=None,
+    seed=0,
+    invalid="error",
+    block_size=BLOCK_SIZE,
+    progress=True,
+    command=None,
+) -> dict:
     """Build the corpus directory `out` from FASTA `inputs`; returns the manifest."""
     if invalid not in INVALID_POLICIES:
         raise DataError(f"--invalid must be one of {', '.join(INVALID_POLICIES)}")
@@ -50,8 +69,14 @@ def prepare(inputs, out, *, valid_fraction=0.01, test_fraction=0.01, min_length=
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    options = dict(invalid=invalid, min_length=min_length, max_length=max_length,
-                   valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed)
+    options = dict(
+        invalid=invalid,
+        min_length=min_length,
+        max_length=max_length,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
     workers = workers or min(os.cpu_count() or 1, 8)
     try:
         manifest = _build(inputs, tmp, options, workers, block_size, progress)
@@ -101,8 +126,9 @@ class _Writer:
             self.records[s] += r["lengths"][s].size
             table = r["meta"][s]
             if self.meta[s] is None:
-                self.meta[s] = pq.ParquetWriter(self.root / f"{SPLITS[s]}.meta.parquet",
-                                                table.schema, compression="zstd")
+                self.meta[s] = pq.ParquetWriter(
+                    self.root / f"{SPLITS[s]}.meta.parquet", table.schema, compression="zstd"
+                )
             if table.num_rows:
                 self.meta[s].write_table(table)
         self.counts += r["counts"]
@@ -117,8 +143,10 @@ class _Writer:
             if w is not None:
                 w.close()
             else:
-                pq.write_table(pa.table({"id": pa.array([], pa.string())}),
-                               self.root / f"{SPLITS[s]}.meta.parquet")
+                pq.write_table(
+                    pa.table({"id": pa.array([], pa.string())}),
+                    self.root / f"{SPLITS[s]}.meta.parquet",
+                )
 
 
 def _build(inputs, tmp, options, workers, block_size, progress) -> dict:
@@ -126,8 +154,15 @@ def _build(inputs, tmp, options, workers, block_size, progress) -> dict:
 
     writer = _Writer(tmp)
     total = sum(p.stat().st_size for p in inputs)
-    bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress, file=sys.stderr,
-               desc="prepare", smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        disable=not progress,
+        file=sys.stderr,
+        desc="prepare",
+        smoothing=0.1,
+    )
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     described = []
     t0 = time.monotonic()
@@ -141,34 +176,48 @@ def _build(inputs, tmp, options, workers, block_size, progress) -> dict:
                     what = f"invalid character {char!r}" if char else "invalid character"
                     raise FastaFormatError(
                         f"{path}:{lines + line}: record '{rec_id}': {what} "
-                        "(use --invalid unk or skip-record to accept it)")
+                        "(use --invalid unk or skip-record to accept it)"
+                    )
                 lines += r["newlines"]
                 digest.update(r["checksum"].to_bytes(4, "little"))
                 writer.add(r)
                 bar.update(n_in)
                 done = sum(writer.records)
                 bar.set_postfix_str(f"{done / max(time.monotonic() - t0, 1e-9):,.0f} rec/s")
-            described.append({"path": str(path), "size": path.stat().st_size,
-                              "compression": compression_of(path),
-                              "checksum": "sha256-of-block-adler32:" + digest.hexdigest()})
+            described.append(
+                {
+                    "path": str(path),
+                    "size": path.stat().st_size,
+                    "compression": compression_of(path),
+                    "checksum": "sha256-of-block-adler32:" + digest.hexdigest(),
+                }
+            )
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         writer.close()
     if sum(writer.records) == 0:
-        raise DataError(f"{', '.join(map(str, inputs))}: no records kept "
-                        f"({_skips_text(writer.stats)})")
+        raise DataError(
+            f"{', '.join(map(str, inputs))}: no records kept ({_skips_text(writer.stats)})"
+        )
     duplicates = _duplicate_count(tmp / ".id_hashes")
     os.remove(tmp / ".id_hashes")
     alphabet = get_alphabet()
     return {
         "format_version": FORMAT_VERSION,
-        "splits": {s: {"records": writer.records[i], "residues": writer.ends[i],
-                       "token_counts": writer.counts[i].tolist()} for i, s in enumerate(SPLITS)},
+        "splits": {
+            s: {
+                "records": writer.records[i],
+                "residues": writer.ends[i],
+                "token_counts": writer.counts[i].tolist(),
+            }
+            for i, s in enumerate(SPLITS)
+        },
         "records_read": writer.stats["records"],
-        "skipped": {k: writer.stats[k] for k in ("empty", "too_short", "too_long",
-                                                 "invalid_skipped")},
+        "skipped": {
+            k: writer.stats[k] for k in ("empty", "too_short", "too_long", "invalid_skipped")
+        },
         "records_with_unk": writer.stats["invalid_unk"],
         "duplicate_ids": duplicates,
         "alphabet": alphabet.tokens,
@@ -280,8 +329,11 @@ def open_binary_from(fraw, path):
     import lzma
 
     kind = compression_of(path)
-    return {"gzip": lambda: gzip.GzipFile(fileobj=fraw), "bzip2": lambda: bz2.BZ2File(fraw),
-            "xz": lambda: lzma.LZMAFile(fraw)}[kind]()
+    return {
+        "gzip": lambda: gzip.GzipFile(fileobj=fraw),
+        "bzip2": lambda: bz2.BZ2File(fraw),
+        "xz": lambda: lzma.LZMAFile(fraw),
+    }[kind]()
 
 
 def _duplicate_count(path: Path, budget: int = 256 << 20) -> int:
@@ -292,8 +344,10 @@ def _duplicate_count(path: Path, budget: int = 256 << 20) -> int:
     hashes = np.memmap(path, np.uint64, "r") if size else np.zeros(0, np.uint64)
     for p in range(passes):
         lo, hi = (1 << 64) * p // passes, (1 << 64) * (p + 1) // passes
-        part = [c[(c >= np.uint64(lo)) & ((c < np.uint64(hi)) if hi < 1 << 64 else True)]
-                for c in np.array_split(hashes, max(1, size // (64 << 20)))]
+        part = [
+            c[(c >= np.uint64(lo)) & ((c < np.uint64(hi)) if hi < 1 << 64 else True)]
+            for c in np.array_split(hashes, max(1, size // (64 << 20)))
+        ]
         h = np.sort(np.concatenate(part)) if part else np.zeros(0, np.uint64)
         dups += int((h[1:] == h[:-1]).sum())
     del hashes
@@ -301,17 +355,22 @@ def _duplicate_count(path: Path, budget: int = 256 << 20) -> int:
 
 
 def _skips_text(stats: dict) -> str:
-    parts = [f"{stats.get(k, 0)} {k.replace('_', ' ')}" for k in
-             ("empty", "too_short", "too_long", "invalid_skipped") if stats.get(k)]
+    parts = [
+        f"{stats.get(k, 0)} {k.replace('_', ' ')}"
+        for k in ("empty", "too_short", "too_long", "invalid_skipped")
+        if stats.get(k)
+    ]
     return ", ".join(parts) or "nothing skipped"
 
 
 def summary(m: dict) -> str:
     kept = {s: m["splits"][s]["records"] for s in SPLITS}
     residues = sum(m["splits"][s]["residues"] for s in SPLITS)
-    text = (f"prepared {sum(kept.values()):,} records ({residues:,} residues) in "
-            f"{m['seconds']:.1f} s: train {kept['train']:,}, valid {kept['valid']:,}, "
-            f"test {kept['test']:,}; skipped: {_skips_text(m['skipped'])}")
+    text = (
+        f"prepared {sum(kept.values()):,} records ({residues:,} residues) in "
+        f"{m['seconds']:.1f} s: train {kept['train']:,}, valid {kept['valid']:,}, "
+        f"test {kept['test']:,}; skipped: {_skips_text(m['skipped'])}"
+    )
     if m["records_with_unk"]:
         text += f"; {m['records_with_unk']:,} records with <unk>"
     if m["duplicate_ids"]:
@@ -332,19 +391,31 @@ def add_prepare_parser(subparsers):
     p.add_argument("--max-length", type=int, default=None, help="skip longer sequences")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
-    p.add_argument("--invalid", choices=INVALID_POLICIES, default="error",
-                   help="characters outside the alphabet: fail, map to <unk>, or skip the record")
+    p.add_argument(
+        "--invalid",
+        choices=INVALID_POLICIES,
+        default="error",
+        help="characters outside the alphabet: fail, map to <unk>, or skip the record",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run_prepare)
     return p
 
 
 def run_prepare(args) -> dict:
-    return prepare(args.inputs, args.out, valid_fraction=args.valid_fraction,
-                   test_fraction=args.test_fraction, min_length=args.min_length,
-                   max_length=args.max_length, workers=args.workers, seed=args.seed,
-                   invalid=args.invalid, progress=not getattr(args, "quiet", False),
-                   command="proteinperf prepare " + " ".join(sys.argv[2:]))
+    return prepare(
+        args.inputs,
+        args.out,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        min_length=args.min_length,
+        max_length=args.max_length,
+        workers=args.workers,
+        seed=args.seed,
+        invalid=args.invalid,
+        progress=not getattr(args, "quiet", False),
+        command="proteinperf prepare " + " ".join(sys.argv[2:]),
+    )
 
 
 def add_data_parser(subparsers):
@@ -366,8 +437,12 @@ def run_data(args) -> dict:
         from .download import download_dataset
 
         source = download_dataset(args.dataset, root / "downloads")
-    return prepare([source], root / args.dataset, workers=args.workers,
-                   command=f"proteinperf data {args.dataset}")
+    return prepare(
+        [source],
+        root / args.dataset,
+        workers=args.workers,
+        command=f"proteinperf data {args.dataset}",
+    )
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,7 @@ def crop(residues: np.ndarray, max_residues: int, rng: np.random.Generator | Non
     if extra <= 0:
         return residues
     start = int(rng.integers(extra + 1)) if rng is not None else 0
-    return residues[start:start + max_residues]
+    return residues[start : start + max_residues]
 
 
 def mlm_example(tokens: np.ndarray, rng: np.random.Generator, mask_prob: float):
@@ -68,28 +68,35 @@ def collate(examples: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Te
     tokens = torch.full((len(examples), width), a.padding_idx, dtype=torch.long)
     targets = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     for i, (t, y) in enumerate(examples):
-        tokens[i, :t.size] = torch.from_numpy(t)
-        targets[i, :y.size] = torch.from_numpy(y)
+        tokens[i, : t.size] = torch.from_numpy(t)
+        targets[i, : y.size] = torch.from_numpy(y)
     return {"tokens": tokens, "padding_mask": tokens != a.padding_idx, "targets": targets}
 
 
-def plan_batches(lengths: np.ndarray, *, batch_size: int | None, tokens_per_batch: int | None,
-                 shuffle: bool, seed: int, epoch: int) -> list[np.ndarray]:
+def plan_batches(
+    lengths: np.ndarray,
+    *,
+    batch_size: int | None,
+    tokens_per_batch: int | None,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+) -> list[np.ndarray]:
     """Indices of each batch: fixed size, or a token budget with length bucketing."""
     rng = np.random.default_rng([seed, epoch, 0x5A3])
     order = rng.permutation(lengths.size) if shuffle else np.arange(lengths.size)
     if not tokens_per_batch:
-        return [order[i:i + batch_size] for i in range(0, order.size, batch_size)]
+        return [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
     batches = []
     bucket = 4096  # sort by length within shuffled buckets: little padding, still random
     for lo in range(0, order.size, bucket):
-        chunk = order[lo:lo + bucket]
+        chunk = order[lo : lo + bucket]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         start = 0
         while start < chunk.size:
             longest = int(lengths[chunk[start]])
             count = max(1, tokens_per_batch // max(longest, 1))
-            batches.append(chunk[start:start + count])
+            batches.append(chunk[start : start + count])
             start += count
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -113,8 +120,17 @@ class BatchPlanSampler(DistributedSampler):
     dropped). Evaluation: batches are dealt round-robin, each sample exactly once.
     """
 
-    def __init__(self, lengths, *, batch_size=None, tokens_per_batch=None, shuffle=True, seed=0,
-                 rank=None, num_replicas=None):
+    def __init__(
+        self,
+        lengths,
+        *,
+        batch_size=None,
+        tokens_per_batch=None,
+        shuffle=True,
+        seed=0,
+        rank=None,
+        num_replicas=None,
+    ):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.tokens_per_batch = batch_size, tokens_per_batch
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
@@ -126,12 +142,17 @@ class BatchPlanSampler(DistributedSampler):
         self.epoch = int(epoch)
 
     def batches(self) -> list[np.ndarray]:
-        plan = plan_batches(self.lengths, batch_size=self.batch_size,
-                            tokens_per_batch=self.tokens_per_batch, shuffle=self.shuffle,
-                            seed=self.seed, epoch=self.epoch)
+        plan = plan_batches(
+            self.lengths,
+            batch_size=self.batch_size,
+            tokens_per_batch=self.tokens_per_batch,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self.epoch,
+        )
         if self.drop_last:
             plan = plan[: len(plan) // self.num_replicas * self.num_replicas]
-        return plan[self.rank::self.num_replicas]
+        return plan[self.rank :: self.num_replicas]
 
     def __iter__(self):
         epoch = self.epoch if self.shuffle else _EVAL_EPOCH

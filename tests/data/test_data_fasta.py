@@ -19,10 +19,17 @@ def test_alphabet_matches_fair_esm_token_by_token():
     for tok in ref.all_toks:
         assert a.tok_to_idx[tok] == ref.get_idx(tok)
     assert (a.cls_idx, a.padding_idx, a.eos_idx, a.unk_idx, a.mask_idx) == (
-        ref.cls_idx, ref.padding_idx, ref.eos_idx, ref.unk_idx, ref.mask_idx)
+        ref.cls_idx,
+        ref.padding_idx,
+        ref.eos_idx,
+        ref.unk_idx,
+        ref.mask_idx,
+    )
     assert a.encode_framed("MKV") == [0, *[ref.get_idx(c) for c in "MKV"], 2]
     assert a.decode(a.encode("ACDXW")) == "ACDXW"
-    assert a.lut.dtype == np.uint8 and a.lut[ord("a")] == a.tok_to_idx["A"] and a.lut[ord("J")] == 255
+    assert (
+        a.lut.dtype == np.uint8 and a.lut[ord("a")] == a.tok_to_idx["A"] and a.lut[ord("J")] == 255
+    )
     assert [a.tokens[i] for i in a.residue_token_ids] == list("ACDEFGHIKLMNPQRSTVWY")
     assert isinstance(a, Alphabet) and get_alphabet() is a
 
@@ -36,16 +43,22 @@ def _bio(path):
 
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
     with opener(path, "rt", newline="") as f:
-        return [(t.split(None, 1)[0] if t.strip() else "", normalise(s))
-                for t, s in SimpleFastaParser(f)]
+        return [
+            (t.split(None, 1)[0] if t.strip() else "", normalise(s))
+            for t, s in SimpleFastaParser(f)
+        ]
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz", ".bz2", ".xz"])
 @pytest.mark.parametrize("text", ["sample", "odd", "crlf", "wide"])
 def test_reader_equals_biopython(tmp_path, suffix, text):
     seqs = SAMPLE.read_text()
-    data = {"sample": seqs, "odd": ODD, "crlf": seqs.replace("\n", "\r\n"),
-            "wide": "".join(f">{t}\n{s}\n" for t, s in SimpleFastaParser(open(SAMPLE)))}[text]
+    data = {
+        "sample": seqs,
+        "odd": ODD,
+        "crlf": seqs.replace("\n", "\r\n"),
+        "wide": "".join(f">{t}\n{s}\n" for t, s in SimpleFastaParser(open(SAMPLE))),
+    }[text]
     path = write(tmp_path / f"x.fasta{suffix}", data)
     ours = [(r.id, r.sequence) for r in read_fasta(path)]
     assert ours == _bio(path)
@@ -59,7 +72,7 @@ def test_block_parser_equals_reader(tmp_path):
         assert r["meta"][0].column("id").to_pylist() == [x.id for x in recs]
         ends = np.cumsum(r["lengths"][0])
         toks = r["tokens"][0]
-        seqs = [get_alphabet().decode(toks[e - n:e]) for e, n in zip(ends, r["lengths"][0])]
+        seqs = [get_alphabet().decode(toks[e - n : e]) for e, n in zip(ends, r["lengths"][0])]
         assert seqs == [x.sequence for x in recs]
         for row, x in zip(r["meta"][0].to_pylist(), recs):
             fields = parse_header(_title(data, x.id))
@@ -75,15 +88,29 @@ def _title(data: bytes, rec_id: str) -> str:
 
 
 def test_header_fields():
-    f = parse_header("UniRef50_A0A5A9P0L4 Peptidyl-prolyl cis-trans isomerase n=1 "
-                     "Tax=Triplophysa tibetana TaxID=1572043 RepID=A0A5A9P0L4_9TELE")
-    assert f == {"id": "UniRef50_A0A5A9P0L4", "description": "Peptidyl-prolyl cis-trans isomerase",
-                 "n": 1, "tax": "Triplophysa tibetana", "taxid": 1572043,
-                 "repid": "A0A5A9P0L4_9TELE", "cluster_id": "UniRef50_A0A5A9P0L4"}
-    f = parse_header("sp|P69905|HBA_HUMAN Hemoglobin subunit alpha OS=Homo sapiens OX=9606 "
-                     "GN=HBA1 PE=1 SV=2")
-    assert f == {"id": "sp|P69905|HBA_HUMAN", "description": "Hemoglobin subunit alpha",
-                 "os": "Homo sapiens", "ox": 9606, "gn": "HBA1"}
+    f = parse_header(
+        "UniRef50_A0A5A9P0L4 Peptidyl-prolyl cis-trans isomerase n=1 "
+        "Tax=Triplophysa tibetana TaxID=1572043 RepID=A0A5A9P0L4_9TELE"
+    )
+    assert f == {
+        "id": "UniRef50_A0A5A9P0L4",
+        "description": "Peptidyl-prolyl cis-trans isomerase",
+        "n": 1,
+        "tax": "Triplophysa tibetana",
+        "taxid": 1572043,
+        "repid": "A0A5A9P0L4_9TELE",
+        "cluster_id": "UniRef50_A0A5A9P0L4",
+    }
+    f = parse_header(
+        "sp|P69905|HBA_HUMAN Hemoglobin subunit alpha OS=Homo sapiens OX=9606 GN=HBA1 PE=1 SV=2"
+    )
+    assert f == {
+        "id": "sp|P69905|HBA_HUMAN",
+        "description": "Hemoglobin subunit alpha",
+        "os": "Homo sapiens",
+        "ox": 9606,
+        "gn": "HBA1",
+    }
 
 
 def test_invalid_policies(tmp_path):
@@ -95,11 +122,17 @@ def test_invalid_policies(tmp_path):
     assert get_alphabet().encode([r for r in read_fasta(path, invalid="unk")][1].sequence)[3] == 3
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty file"), (b"\n\n  \n", "empty file"), (b"MKVLA\nMKV\n", "no '>' header"),
-    (b"@r1\nACGT\n+\nIIII\n", "FASTQ"), (b"LOCUS       X 10 bp\n", "GenBank"),
-    (bytes(range(256)) * 8, "binary"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"\n\n  \n", "empty file"),
+        (b"MKVLA\nMKV\n", "no '>' header"),
+        (b"@r1\nACGT\n+\nIIII\n", "FASTQ"),
+        (b"LOCUS       X 10 bp\n", "GenBank"),
+        (bytes(range(256)) * 8, "binary"),
+    ],
+)
 def test_bad_inputs_one_line(tmp_path, data, message):
     path = write(tmp_path / "bad.fa", data)
     with pytest.raises(FastaFormatError, match=message) as e:

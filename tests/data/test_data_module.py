@@ -54,7 +54,7 @@ def test_clm_targets_are_next_tokens(cache):
     last = m.sum(1) - 1
     for i in range(t.shape[0]):
         n = int(last[i])
-        assert torch.equal(y[i, :n], t[i, 1:n + 1]) and (y[i, n:] == -100).all()
+        assert torch.equal(y[i, :n], t[i, 1 : n + 1]) and (y[i, n:] == -100).all()
         assert t[i, n] == get_alphabet().eos_idx
 
 
@@ -94,8 +94,10 @@ def test_token_budget_batching(cache):
 def test_two_ranks_disjoint_and_equal(cache):
     corpus = ProteinCorpus(_dm(cache).corpus_path, "train")
     for kw in ({"batch_size": 8}, {"tokens_per_batch": 3000}):
-        ranks = [BatchPlanSampler(corpus.lengths, shuffle=True, seed=1, rank=r, num_replicas=2,
-                                  **kw) for r in range(2)]
+        ranks = [
+            BatchPlanSampler(corpus.lengths, shuffle=True, seed=1, rank=r, num_replicas=2, **kw)
+            for r in range(2)
+        ]
         batches = [list(s) for s in ranks]
         assert len(batches[0]) == len(batches[1])
         ids = [{i for b in bs for _, i in b} for bs in batches]

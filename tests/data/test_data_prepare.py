@@ -20,10 +20,24 @@ def _files(d):
 
 
 def test_round_trip_and_workers_byte_identical(tmp_path):
-    one = prepare([SAMPLE], tmp_path / "w1", workers=1, block_size=20_000, progress=False,
-                  valid_fraction=0.05, test_fraction=0.05)
-    prepare([SAMPLE], tmp_path / "w2", workers=2, block_size=20_000, progress=False,
-            valid_fraction=0.05, test_fraction=0.05)
+    one = prepare(
+        [SAMPLE],
+        tmp_path / "w1",
+        workers=1,
+        block_size=20_000,
+        progress=False,
+        valid_fraction=0.05,
+        test_fraction=0.05,
+    )
+    prepare(
+        [SAMPLE],
+        tmp_path / "w2",
+        workers=2,
+        block_size=20_000,
+        progress=False,
+        valid_fraction=0.05,
+        test_fraction=0.05,
+    )
     assert _files(tmp_path / "w1") == _files(tmp_path / "w2")
     records = {r.id: r.sequence for r in read_fasta(SAMPLE)}
     seen = 0
@@ -43,11 +57,20 @@ def test_round_trip_and_workers_byte_identical(tmp_path):
 
 
 def test_clusters_never_straddle_splits(tmp_path):
-    recs = "".join(f">UniRef50_P{i % 97:05d} member {i}\nMKV{'A' * (i % 13)}\n" for i in range(3000))
+    recs = "".join(
+        f">UniRef50_P{i % 97:05d} member {i}\nMKV{'A' * (i % 13)}\n" for i in range(3000)
+    )
     recs += "".join(f">sp|P{i:05d}|X_HUMAN swissprot copy\nMKVL\n" for i in range(97))
     path = write(tmp_path / "c.fa", recs)
-    m = prepare([path], tmp_path / "c", workers=2, block_size=4096, progress=False,
-                valid_fraction=0.2, test_fraction=0.2)
+    m = prepare(
+        [path],
+        tmp_path / "c",
+        workers=2,
+        block_size=4096,
+        progress=False,
+        valid_fraction=0.2,
+        test_fraction=0.2,
+    )
     where = {}
     for split in ("train", "valid", "test"):
         for rid in ProteinCorpus(tmp_path / "c", split).ids:
@@ -58,13 +81,31 @@ def test_clusters_never_straddle_splits(tmp_path):
 
 
 def test_skips_and_policies(tmp_path):
-    path = write(tmp_path / "s.fa", ">e1\n\n>short\nMK\n>long\n" + "A" * 50 + "\n>j\nMKJ\n>ok\nMKV*\n")
-    m = prepare([path], tmp_path / "s", min_length=3, max_length=10, invalid="skip-record",
-                progress=False, workers=1, valid_fraction=0, test_fraction=0)
+    path = write(
+        tmp_path / "s.fa", ">e1\n\n>short\nMK\n>long\n" + "A" * 50 + "\n>j\nMKJ\n>ok\nMKV*\n"
+    )
+    m = prepare(
+        [path],
+        tmp_path / "s",
+        min_length=3,
+        max_length=10,
+        invalid="skip-record",
+        progress=False,
+        workers=1,
+        valid_fraction=0,
+        test_fraction=0,
+    )
     assert m["skipped"] == {"empty": 1, "too_short": 1, "too_long": 1, "invalid_skipped": 1}
     assert ProteinCorpus(tmp_path / "s").sequence(0) == "MKV"
-    m = prepare([path], tmp_path / "u", invalid="unk", progress=False, workers=1,
-                valid_fraction=0, test_fraction=0)
+    m = prepare(
+        [path],
+        tmp_path / "u",
+        invalid="unk",
+        progress=False,
+        workers=1,
+        valid_fraction=0,
+        test_fraction=0,
+    )
     c = ProteinCorpus(tmp_path / "u")
     assert c.sequence(c.ids.index("j")) == "MK<unk>"
     with pytest.raises(DataError, match=r"s.fa:8: record 'j': invalid character 'J'"):
@@ -73,10 +114,17 @@ def test_skips_and_policies(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".err")]
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty file"), (b"MKV\n", "no '>' header"), (b"@r\nAC\n+\nII\n", "FASTQ"),
-    (b"LOCUS  X\n", "GenBank"), (bytes(range(256)) * 4, "binary"), (b">a\n\n>b\n", "no records"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"MKV\n", "no '>' header"),
+        (b"@r\nAC\n+\nII\n", "FASTQ"),
+        (b"LOCUS  X\n", "GenBank"),
+        (bytes(range(256)) * 4, "binary"),
+        (b">a\n\n>b\n", "no records"),
+    ],
+)
 def test_bad_input_leaves_nothing(tmp_path, data, message):
     path = write(tmp_path / "bad.fa", data)
     with pytest.raises(DataError, match=message) as e:
@@ -94,7 +142,8 @@ def test_compressed_and_truncated(tmp_path):
     for name in plain_files:  # parquet row groups follow block sizes; compare contents there
         if name.endswith(".parquet"):
             assert pd.read_parquet(tmp_path / "gz" / name).equals(
-                pd.read_parquet(tmp_path / "plain" / name))
+                pd.read_parquet(tmp_path / "plain" / name)
+            )
         else:
             assert gz_files[name] == plain_files[name]
     gz.write_bytes(gz.read_bytes()[:20_000])
@@ -106,8 +155,17 @@ def test_compressed_and_truncated(tmp_path):
 def test_interrupted_run_leaves_nothing_complete_and_rerun_works(tmp_path):
     big = write(tmp_path / "big.fa", SAMPLE.read_bytes() * 40)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "proteinperf.data.prepare", str(big), "--out", str(out),
-           "--workers", "1", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "proteinperf.data.prepare",
+        str(big),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True)
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGINT)
@@ -122,8 +180,19 @@ def test_interrupted_run_leaves_nothing_complete_and_rerun_works(tmp_path):
 def test_cli_functions(tmp_path):
     parser = argparse.ArgumentParser()
     add_prepare_parser(parser.add_subparsers())
-    args = parser.parse_args(["prepare", str(SAMPLE), "--out", str(tmp_path / "o"),
-                              "--valid-fraction", "0.1", "--workers", "1", "--quiet"])
+    args = parser.parse_args(
+        [
+            "prepare",
+            str(SAMPLE),
+            "--out",
+            str(tmp_path / "o"),
+            "--valid-fraction",
+            "0.1",
+            "--workers",
+            "1",
+            "--quiet",
+        ]
+    )
     m = run_prepare(args)
     assert m["splits"]["valid"]["records"] > 50
     assert pd.read_parquet(tmp_path / "o" / "valid.meta.parquet").shape[0] > 50
