@@ -1,0 +1,285 @@
+"""Shared measuring helpers for the benchmarks: fresh-process peak memory, timing, tables, JSON.
+
+A benchmark case runs in a fresh worker process so that its peak memory is not hidden by an
+earlier, larger case. The worker calls ``build(**kwargs)`` of a target ``"module:function"``,
+which must return ``(prepare, step)``: ``prepare()`` allocates the inputs and ``step(inputs)``
+does one unit of work. Anything ``build`` does itself (imports, models, a tiny warm-up run) is
+part of the baseline; the reported peak is the rise of resident memory over that baseline while
+the inputs are allocated and the first step runs. Later steps are timed.
+
+    result = run_case("proteinperf.benchmarks.attention:build_case", {"length": 1024},
+                      repeats=5, budget_s=30, timeout_s=300, mem_limit_bytes=20 * 2**30)
+    # {"status": "ok", "peak_mib": ..., "first_s": ..., "times_s": [...], "median_s": ...}
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+MIB = 2**20
+THREADS = 2
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process (Linux >= 4.0); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size: since the last ``reset_peak_rss`` where supported."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_steps(step: Callable[[], Any], *, repeats: int, budget_s: float = math.inf) -> list[float]:
+    """Wall times of up to ``repeats`` calls (at least one), stopping once ``budget_s`` is spent."""
+    times: list[float] = []
+    while len(times) < max(repeats, 1):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        if sum(times) >= budget_s:
+            break
+    return times
+
+
+def median_time(
+    step: Callable[[], Any], *, repeats: int, warmup: int = 1, budget_s: float = math.inf
+) -> float:
+    """Median wall time of ``step`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    return statistics.median(time_steps(step, repeats=repeats, budget_s=budget_s))
+
+
+# ----------------------------------------------------------------------------- machine load
+
+
+def busy_cpus(interval_s: float = 1.0) -> float | None:
+    """How many CPUs' worth of work the whole machine did over ``interval_s`` (None: no psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.cpu_percent(interval=interval_s) / 100 * (os.cpu_count() or 1)
+
+
+def wait_for_quiet(max_wait_s: float, busy_below: float = 0.3) -> float | None:
+    """Wait (at most ``max_wait_s``) until other work uses under ``busy_below`` CPUs.
+
+    Multi-threaded torch on a machine whose cores are also busy elsewhere loses far more than
+    its share (threads wait for each other at every op), so timings taken then mislead.
+    Returns the last measured load, to be reported beside the timing.
+    """
+    deadline = time.monotonic() + max_wait_s
+    busy = busy_cpus()
+    while busy is not None and busy >= busy_below and time.monotonic() < deadline:
+        busy = busy_cpus()
+    return busy
+
+
+# ----------------------------------------------------------------------------- fresh process
+
+
+def _limit_address_space(limit: int | None) -> Callable[[], None] | None:
+    if limit is None:
+        return None
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def _failure(status: str, reason: str) -> dict[str, Any]:
+    return {"status": status, "reason": reason}
+
+
+def run_case(
+    target: str,
+    kwargs: dict[str, Any],
+    *,
+    repeats: int,
+    budget_s: float,
+    timeout_s: float,
+    mem_limit_bytes: int | None = None,
+    threads: int = THREADS,
+    quiet_wait_s: float = 0.0,
+) -> dict[str, Any]:
+    """Run one case in a fresh worker process and return its measurements or its failure.
+
+    The worker's address space is capped at ``mem_limit_bytes`` (an allocation beyond it fails
+    inside the worker instead of taking the machine down) and its wall time at ``timeout_s``.
+    With ``quiet_wait_s`` > 0 it first waits up to that long for the machine to be idle; the
+    load found is reported as ``busy_cpus_before``.
+    """
+    busy = wait_for_quiet(quiet_wait_s) if quiet_wait_s > 0 else None
+    result = _run_worker(target, kwargs, repeats, budget_s, timeout_s, mem_limit_bytes, threads)
+    return {**result, "busy_cpus_before": busy}
+
+
+def _run_worker(target, kwargs, repeats, budget_s, timeout_s, mem_limit_bytes, threads) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        out_path = Path(tmp) / "result.json"
+        control = {"repeats": repeats, "budget_s": budget_s, "threads": threads}
+        cmd = [sys.executable, "-m", __name__, target, json.dumps(kwargs), json.dumps(control)]
+        try:
+            proc = subprocess.run(
+                [*cmd, str(out_path)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                preexec_fn=_limit_address_space(mem_limit_bytes),
+            )
+        except subprocess.TimeoutExpired:
+            return _failure("timeout", f"timed out after {timeout_s:.0f} s")
+        if out_path.exists():
+            return json.loads(out_path.read_text())
+        if proc.returncode < 0:
+            return _failure("crashed", f"killed by signal {-proc.returncode} (out of memory?)")
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return _failure("error", f"exit {proc.returncode}: {tail[0][:200]}")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or ("alloc" in text and "memory" in text)
+
+
+def _measure(target: str, kwargs: dict[str, Any], control: dict[str, Any]) -> dict[str, Any]:
+    import torch  # the worker is for torch workloads; imported here to keep the parent light
+
+    torch.set_num_threads(control["threads"])
+    module_name, func_name = target.split(":")
+    build = getattr(importlib.import_module(module_name), func_name)
+    prepare, step = build(**kwargs)
+    gc.collect()
+    reset_peak_rss()
+    baseline = current_rss_bytes()
+    start = time.perf_counter()
+    inputs = prepare()
+    step(inputs)
+    first_s = time.perf_counter() - start
+    peak = max(peak_rss_bytes(), current_rss_bytes()) - baseline
+    budget = control["budget_s"]
+    times = time_steps(lambda: step(inputs), repeats=control["repeats"], budget_s=budget)
+    return {
+        "status": "ok",
+        "peak_mib": peak / MIB,
+        "baseline_mib": baseline / MIB,
+        "first_s": first_s,
+        "times_s": times,
+        "median_s": statistics.median(times),
+    }
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    target, kwargs, control, out_path = argv[0], json.loads(argv[1]), json.loads(argv[2]), argv[3]
+    try:
+        result = _measure(target, kwargs, control)
+    except (RuntimeError, MemoryError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        result = _failure("oom", f"out of memory: {str(exc).splitlines()[0][:160]}")
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are rendered with ``str``."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as indented, strictly valid JSON (non-finite floats become null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import platform
+
+    import torch
+
+    return {
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": THREADS,
+        "load_average": os.getloadavg(),  # other work on the machine distorts timings
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))
