@@ -30,8 +30,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create/refresh .venv with the package (editable) and its dev/bench extras
 
-# Everything after `train` on the command line that looks like a Hydra override is passed on.
-TRAIN_ARGS := $(filter-out train,$(MAKECMDGOALS))
+# Hydra overrides: `make train model=tiny trainer.max_steps=200` reaches make as variable
+# definitions (MAKEOVERRIDES, newest first, hence the reverse); `make train -- -m ...` brings
+# flags as goals. Both are handed to the Hydra entry point in the order typed.
+reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
+MAKE_VARS := PYTHON=% VENV=% TORCH=% EXTRAS=% DATASET=% ARGS=% PYTEST_ARGS=%
+HYDRA_OVERRIDES := $(call reverse,$(filter-out $(MAKE_VARS),$(MAKEOVERRIDES)))
+TRAIN_ARGS := $(filter-out train,$(MAKECMDGOALS)) $(HYDRA_OVERRIDES)
 train: $(STAMP) ## train a small bidirectional Performer on data/sample_proteins.fasta (Hydra overrides allowed)
 	$(BIN)/python -m proteinperf.train $(TRAIN_ARGS) $(ARGS)
 

@@ -1,0 +1,168 @@
+"""FAVOR+ attention: D⁻¹ φ(Q) (φ(K)ᵀ V) in O(L·m·d) time (Choromanski et al., 2021, Eq. 3-5)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .kernels import MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
+
+DENOMINATOR_EPS = 1e-12  # only guards 0/0 (e.g. a query that sees no unmasked key)
+DEFAULT_CHUNK = 64
+
+
+def favor_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    features: torch.Tensor,
+    causal: bool = False,
+    kernel: str = "softmax",
+    key_padding_mask: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Linear-time attention with random features.
+
+    q, k: (B, H, L, d); v: (B, H, L, d_v); features: (m, d) from ``draw_features``;
+    key_padding_mask: bool (B, L), True = real token. Returns (B, H, L, d_v) in v's dtype.
+    Features and contractions run in float32 even under autocast (exp of bf16 logits loses
+    the estimator; the φ(K)ᵀV sums over L positions need the mantissa).
+    """
+    _check_shapes(q, k, v, key_padding_mask)
+    if causal:
+        check_kernel_for_causal(kernel)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        phi_q, phi_k, log_scale_k = feature_maps(
+            q.float(), k.float(), features.float(), kernel, key_padding_mask
+        )
+        # A ones column turns the denominator D = φ(Q)φ(K)ᵀ1 into one more output column.
+        v_ext = F.pad(v.float(), (0, 1), value=1.0)
+        if causal:
+            out = _causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext, chunk_size)
+        else:
+            out = _bidirectional_linear_attention(phi_q, phi_k, log_scale_k, v_ext)
+        out = out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)
+    return out.to(v.dtype)
+
+
+def favor_attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    features: torch.Tensor,
+    causal: bool = False,
+    kernel: str = "softmax",
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The implicit (B, H, L, L) attention matrix D⁻¹ φ(Q) φ(K)ᵀ, materialised for analysis.
+
+    ``weights @ v`` equals ``favor_attention(q, k, v, ...)``: same features, same scaling.
+    """
+    _check_shapes(q, k, k, key_padding_mask)
+    if causal:
+        check_kernel_for_causal(kernel)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        phi_q, phi_k, log_scale_k = feature_maps(
+            q.float(), k.float(), features.float(), kernel, key_padding_mask
+        )
+        scores = phi_q @ phi_k.transpose(-1, -2)
+        if log_scale_k is not None:
+            scores = scores * _key_weights(log_scale_k, causal)
+        if causal:
+            scores = scores.tril()
+        return scores / (scores.sum(-1, keepdim=True) + DENOMINATOR_EPS)
+
+
+def _check_shapes(q, k, v, key_padding_mask) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(
+            "expected q, k of shape (batch, heads, length, dim_head) and v sharing the first "
+            f"three dims, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if key_padding_mask is not None and (
+        key_padding_mask.dtype != torch.bool
+        or key_padding_mask.shape != (q.shape[0], q.shape[2])
+    ):
+        raise ValueError(
+            f"key_padding_mask must be bool (batch, length) = {(q.shape[0], q.shape[2])}, "
+            f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+        )
+
+
+def _key_weights(log_scale_k: torch.Tensor, causal: bool) -> torch.Tensor:
+    """exp(s_j − c_i) as a (B, H, L, L) matrix: c = global max, or the running max if causal."""
+    if not causal:
+        shift = log_scale_k.detach().amax(-1, keepdim=True)
+        return torch.exp(log_scale_k - shift).unsqueeze(-2)
+    running = log_scale_k.detach().cummax(-1).values
+    diff = log_scale_k.unsqueeze(-2) - running.unsqueeze(-1)
+    future = torch.ones(diff.shape[-2:], dtype=torch.bool, device=diff.device).triu(1)
+    return diff.masked_fill(future, -torch.inf).exp()
+
+
+def _bidirectional_linear_attention(phi_q, phi_k, log_scale_k, v_ext):
+    """φ(Q) (φ(K)ᵀ [V 1]): (B,H,L,m) x (B,H,m,d+1)."""
+    if log_scale_k is not None:
+        # True key features are phi_k·exp(s); shifting s by its max (a constant that cancels)
+        # keeps every weight ≤ 1. Folded into V: (L, d+1) multiplies instead of (L, m).
+        shift = log_scale_k.detach().amax(-1, keepdim=True)
+        v_ext = v_ext * torch.exp(log_scale_k - shift).unsqueeze(-1)
+    context = phi_k.transpose(-1, -2) @ v_ext
+    return phi_q @ context
+
+
+def _causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext, chunk: int):
+    """Causal φ(Q)·prefix-sums of φ(K)ᵀ[V 1] without an (L, m, d) tensor.
+
+    Positions are cut into N chunks of C. Inside a chunk the masked (C, C) product is formed
+    directly; across chunks an (m, d+1) state is carried. Memory is O(L·(C + m) + N·m·d),
+    time O(L·m·d + L·C·(m + d)); autograd saves the same tensors, so backward is as lean.
+
+    Key scales s_j are shifted by the running max M_i = max_{j'≤i} s_j' (never by a max over
+    future keys): every exponent is ≤ 0 and output i depends on keys ≤ i only, also in
+    floating point. The carried state of chunk n is kept relative to E_n = M at its last row.
+    """
+    b, h, length, m = phi_q.shape
+    e = v_ext.shape[-1]
+    pad = (-length) % chunk
+    if pad:
+        phi_q = F.pad(phi_q, (0, 0, 0, pad))
+        phi_k = F.pad(phi_k, (0, 0, 0, pad))
+        v_ext = F.pad(v_ext, (0, 0, 0, pad))
+        if log_scale_k is not None:
+            log_scale_k = F.pad(log_scale_k, (0, pad), value=MASKED_LOG_SCALE)
+    n = (length + pad) // chunk
+    pq = phi_q.view(b, h, n, chunk, m)
+    pk = phi_k.view(b, h, n, chunk, m)
+    ve = v_ext.view(b, h, n, chunk, e)
+    future = torch.ones(chunk, chunk, dtype=torch.bool, device=pq.device).triu(1)
+
+    scores = pq @ pk.transpose(-1, -2)  # (B, H, N, C, C)
+    if log_scale_k is None:
+        intra = scores.masked_fill(future, 0.0) @ ve
+        states = pk.transpose(-1, -2) @ ve  # (B, H, N, m, e)
+        prefix = states.cumsum(2) - states  # state before each chunk
+        return (intra + pq @ prefix).view(b, h, n * chunk, e)[:, :, :length]
+
+    s = log_scale_k.view(b, h, n, chunk)
+    running = log_scale_k.detach().cummax(-1).values.view(b, h, n, chunk)  # M_i
+    chunk_end = running[..., -1]  # E_n, (B, H, N)
+    first = torch.full_like(chunk_end[..., :1], MASKED_LOG_SCALE)
+    before = torch.cat([first, chunk_end[..., :-1]], -1)  # E_{n-1}
+
+    decay = (s.unsqueeze(-2) - running.unsqueeze(-1)).masked_fill(future, -torch.inf).exp()
+    intra = (scores * decay) @ ve
+
+    states = pk.transpose(-1, -2) @ (ve * torch.exp(s - chunk_end.unsqueeze(-1)).unsqueeze(-1))
+    carry = torch.exp(before - chunk_end)  # E_{n-1} -> E_n rescaling, ≤ 1
+    # A sequential scan over chunks: the rescaling makes cumsum inapplicable, and N = L/C
+    # small (m, e) updates cost little next to the batched products around them.
+    # unbind (not indexing) so that backward stacks N gradients instead of filling N
+    # full-size zero tensors.
+    prefix = []
+    state = torch.zeros_like(states[:, :, 0])
+    for chunk_state, chunk_carry in zip(states.unbind(2), carry.unbind(2)):
+        prefix.append(state)
+        state = state * chunk_carry[..., None, None] + chunk_state
+    prefix = torch.stack(prefix, dim=2)  # relative to E_{n-1}
+    inter = (pq @ prefix) * torch.exp(before.unsqueeze(-1) - running).unsqueeze(-1)
+    return (intra + inter).view(b, h, n * chunk, e)[:, :, :length]

@@ -1,0 +1,5 @@
+import sys
+
+from proteinperf.cli import main
+
+sys.exit(main())
