@@ -91,27 +91,53 @@ def median_time(
 # ----------------------------------------------------------------------------- machine load
 
 
-def busy_cpus(interval_s: float = 1.0) -> float | None:
-    """How many CPUs' worth of work the whole machine did over ``interval_s`` (None: no psutil)."""
+def _machine_busy_seconds() -> float | None:
+    """CPU-seconds the whole machine has spent working since boot (None without psutil)."""
     try:
         import psutil
     except ImportError:
         return None
-    return psutil.cpu_percent(interval=interval_s) / 100 * (os.cpu_count() or 1)
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
-def wait_for_quiet(max_wait_s: float, busy_below: float = 0.3) -> float | None:
-    """Wait (at most ``max_wait_s``) until other work uses under ``busy_below`` CPUs.
+def _own_cpu_seconds() -> float:
+    """CPU-seconds of this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-    Multi-threaded torch on a machine whose cores are also busy elsewhere loses far more than
-    its share (threads wait for each other at every op), so timings taken then mislead.
-    Returns the last measured load, to be reported beside the timing.
+
+class OtherLoad:
+    """Average number of CPUs kept busy by *other* processes while the block ran.
+
+    Multi-threaded torch on cores that are also busy elsewhere loses far more than its share
+    (its threads wait for each other at every op), so timings taken then mislead; this
+    measures how much that happened, at no cost to the measurement.
     """
+
+    def __enter__(self) -> OtherLoad:
+        self.cpus: float | None = None
+        self._start = (time.monotonic(), _machine_busy_seconds(), _own_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall0, busy0, own0 = self._start
+        busy1 = _machine_busy_seconds()
+        wall = time.monotonic() - wall0
+        if busy0 is not None and busy1 is not None and wall > 0:
+            other = (busy1 - busy0) - (_own_cpu_seconds() - own0)
+            self.cpus = max(other, 0.0) / wall
+
+
+def wait_for_quiet(max_wait_s: float, busy_below: float = 0.3, poll_s: float = 0.5) -> None:
+    """Wait (at most ``max_wait_s``) until other processes use under ``busy_below`` CPUs."""
     deadline = time.monotonic() + max_wait_s
-    busy = busy_cpus()
-    while busy is not None and busy >= busy_below and time.monotonic() < deadline:
-        busy = busy_cpus()
-    return busy
+    while time.monotonic() < deadline:
+        with OtherLoad() as load:
+            time.sleep(poll_s)
+        if load.cpus is None or load.cpus < busy_below:
+            return
 
 
 # ----------------------------------------------------------------------------- fresh process
@@ -147,11 +173,12 @@ def run_case(
     The worker's address space is capped at ``mem_limit_bytes`` (an allocation beyond it fails
     inside the worker instead of taking the machine down) and its wall time at ``timeout_s``.
     With ``quiet_wait_s`` > 0 it first waits up to that long for the machine to be idle; the
-    load found is reported as ``busy_cpus_before``.
+    CPUs other processes kept busy while the case ran are reported as ``other_cpus``.
     """
-    busy = wait_for_quiet(quiet_wait_s) if quiet_wait_s > 0 else None
-    result = _run_worker(target, kwargs, repeats, budget_s, timeout_s, mem_limit_bytes, threads)
-    return {**result, "busy_cpus_before": busy}
+    wait_for_quiet(quiet_wait_s)
+    with OtherLoad() as load:
+        result = _run_worker(target, kwargs, repeats, budget_s, timeout_s, mem_limit_bytes, threads)
+    return {**result, "other_cpus": load.cpus}
 
 
 def _run_worker(target, kwargs, repeats, budget_s, timeout_s, mem_limit_bytes, threads) -> dict:

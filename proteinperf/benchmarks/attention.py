@@ -65,7 +65,7 @@ QUICK = Settings(
     case_budget_s=4.0,
     step_cap_s=20.0,
     total_budget_s=75.0,
-    quiet_wait_s=2.0,
+    quiet_wait_s=0.0,
     quality_length=256,
     quality_ms=(16, 64, 256),
     seeds=2,
@@ -242,21 +242,21 @@ def _speed_table(speed: list[dict], s: Settings) -> str:
                 row = [_direction(ours), _pass(ours), length]
                 row += [_fmt(_value(c, TIME), c, "{:.3g}") + _busy_mark(c) for c in cases.values()]
                 row += [_fmt(_value(c, MEM), c, "{:.0f}", quiet=True) for c in cases.values()]
-                t_ours = _value(ours, "median_s")
+                t_ours = _value(ours, TIME)
                 row += [
-                    _fmt(_ratio(_value(sdpa, "median_s"), t_ours), None, "{:.1f}x"),
-                    _fmt(_ratio(_value(pp, "median_s"), t_ours), None, "{:.1f}x"),
-                    _fmt(_ratio(_value(ours, "peak_mib"), _value(pp, "peak_mib")), None, "{:.2f}x"),
+                    _fmt(_ratio(_value(sdpa, TIME), t_ours), None, "{:.1f}x"),
+                    _fmt(_ratio(_value(pp, TIME), t_ours), None, "{:.1f}x"),
+                    _fmt(_ratio(_value(ours, MEM), _value(pp, MEM)), None, "{:.2f}x"),
                 ]
                 rows.append(row)
     return markdown_table(headers, rows)
 
 
-BUSY = 0.3  # CPUs used by other work just before a case: above this its timing is flagged
+BUSY = 0.3  # CPUs kept busy by other processes during a case: above this its time is flagged
 
 
 def _busy_mark(case: dict) -> str:
-    busy = case.get("busy_cpus_before")
+    busy = case.get("other_cpus")
     return "†" if case["status"] == "ok" and busy is not None and busy >= BUSY else ""
 
 
@@ -458,14 +458,14 @@ def _targets_table(targets: list[dict]) -> str:
 
 
 def _plot_quality(quality: list[dict], s: Settings, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Error against m per logit std, in the style of the paper's Fig. 4 (log-log)."""
+    plt = _pyplot()
     n = len(s.logit_stds)
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 2, 4), sharey=True, squeeze=False)
     colors = dict(zip(KERNELS, ("tab:blue", "tab:green", "tab:red", "tab:orange")))
+    # trig's errors reach 10^3 at small m; the y range follows the positive estimators
+    shown = [r["mean"] for r in quality if not r["estimator"].startswith("trig")]
+    limits = (0.7 * min(shown), 2 * max(shown))
     for ax, logit_std in zip(axes.flat, s.logit_stds):
         for kernel in KERNELS:
             for features, style in (("orthogonal", "-o"), ("iid", "--x")):
@@ -475,15 +475,29 @@ def _plot_quality(quality: list[dict], s: Settings, path: Path) -> Path:
         uniform = _error(quality, "uniform", logit_std, None)
         if uniform is not None:
             ax.axhline(uniform, color="grey", lw=1, ls="-.", label="uniform (mean of v)")
-        ax.set(
-            xscale="log", yscale="log", xlabel="random features m", title=f"logit std s={logit_std}"
-        )
+        ax.set(xscale="log", yscale="log", ylim=limits, title=f"logit std s={logit_std}")
+        ax.set_xticks(s.quality_ms, [str(m) for m in s.quality_ms], minor=False)
+        ax.minorticks_off()
+        ax.set_xlabel("random features m")
         ax.grid(True, which="both", alpha=0.3)
     axes[0, 0].set_ylabel(f"relative error vs exact (L={s.quality_length}, {s.seeds} seeds)")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -495,32 +509,27 @@ def _plot_series(ax, quality, name, logit_std, s, style, **kw) -> None:
 
 
 def _plot_speed(speed: list[dict], s: Settings, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    """Time and peak memory against L, per direction; fwd+bwd solid, fwd dashed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     for col, causal in enumerate((False, True)):
         for impl, color in zip(IMPLS, ("tab:blue", "tab:grey", "tab:red")):
             for backward, style in ((True, "-o"), (False, "--x")):
                 cases = [_find(speed, impl, causal, backward, n) for n in s.lengths]
                 ok = [c for c in cases if c["status"] == "ok"]
                 label = f"{LABELS[impl]} {'fwd+bwd' if backward else 'fwd'}"
-                for row, key in enumerate(("median_s", "peak_mib")):
+                for row, key in enumerate((TIME, MEM)):
                     xs, ys = [c["length"] for c in ok], [c[key] for c in ok]
                     axes[row, col].plot(xs, ys, style, color=color, label=label, ms=4)
         axes[0, col].set_title("causal" if causal else "bidirectional")
-    for ax, ylabel in zip(axes.flat, ("time (s)", "time (s)", "peak RSS rise (MiB)", "")):
+        axes[1, col].set_xlabel("sequence length L")
+    for ax, ylabel in zip(axes.flat, ("time (s)", "", "peak RSS rise (MiB)", "")):
         ax.set(xscale="log", yscale="log", ylabel=ylabel)
+        ax.set_xticks(s.lengths, [str(n) for n in s.lengths], minor=False)
+        ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("sequence length L")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -542,7 +551,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
     markdown = "\n\n".join([
         f"### Attention speed and peak memory ({setup}; time: median; memory: peak RSS rise)",
         _speed_table(speed, s),
-        f"† the machine was busy with other work (≥ {BUSY} CPUs) when this case started.",
+        f"† other processes kept ≥ {BUSY} CPUs busy on average while this case ran.",
         f"### Approximation quality (L={s.quality_length}, relative error vs exact float64, "
         f"mean of {s.seeds} seeds, orthogonal features unless marked iid)",
         _quality_table(quality, s),
