@@ -234,13 +234,12 @@ def _by_split(tokens, lengths, split, meta) -> dict:
         s = split[lo]
         if s != DROPPED:
             pieces[s].append(tokens[starts[lo] : ends[hi - 1]])
-    out = {"tokens": [], "lengths": [], "meta": [], "counts": np.zeros((3, NUM_TOKENS), np.int64)}
+    out = {"tokens": [], "lengths": [], "meta": []}
     for s in range(3):
         toks = np.concatenate(pieces[s]) if pieces[s] else np.zeros(0, np.uint8)
         out["tokens"].append(toks)
         out["lengths"].append(lengths[split == s].astype(np.int64))
         out["meta"].append(meta.filter(pa.array(split == s)))
-        out["counts"][s] = np.bincount(toks, minlength=NUM_TOKENS)[:NUM_TOKENS]
     return out
 
 

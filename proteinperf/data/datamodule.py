@@ -278,7 +278,7 @@ class ProteinDataModule(pl.LightningDataModule):
         """
         self.setup()
         corpus = self.datasets["train"].corpus
-        counts = corpus.token_counts.astype(np.float64).copy()
+        counts = corpus.token_counts().astype(np.float64)
         if self.hparams.objective == "clm":
             counts[get_alphabet().eos_idx] += len(corpus)
         counts += 1.0

@@ -4,7 +4,7 @@ Layout of a corpus directory (FORMAT_VERSION 1), per split in train/valid/test:
   {split}.tokens.bin   uint8 token ids (residues only, records back to back)
   {split}.offsets.bin  int64, n+1 entries: record i is tokens[offsets[i]:offsets[i+1]]
   {split}.meta.parquet id, cluster_id, description, n, tax, taxid, repid, os, ox, gn, length
-and manifest.json (counts, residues, token counts, alphabet, inputs, command line, skips).
+and manifest.json (record and residue counts, alphabet, inputs, command line, skips).
 """
 
 from __future__ import annotations
@@ -113,7 +113,6 @@ class _Writer:
         self.meta = [None, None, None]
         self.ends = [0, 0, 0]
         self.records = [0, 0, 0]
-        self.counts = np.zeros((3, len(get_alphabet())), np.int64)
         self.hashes = open(root / ".id_hashes", "wb")
         self.stats: dict[str, int] = {}
 
@@ -131,7 +130,6 @@ class _Writer:
                 )
             if table.num_rows:
                 self.meta[s].write_table(table)
-        self.counts += r["counts"]
         self.hashes.write(r["id_hashes"].tobytes())
         for k, v in r["stats"].items():
             self.stats[k] = self.stats.get(k, 0) + v
@@ -210,7 +208,6 @@ def _build(inputs, tmp, options, workers, block_size, progress) -> dict:
             s: {
                 "records": writer.records[i],
                 "residues": writer.ends[i],
-                "token_counts": writer.counts[i].tolist(),
             }
             for i, s in enumerate(SPLITS)
         },

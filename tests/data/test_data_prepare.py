@@ -153,24 +153,17 @@ def test_compressed_and_truncated(tmp_path):
 
 
 def test_interrupted_run_leaves_nothing_complete_and_rerun_works(tmp_path):
-    big = write(tmp_path / "big.fa", SAMPLE.read_bytes() * 40)
+    big = write(tmp_path / "big.fa", SAMPLE.read_bytes() * 80)
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "proteinperf.data.prepare",
-        str(big),
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-        "--quiet",
-    ]
+    cmd = [sys.executable, "-m", "proteinperf.data.prepare", str(big), "--out", str(out),
+           "--workers", "1", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, start_new_session=True)
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".out.tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.005)  # interrupt while the temporary directory is being filled
     os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=30)
-    assert not (out / "manifest.json").exists()
+    assert proc.wait(timeout=30) != 0
+    assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     assert subprocess.run(cmd).returncode == 0
     assert (out / "manifest.json").exists()
