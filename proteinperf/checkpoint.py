@@ -1,0 +1,224 @@
+"""The proteinperf checkpoint format: safe loading (weights_only), atomic saving, load_model.
+
+A model file is a plain dict (loadable with ``torch.load(weights_only=True)``)::
+
+    {"format": "proteinperf-model", "format_version": 1, "alphabet": "ESM-1b",
+     "model_config": dataclasses.asdict(ModelConfig), "state_dict": {...}, **extra}
+
+``load_model`` also reads Lightning ``.ckpt`` files of the training module, which carry
+``checkpoint["proteinperf"] = {"model_config": ..., "format_version": 1}`` and the model's
+weights in ``state_dict`` under the ``model.`` prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from proteinperf.model import ModelConfig, PerformerLM
+
+FORMAT = "proteinperf-model"
+FORMAT_VERSION = 1
+ALPHABET = "ESM-1b"
+LIGHTNING_KEY = "proteinperf"
+LIGHTNING_PREFIX = "model."
+RESERVED_KEYS = ("format", "format_version", "model_config", "state_dict", "alphabet")
+# Changing these gives a different set of feature buffers; the checkpoint's are then not used.
+FEATURE_FIELDS = ("attention", "nb_features", "n_heads", "d_model")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, foreign or inconsistent (one line, names it)."""
+
+
+def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file in the same folder + os.replace)."""
+    path = Path(path)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(RESERVED_KEYS))
+    if clash:
+        raise ValueError(f"extra checkpoint keys clash with the format's: {', '.join(clash)}")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": dataclasses.asdict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "alphabet": ALPHABET,
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """``torch.load(weights_only=True)`` with every failure turned into one CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a directory, expected a file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = str(err).strip().splitlines()
+        unsafe = next((line.strip() for line in lines if "Unsupported global" in line), None)
+        if unsafe is None:
+            raise CheckpointError(f"checkpoint {path}: corrupt or not a PyTorch file") from err
+        raise CheckpointError(
+            f"checkpoint {path}: holds pickled Python objects that cannot be loaded safely "
+            f"(weights_only): {unsafe.split(' was not')[0]}"
+        ) from err
+    except Exception as err:  # zip/EOF errors of a truncated or foreign file
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path}: corrupt or not a PyTorch file ({type(err).__name__}: {detail})"
+        ) from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"checkpoint {path}: not a proteinperf checkpoint (holds a {type(obj).__name__})"
+        )
+    return obj
+
+
+def _kind(obj: dict) -> str:
+    if obj.get("format") == FORMAT:
+        return "model"
+    if isinstance(obj.get(LIGHTNING_KEY), dict) and "state_dict" in obj:
+        return "lightning"
+    if "model" in obj and ("cfg" in obj or "args" in obj):
+        return "fair-esm"
+    return "foreign"
+
+
+def _check_version(version, where: str) -> None:
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: format_version {version!r}, this proteinperf reads {FORMAT_VERSION}"
+        )
+
+
+def model_config_from_checkpoint(obj: dict, where: str = "checkpoint") -> dict:
+    """The model_config dict of a loaded proteinperf model file or Lightning checkpoint."""
+    kind = _kind(obj)
+    if kind == "model":
+        _check_version(obj.get("format_version"), where)
+        if obj.get("alphabet", ALPHABET) != ALPHABET:
+            raise CheckpointError(f"{where}: alphabet {obj['alphabet']!r}, expected {ALPHABET!r}")
+        config = obj.get("model_config")
+    elif kind == "lightning":
+        meta = obj[LIGHTNING_KEY]
+        _check_version(meta.get("format_version"), where)
+        config = meta.get("model_config")
+    elif kind == "fair-esm":
+        raise CheckpointError(
+            f"{where}: a fair-esm checkpoint, not a proteinperf one; convert it first with "
+            "`proteinperf convert-esm`"
+        )
+    else:
+        raise CheckpointError(f"{where}: not a proteinperf checkpoint (no 'format' marker)")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: model_config is missing or not a mapping")
+    return config
+
+
+def model_state_from_checkpoint(obj: dict, where: str = "checkpoint") -> dict:
+    """The model's state_dict (Lightning's ``model.`` prefix stripped)."""
+    state = obj.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: state_dict is missing or not a mapping")
+    if _kind(obj) == "lightning":
+        n = len(LIGHTNING_PREFIX)
+        state = {k[n:]: v for k, v in state.items() if k.startswith(LIGHTNING_PREFIX)}
+    return state
+
+
+def build_model(
+    config: dict | ModelConfig,
+    state_dict: dict,
+    overrides: dict | None = None,
+    feature_seed: int = 0,
+    where: str = "checkpoint",
+) -> PerformerLM:
+    """A PerformerLM with ``config`` (+ ``overrides``) and the weights of ``state_dict``.
+
+    Overrides that change the attention's feature buffers (e.g. softmax -> favor_softmax,
+    another nb_features) keep every weight but draw fresh features from ``feature_seed``.
+    """
+    values = dataclasses.asdict(config) if isinstance(config, ModelConfig) else dict(config)
+    base = dict(values)
+    values.update(overrides or {})
+    try:
+        model_config = ModelConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: {err}") from err
+    model = PerformerLM(model_config)
+    features_changed = any(base.get(k) != values.get(k) for k in FEATURE_FIELDS)
+    state = dict(state_dict)
+    if features_changed:
+        model.redraw_features(feature_seed, 0)
+        state = {k: v for k, v in state.items() if not k.endswith(".self_attn.features")}
+        state.update({k: v for k, v in model.state_dict().items()
+                      if k.endswith(".self_attn.features")})
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                         f"{' ...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(
+            f"{where}: weights do not match the model config ({'; '.join(parts)})"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{where}: weight {key} has shape {tuple(tensor.shape)}, the config expects "
+                f"{tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(
+    path, device="cpu", overrides: dict | None = None, feature_seed: int = 0
+) -> tuple[PerformerLM, object]:
+    """(model in eval mode on ``device``, alphabet) from a model file or Lightning checkpoint."""
+    from proteinperf.data.alphabet import get_alphabet
+
+    where = f"checkpoint {path}"
+    obj = read_checkpoint(path, map_location="cpu")
+    config = model_config_from_checkpoint(obj, where)
+    state = model_state_from_checkpoint(obj, where)
+    model = build_model(config, state, overrides, feature_seed=feature_seed, where=where)
+    return model.to(device).eval(), get_alphabet()
+
+
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "build_model",
+    "load_model",
+    "model_config_from_checkpoint",
+    "model_state_from_checkpoint",
+    "read_checkpoint",
+    "save_model",
+]

@@ -1,0 +1,429 @@
+"""Performer protein language model: config, attention layer (holds the random features), blocks.
+
+The layout follows ESM-2 (pre-LayerNorm blocks, rotary q/k, final LayerNorm, RoBERTa LM head,
+the same parameter names), so ESM-2 weights load unchanged and only the attention differs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from proteinperf.attention import (
+    KERNELS,
+    draw_features,
+    favor_attention,
+    softmax_attention,
+)
+
+ATTENTIONS = ("softmax", *(f"favor_{kernel}" for kernel in KERNELS))
+POSITIONALS = ("learned", "sinusoidal", "rotary")
+LM_HEADS = ("esm", "linear")
+FEATURE_SCALINGS = ("chi", "sqrt_d")
+# ESM-2 trains with 15% masking of which 80% become <mask>; token dropout rescales embeddings
+# so their expected norm does not depend on how many positions are masked.
+TOKEN_DROPOUT_TRAIN_RATIO = 0.15 * 0.8
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 33
+    padding_idx: int = 1
+    mask_idx: int = 32
+    cls_idx: int = 0
+    eos_idx: int = 2
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_len: int = 1024  # only for positional="learned"
+    positional: str = "rotary"  # "learned" | "sinusoidal" | "rotary"
+    attention: str = "favor_relu"  # "softmax" (exact) | "favor_<kernel>" for kernel in KERNELS
+    nb_features: int = 256
+    orthogonal_features: bool = True
+    feature_scaling: str = "chi"
+    redraw_interval: int = 1000  # optimizer steps; 0 = never
+    causal: bool = False
+    tie_embeddings: bool = True
+    lm_head: str = "esm"  # "esm": dense -> GELU -> LayerNorm -> decoder + bias; "linear"
+    final_layer_norm: bool = True  # ESM's emb_layer_norm_after
+    qkv_bias: bool = True
+    token_dropout: bool = False  # ESM-2's rescaling of <mask> embeddings
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def favor_kernel(self) -> str | None:
+        """The FAVOR kernel name ("softmax", "relu", ...), or None for exact attention."""
+        return self.attention.removeprefix("favor_") if self.attention != "softmax" else None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        """Build from a plain mapping (a checkpoint's model_config); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(f"invalid model config: {message}")
+
+        if self.attention not in ATTENTIONS:
+            fail(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.positional not in POSITIONALS:
+            fail(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
+        if self.lm_head not in LM_HEADS:
+            fail(f"lm_head must be one of {LM_HEADS}, got {self.lm_head!r}")
+        if self.feature_scaling not in FEATURE_SCALINGS:
+            fail(f"feature_scaling must be one of {FEATURE_SCALINGS}, got {self.feature_scaling!r}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
+            if getattr(self, name) < 1:
+                fail(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            fail(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.positional == "rotary" and self.head_dim % 2:
+            fail(f"rotary embeddings need an even head dim, got {self.head_dim}")
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            fail(f"sinusoidal embeddings need an even d_model, got {self.d_model}")
+        for name in ("padding_idx", "mask_idx", "cls_idx", "eos_idx"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                fail(f"{name} ({getattr(self, name)}) is outside the vocabulary [0, "
+                     f"{self.vocab_size})")
+        if not 0.0 <= self.dropout < 1.0:
+            fail(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.redraw_interval < 0:
+            fail(f"redraw_interval must be >= 0 (0 = never), got {self.redraw_interval}")
+        kernel = self.favor_kernel
+        if kernel is not None:
+            if self.nb_features < 1:
+                fail(f"nb_features must be positive, got {self.nb_features}")
+            if kernel in ("softmax_hyp", "trig") and self.nb_features % 2:
+                fail(f"attention {self.attention!r} pairs its features: nb_features must be "
+                     f"even, got {self.nb_features}")
+            if kernel == "softmax_opt" and self.causal:
+                fail("favor_softmax_opt picks its parameter from all keys and cannot be causal; "
+                     "use favor_softmax or favor_softmax_hyp")
+
+
+# --- positions --------------------------------------------------------------------------------
+
+
+def rotary_tables(length: int, dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (L, dim) for RoFormer rotary embeddings, fair-esm's layout.
+
+    θ_i = 10000^(-2i/dim) for i < dim/2; the two halves of the head dim share frequencies
+    (non-interleaved), so a vector is rotated as x·cos + rotate_half(x)·sin.
+    """
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))
+    t = torch.arange(length, device=device).float()
+    freqs = torch.outer(t, inv_freq)  # (L, dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (L, dim)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (..., L, dim); cos, sin: (L, dim)."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+def sinusoidal_embedding(length: int, dim: int, device=None) -> torch.Tensor:
+    """(L, dim) fixed positions of Vaswani et al. (2017): [sin(t·θ_i), cos(t·θ_i)] halves."""
+    inv_freq = torch.exp(
+        torch.arange(0, dim, 2, device=device).float() * (-math.log(10000.0) / dim)
+    )
+    angles = torch.outer(torch.arange(length, device=device).float(), inv_freq)
+    return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+
+# --- random features --------------------------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A stable 63-bit seed from integers (splitmix64 finaliser), the same in every process."""
+    h = 0x9E3779B97F4A7C15
+    for value in values:
+        h = (h ^ (value & _MASK64)) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h >> 1
+
+
+# --- layers -----------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with exact softmax (SDPA) or FAVOR+ random-feature attention.
+
+    FAVOR layers hold the random projection as a persistent buffer ``features`` (m, head_dim):
+    saved in checkpoints, never changed by forward, replaced only by ``redraw``.
+    """
+
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        d = config.d_model
+        self.n_heads = config.n_heads
+        self.head_dim = config.head_dim
+        self.layer_index = layer_index
+        self.causal = config.causal
+        self.kernel = config.favor_kernel  # None = exact softmax
+        self.attn_dropout = config.dropout
+        self.nb_features = config.nb_features
+        self.orthogonal_features = config.orthogonal_features
+        self.feature_scaling = config.feature_scaling
+        self.q_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(d, d)
+        if self.kernel is not None:
+            self.register_buffer("features", self._draw(None), persistent=True)
+
+    @property
+    def is_favor(self) -> bool:
+        return self.kernel is not None
+
+    def _draw(self, generator: torch.Generator | None, device=None) -> torch.Tensor:
+        return draw_features(
+            self.nb_features,
+            self.head_dim,
+            orthogonal=self.orthogonal_features,
+            scaling=self.feature_scaling,
+            generator=generator,
+            device=device,
+        )
+
+    @torch.no_grad()
+    def redraw(self, generator: torch.Generator) -> None:
+        if self.is_favor:
+            new = self._draw(generator, device=self.features.device)
+            self.features.copy_(new.to(self.features.dtype))
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        return x.view(b, length, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, dh)
+
+    def project_qk(self, x, rotary):
+        """q, k (B, H, L, dh) after rotary: exact attention is softmax(q kᵀ / √dh)."""
+        q, k = self._split_heads(self.q_proj(x)), self._split_heads(self.k_proj(x))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        return q, k
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, L, d)
+        key_padding_mask: torch.Tensor | None,  # (B, L) True = real, None = no padding
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        q, k = self.project_qk(x, rotary)
+        v = self._split_heads(self.v_proj(x))
+        if self.is_favor:
+            y = favor_attention(
+                q, k, v, self.features, causal=self.causal, kernel=self.kernel,
+                key_padding_mask=key_padding_mask,
+            )
+        else:
+            dropout_p = self.attn_dropout if self.training else 0.0
+            y = softmax_attention(
+                q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
+                dropout_p=dropout_p,
+            )
+        b, _, length, _ = y.shape
+        y = y.transpose(1, 2).reshape(b, length, self.n_heads * self.head_dim)  # (B, L, d)
+        return self.out_proj(y), (q, k)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block, ESM-2 names: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        d, eps = config.d_model, config.layer_norm_eps
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.self_attn = SelfAttention(config, layer_index)
+        self.final_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.fc1 = nn.Linear(d, config.d_ff)
+        self.fc2 = nn.Linear(config.d_ff, d)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, key_padding_mask, rotary):
+        attn, qk = self.self_attn(self.self_attn_layer_norm(x), key_padding_mask, rotary)
+        x = x + self.dropout(attn)
+        x = x + self.dropout(self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)))))
+        return x, qk
+
+
+class LMHead(nn.Module):
+    """Token logits. "esm": decoder(LN(GELU(dense(x)))) + bias (RoBERTa/ESM-2); "linear"."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.d_model
+        self.kind = config.lm_head
+        if self.kind == "esm":
+            self.dense = nn.Linear(d, d)
+            self.layer_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.weight = None
+        if not config.tie_embeddings:
+            self.weight = nn.Parameter(torch.empty(config.vocab_size, d))
+            nn.init.normal_(self.weight, std=0.02)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
+        if self.kind == "esm":
+            x = self.layer_norm(F.gelu(self.dense(x)))
+        weight = embedding_weight if self.weight is None else self.weight
+        return F.linear(x, weight) + self.bias  # (B, L, V)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
+class PerformerLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.d_model, padding_idx=config.padding_idx
+        )
+        if config.positional == "learned":
+            self.embed_positions = nn.Embedding(config.max_len, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([Block(config, i) for i in range(config.n_layers)])
+        if config.final_layer_norm:
+            self.emb_layer_norm_after = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.lm_head = LMHead(config)
+        self.apply(_init_weights)
+
+    @property
+    def attention_layers(self) -> list[SelfAttention]:
+        return [block.self_attn for block in self.layers]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def redraw_features(self, seed: int, step: int) -> None:
+        """Redraw every FAVOR layer's features from (seed, step, layer): the same on every rank
+        and on resume, whatever happened to the global RNG."""
+        for layer in self.attention_layers:
+            if layer.is_favor:
+                generator = torch.Generator().manual_seed(mix_seed(seed, step, layer.layer_index))
+                layer.redraw(generator)
+
+    def maybe_redraw_features(self, seed: int, step: int) -> bool:
+        """Redraw when ``step`` is a multiple of ``redraw_interval`` (> 0); True if it did."""
+        interval = self.config.redraw_interval
+        if interval <= 0 or step % interval or self.config.favor_kernel is None:
+            return False
+        self.redraw_features(seed, step)
+        return True
+
+    def embed(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, L, d): token (+ position) embeddings, token dropout, padding zeroed."""
+        config = self.config
+        x = self.embed_tokens(tokens)
+        if config.token_dropout:
+            is_mask = tokens == config.mask_idx  # (B, L)
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            observed = is_mask.sum(-1).to(x.dtype) / padding_mask.sum(-1).clamp(min=1).to(x.dtype)
+            x = x * ((1 - TOKEN_DROPOUT_TRAIN_RATIO) / (1 - observed))[:, None, None]
+        length = tokens.shape[1]
+        if config.positional == "learned":
+            if length > config.max_len:
+                raise ValueError(f"sequence length {length} exceeds max_len {config.max_len}")
+            x = x + self.embed_positions.weight[:length]
+        elif config.positional == "sinusoidal":
+            x = x + sinusoidal_embedding(length, config.d_model, tokens.device).to(x.dtype)
+        return x * padding_mask.unsqueeze(-1).to(x.dtype)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (B, L) token ids
+        padding_mask: torch.Tensor | None = None,  # (B, L) bool, True = real token
+        repr_layers: Sequence[int] = (),
+        return_attention_inputs: bool = False,
+    ) -> dict:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
+        if padding_mask is None:
+            padding_mask = tokens != self.config.padding_idx
+        repr_layers = set(repr_layers)
+        n = self.config.n_layers
+
+        x = self.embed(tokens, padding_mask)  # (B, L, d)
+        representations = {}
+        if 0 in repr_layers:
+            representations[0] = x
+        x = self.dropout(x)
+
+        key_padding_mask = None if bool(padding_mask.all()) else padding_mask
+        rotary = None
+        if self.config.positional == "rotary":
+            rotary = rotary_tables(tokens.shape[1], self.config.head_dim, tokens.device)
+
+        attention_inputs = {}
+        for i, block in enumerate(self.layers, start=1):
+            x, (q, k) = block(x, key_padding_mask, rotary)
+            if i in repr_layers and i != n:
+                representations[i] = x
+            if return_attention_inputs:
+                attention_inputs[i] = {"q": q, "k": k, "causal": self.config.causal}
+        if self.config.final_layer_norm:
+            x = self.emb_layer_norm_after(x)
+        if n in repr_layers:
+            representations[n] = x
+
+        result = {
+            "logits": self.lm_head(x, self.embed_tokens.weight),
+            "representations": representations,
+        }
+        if return_attention_inputs:
+            result["attention_inputs"] = attention_inputs
+        return result
+
+
+__all__ = [
+    "ATTENTIONS",
+    "POSITIONALS",
+    "LM_HEADS",
+    "ModelConfig",
+    "PerformerLM",
+    "SelfAttention",
+    "Block",
+    "LMHead",
+    "mix_seed",
+    "rotary_tables",
+    "apply_rotary",
+    "sinusoidal_embedding",
+]
