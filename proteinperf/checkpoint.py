@@ -29,7 +29,8 @@ LIGHTNING_KEY = "proteinperf"
 LIGHTNING_PREFIX = "model."
 RESERVED_KEYS = ("format", "format_version", "model_config", "state_dict", "alphabet")
 # Changing these gives a different set of feature buffers; the checkpoint's are then not used.
-FEATURE_FIELDS = ("attention", "nb_features", "n_heads", "d_model")
+FEATURE_FIELDS = ("attention", "nb_features", "orthogonal_features", "feature_scaling", "n_heads",
+                  "d_model")
 
 
 class CheckpointError(ValueError):

@@ -121,13 +121,18 @@ class ModelConfig:
 # --- positions --------------------------------------------------------------------------------
 
 
+def rotary_inv_freq(dim: int, device=None) -> torch.Tensor:
+    """θ_i = 10000^(-2i/dim), i < dim/2 (float32, as fair-esm computes it)."""
+    return 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))
+
+
 def rotary_tables(length: int, dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (L, dim) for RoFormer rotary embeddings, fair-esm's layout.
 
     θ_i = 10000^(-2i/dim) for i < dim/2; the two halves of the head dim share frequencies
     (non-interleaved), so a vector is rotated as x·cos + rotate_half(x)·sin.
     """
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))
+    inv_freq = rotary_inv_freq(dim, device)
     t = torch.arange(length, device=device).float()
     freqs = torch.outer(t, inv_freq)  # (L, dim/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (L, dim)
@@ -423,6 +428,7 @@ __all__ = [
     "Block",
     "LMHead",
     "mix_seed",
+    "rotary_inv_freq",
     "rotary_tables",
     "apply_rotary",
     "sinusoidal_embedding",

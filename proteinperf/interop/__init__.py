@@ -1,0 +1,1 @@
+"""Interoperability with other protein language models (fair-esm ESM-2)."""

@@ -1,0 +1,205 @@
+"""ESM-2 (fair-esm) checkpoints as proteinperf models: exact with softmax, Performer with FAVOR+.
+
+ESM-2 already has proteinperf's layout (pre-LayerNorm blocks, rotary q/k, final LayerNorm,
+tied RoBERTa LM head, token dropout), so conversion renames nothing: it strips fairseq's
+prefixes, checks every tensor, and drops what the model recomputes (rotary inv_freq, the tied
+decoder weight). The contact regression is not part of the LM; it is kept beside the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+
+from proteinperf.checkpoint import save_model
+from proteinperf.model import ModelConfig, PerformerLM, rotary_inv_freq
+
+ESM_PREFIXES = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
+CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
+VOCAB_SIZE = 33  # ESM-1b alphabet, also ESM-2's
+
+
+class ESMConversionError(ValueError):
+    """An ESM checkpoint that cannot be converted (one line, names the file)."""
+
+
+def _torch_load(path: Path) -> dict:
+    # Released fair-esm files store their hyper-parameters as argparse.Namespace, which only
+    # sets attributes on unpickling; everything else stays forbidden (weights_only).
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ESMConversionError(f"ESM checkpoint {path}: no such file") from None
+    except Exception as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line),
+                      f"{type(err).__name__}")
+        raise ESMConversionError(
+            f"ESM checkpoint {path}: cannot be read safely ({detail.split(' was not')[0]})"
+        ) from err
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise ESMConversionError(f"ESM checkpoint {path}: not a fair-esm file (no 'model' dict)")
+    return obj
+
+
+def _hyperparameters(obj: dict) -> dict:
+    """encoder_* settings from "cfg"["model"] (ESM-2) or "args" (older files), as a dict."""
+    for source in (obj.get("cfg", {}).get("model") if isinstance(obj.get("cfg"), dict) else None,
+                   obj.get("args")):
+        if isinstance(source, argparse.Namespace):
+            return vars(source)
+        if isinstance(source, dict):
+            return source
+    return {}
+
+
+def contact_regression_path(esm_path) -> Path:
+    """fair-esm's convention: esm2_t6_8M_UR50D.pt -> esm2_t6_8M_UR50D-contact-regression.pt."""
+    esm_path = Path(esm_path)
+    return esm_path.with_name(esm_path.stem + "-contact-regression.pt")
+
+
+def read_esm_checkpoint(esm_path) -> tuple[dict, dict, dict | None]:
+    """(state_dict without fairseq prefixes, hyper-parameters, contact regression or None)."""
+    esm_path = Path(esm_path)
+    obj = _torch_load(esm_path)
+    state = {ESM_PREFIXES.sub("", k): v for k, v in obj["model"].items()}
+    contact = {k: state.pop(k) for k in CONTACT_KEYS if k in state}
+    regression = contact_regression_path(esm_path)
+    if regression.exists():
+        extra = _torch_load(regression)["model"]
+        contact = {k: v for k, v in extra.items() if k in CONTACT_KEYS}
+    contact = {k.rsplit(".", 1)[1]: v for k, v in contact.items()} or None
+    return state, _hyperparameters(obj), contact
+
+
+def esm_config(state: dict, hparams: dict, where: str = "ESM checkpoint") -> ModelConfig:
+    """The proteinperf config of an ESM-2 state dict (exact softmax attention, no dropout)."""
+    if "embed_tokens.weight" not in state:
+        raise ESMConversionError(f"{where}: no embed_tokens.weight, not an ESM-2 model")
+    if any(k.startswith(("embed_positions.", "emb_layer_norm_before.")) for k in state):
+        raise ESMConversionError(
+            f"{where}: learned positions / emb_layer_norm_before: an ESM-1/ESM-1b model, "
+            "only ESM-2 is supported"
+        )
+    vocab, d_model = state["embed_tokens.weight"].shape
+    if vocab != VOCAB_SIZE:
+        raise ESMConversionError(f"{where}: vocabulary of {vocab} tokens, expected {VOCAB_SIZE}")
+    layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
+    n_layers = hparams.get("encoder_layers", len(layer_ids))
+    if layer_ids != set(range(n_layers)):
+        raise ESMConversionError(f"{where}: layers {sorted(layer_ids)} but encoder_layers "
+                                 f"= {n_layers}")
+    n_heads = hparams.get("encoder_attention_heads")
+    if n_heads is None:
+        raise ESMConversionError(f"{where}: encoder_attention_heads missing from cfg/args")
+    embed_dim = hparams.get("encoder_embed_dim", d_model)
+    if embed_dim != d_model:
+        raise ESMConversionError(f"{where}: encoder_embed_dim {embed_dim} but embeddings "
+                                 f"have {d_model}")
+    tied = "lm_head.weight" not in state or torch.equal(
+        state["lm_head.weight"], state["embed_tokens.weight"]
+    )
+    config = ModelConfig(
+        vocab_size=vocab,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_ff=state["layers.0.fc1.weight"].shape[0] if n_layers else 4 * d_model,
+        dropout=0.0,  # ESM-2 was trained without dropout
+        positional="rotary",
+        attention="softmax",
+        causal=False,
+        tie_embeddings=tied,
+        lm_head="esm",
+        final_layer_norm=True,
+        qkv_bias=True,
+        token_dropout=bool(hparams.get("token_dropout", True)),
+        layer_norm_eps=1e-5,
+    )
+    config.validate()
+    return config
+
+
+def performer_from_esm_state(
+    state: dict,
+    hparams: dict,
+    attention: str = "softmax",
+    nb_features: int = 256,
+    seed: int = 0,
+    where: str = "ESM checkpoint",
+) -> PerformerLM:
+    """A PerformerLM holding ESM-2 weights; FAVOR features are drawn from ``seed``."""
+    config = esm_config(state, hparams, where)
+    config.attention, config.nb_features = attention, nb_features
+    try:
+        model = PerformerLM(config)
+    except ValueError as err:
+        raise ESMConversionError(f"{where}: {err}") from err
+    model.redraw_features(seed, 0)
+
+    state = dict(state)
+    for i in range(config.n_layers):
+        inv_freq = state.pop(f"layers.{i}.self_attn.rot_emb.inv_freq", None)
+        if inv_freq is not None:
+            if not torch.allclose(inv_freq.float(), rotary_inv_freq(config.head_dim)):
+                raise ESMConversionError(f"{where}: layer {i} rotary inv_freq differs from "
+                                         "1/10000^(2i/d)")
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    features = {k: v for k, v in model.state_dict().items() if k.endswith(".features")}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state) - set(features))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ESMConversionError(
+            f"{where}: unexpected ESM-2 layout (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]})"
+        )
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ESMConversionError(f"{where}: {key} has shape {tuple(value.shape)}, expected "
+                                     f"{tuple(expected[key].shape)}")
+    model.load_state_dict({**state, **features})
+    return model.float().eval()
+
+
+def performer_from_esm_model(esm_model, attention="softmax", nb_features=256, seed=0):
+    """Convert an in-memory fair-esm ``ESM2`` module (tests, benchmarks)."""
+    state = {k: v.detach().clone() for k, v in esm_model.state_dict().items()
+             if k not in CONTACT_KEYS}
+    hparams = {
+        "encoder_layers": esm_model.num_layers,
+        "encoder_embed_dim": esm_model.embed_dim,
+        "encoder_attention_heads": esm_model.attention_heads,
+        "token_dropout": esm_model.token_dropout,
+    }
+    return performer_from_esm_state(state, hparams, attention, nb_features, seed, "ESM2 module")
+
+
+def convert_esm_checkpoint(
+    esm_path, out_path, attention: str = "softmax", nb_features: int = 256, seed: int = 0
+) -> Path:
+    """Read a fair-esm ESM-2 ``.pt`` file and write a proteinperf checkpoint to ``out_path``."""
+    esm_path = Path(esm_path)
+    where = f"ESM checkpoint {esm_path}"
+    state, hparams, contact = read_esm_checkpoint(esm_path)
+    model = performer_from_esm_state(state, hparams, attention, nb_features, seed, where)
+    extra = {"source": {"kind": "fair-esm", "name": esm_path.stem, "feature_seed": seed}}
+    if contact is not None:
+        extra["contact_regression"] = contact
+    return save_model(out_path, model, extra=extra)
+
+
+__all__ = [
+    "ESMConversionError",
+    "contact_regression_path",
+    "convert_esm_checkpoint",
+    "esm_config",
+    "performer_from_esm_model",
+    "performer_from_esm_state",
+    "read_esm_checkpoint",
+]

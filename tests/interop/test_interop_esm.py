@@ -1,0 +1,164 @@
+import argparse
+
+import esm
+import pytest
+import torch
+
+from proteinperf.checkpoint import load_model, read_checkpoint
+from proteinperf.cli import main
+from proteinperf.interop.esm import (
+    ESMConversionError,
+    convert_esm_checkpoint,
+    performer_from_esm_model,
+)
+
+LAYERS, DIM, HEADS = 2, 64, 4
+SEQUENCES = [("a", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"), ("b", "KALTARQQEVFDLIRD"),
+             ("c", "MSEQNNTEMTFQIQRIYTKDISFEAPNAPHVFQKDWXBZ")]
+
+
+def random_esm2(token_dropout=True, seed=0):
+    torch.manual_seed(seed)
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    model = esm.model.esm2.ESM2(num_layers=LAYERS, embed_dim=DIM, attention_heads=HEADS,
+                                alphabet=alphabet, token_dropout=token_dropout)
+    with torch.no_grad():  # LayerNorms and biases away from their init, so all are exercised
+        for name, p in model.named_parameters():
+            if "layer_norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval(), alphabet
+
+
+def save_official(model, path, prefixed=True, regression=True):
+    """The layout of the released files: fairseq prefixes, cfg.model as a Namespace, the
+    contact regression in a separate <name>-contact-regression.pt."""
+    state = model.state_dict()
+    contact = {k: state.pop(k) for k in list(state) if k.startswith("contact_head.")}
+    if prefixed:
+        state = {("encoder." if k.startswith("lm_head.") else "encoder.sentence_encoder.") + k: v
+                 for k, v in state.items()}
+    cfg = argparse.Namespace(encoder_layers=model.num_layers, encoder_embed_dim=model.embed_dim,
+                             encoder_ffn_embed_dim=4 * model.embed_dim,
+                             encoder_attention_heads=model.attention_heads,
+                             token_dropout=model.token_dropout, dropout=0.0, arch="ESM2")
+    torch.save({"model": state, "cfg": {"model": cfg}}, path)
+    if regression:
+        torch.save({"model": contact}, path.with_name(path.stem + "-contact-regression.pt"))
+    return path
+
+
+def batch(alphabet, mask_positions=()):
+    _, _, tokens = alphabet.get_batch_converter()(SEQUENCES)
+    for row, col in mask_positions:
+        tokens[row, col] = alphabet.mask_idx
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def esm2_file(tmp_path_factory):
+    model, alphabet = random_esm2()
+    path = save_official(model, tmp_path_factory.mktemp("esm") / "esm2_t2_tiny_UR50D.pt")
+    return model, alphabet, path
+
+
+def test_official_layout_is_what_fair_esm_loads(esm2_file):
+    model, _, path = esm2_file
+    data = torch.load(path, weights_only=False)
+    regression = torch.load(path.with_name(path.stem + "-contact-regression.pt"))
+    loaded, _ = esm.pretrained.load_model_and_alphabet_core(path.stem, data, regression)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax_conversion_matches_fair_esm(tmp_path, esm2_file, masked):
+    model, alphabet, path = esm2_file
+    out = convert_esm_checkpoint(path, tmp_path / "converted.ckpt")
+    ours, our_alphabet = load_model(out)
+    assert our_alphabet.tokens == alphabet.all_toks
+    tokens = batch(alphabet, [(0, 3), (0, 10), (1, 5), (2, 1)] if masked else ())
+    assert (tokens == alphabet.padding_idx).any()  # padded batch
+    layers = list(range(LAYERS + 1))
+    with torch.no_grad():
+        expected = model(tokens, repr_layers=layers)
+        got = ours(tokens, repr_layers=layers)
+    torch.testing.assert_close(got["logits"], expected["logits"], atol=1e-4, rtol=0)
+    for i in layers:
+        torch.testing.assert_close(got["representations"][i], expected["representations"][i],
+                                   atol=1e-4, rtol=0)
+
+
+def test_mean_embeddings_match_esm_extraction(tmp_path, esm2_file):
+    model, alphabet, path = esm2_file
+    ours, _ = load_model(convert_esm_checkpoint(path, tmp_path / "c.ckpt"))
+    tokens = batch(alphabet)
+    with torch.no_grad():
+        expected = model(tokens, repr_layers=[1, LAYERS])["representations"]
+        got = ours(tokens, repr_layers=[1, LAYERS])["representations"]
+    for layer in (1, LAYERS):
+        for i, (_, seq) in enumerate(SEQUENCES):
+            # esm's extract.py: mean over residues, <cls> (0) and <eos> excluded
+            want = expected[layer][i, 1 : len(seq) + 1].mean(0)
+            real = (tokens[i] != alphabet.padding_idx) & (tokens[i] != alphabet.cls_idx) & (
+                tokens[i] != alphabet.eos_idx)
+            torch.testing.assert_close(got[layer][i][real].mean(0), want, atol=1e-5, rtol=1e-5)
+
+
+def test_contact_regression_is_kept(tmp_path, esm2_file):
+    model, _, path = esm2_file
+    obj = read_checkpoint(convert_esm_checkpoint(path, tmp_path / "c.ckpt"))
+    contact = obj["contact_regression"]
+    assert torch.equal(contact["weight"], model.contact_head.regression.weight)
+    assert torch.equal(contact["bias"], model.contact_head.regression.bias)
+    assert obj["model_config"]["token_dropout"] is True
+    assert obj["source"]["name"] == path.stem
+
+
+def test_unprefixed_layout_without_regression_and_no_token_dropout(tmp_path):
+    model, alphabet = random_esm2(token_dropout=False, seed=1)
+    path = save_official(model, tmp_path / "esm2_plain.pt", prefixed=False, regression=False)
+    obj = read_checkpoint(convert_esm_checkpoint(path, tmp_path / "c.ckpt"))
+    assert "contact_regression" not in obj
+    ours, _ = load_model(tmp_path / "c.ckpt")
+    tokens = batch(alphabet, [(0, 4)])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens)["logits"], model(tokens)["logits"], atol=1e-4,
+                                   rtol=0)
+
+
+def test_cli_favor_conversion(tmp_path, esm2_file, capsys):
+    model, alphabet, path = esm2_file
+    out = tmp_path / "favor.ckpt"
+    assert main(["convert-esm", str(path), str(out), "--attention", "favor_relu",
+                 "--nb-features", "32", "--seed", "3"]) == 0
+    assert str(out) in capsys.readouterr().out
+    ours, _ = load_model(out)
+    assert ours.config.attention == "favor_relu"
+    assert ours.attention_layers[0].features.shape == (32, DIM // HEADS)
+    again = performer_from_esm_model(model, "favor_relu", 32, seed=3)
+    assert torch.equal(again.attention_layers[1].features, ours.attention_layers[1].features)
+    with torch.no_grad():
+        logits = ours(batch(alphabet))["logits"]
+    assert torch.isfinite(logits).all()
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    assert main(["convert-esm", str(tmp_path / "nope.pt"), str(tmp_path / "o.ckpt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_rejects_esm1b_and_incomplete_files(tmp_path, esm2_file):
+    _, _, path = esm2_file
+    obj = torch.load(path, weights_only=False)
+    bad = dict(obj, model={**obj["model"], "encoder.sentence_encoder.embed_positions.weight":
+                           torch.zeros(3, DIM)})
+    torch.save(bad, tmp_path / "esm1b.pt")
+    with pytest.raises(ESMConversionError, match="ESM-1b"):
+        convert_esm_checkpoint(tmp_path / "esm1b.pt", tmp_path / "o.ckpt")
+    torch.save({"model": obj["model"], "cfg": {"model": {}}}, tmp_path / "noheads.pt")
+    with pytest.raises(ESMConversionError, match="encoder_attention_heads"):
+        convert_esm_checkpoint(tmp_path / "noheads.pt", tmp_path / "o.ckpt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ESMConversionError, match="not a fair-esm"):
+        convert_esm_checkpoint(tmp_path / "list.pt", tmp_path / "o.ckpt")
+    assert not (tmp_path / "o.ckpt").exists()
