@@ -162,3 +162,18 @@ def test_rejects_esm1b_and_incomplete_files(tmp_path, esm2_file):
     with pytest.raises(ESMConversionError, match="not a fair-esm"):
         convert_esm_checkpoint(tmp_path / "list.pt", tmp_path / "o.ckpt")
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_proteinperf_embed_matches_esm_extraction(tmp_path, esm2_file):
+    embed = pytest.importorskip("proteinperf.inference.embed")
+    model, alphabet, path = esm2_file
+    ours, _ = load_model(convert_esm_checkpoint(path, tmp_path / "c.ckpt"))
+    seqs = [seq for _, seq in SEQUENCES]
+    results = embed.embed_sequences(ours, seqs, layers=[0, 1, LAYERS], include=("mean",))
+    with torch.no_grad():
+        expected = model(batch(alphabet), repr_layers=[0, 1, LAYERS])["representations"]
+    for layer in (0, 1, LAYERS):
+        for i, seq in enumerate(seqs):
+            want = expected[layer][i, 1 : len(seq) + 1].mean(0)  # esm-extract's mean
+            got = results[i]["mean_representations"][layer]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
