@@ -51,6 +51,9 @@ class Settings:
     total_budget_s: float = 18 * 60  # speed cases predicted to overrun this are skipped
     mem_limit_gib: float = 20.0  # address-space cap of a worker; larger predictions are skipped
     quiet_wait_s: float = 10.0  # before each case, wait up to this long for an idle machine
+    # Workers run at this priority where permitted: on a shared machine, other processes on
+    # the two cores otherwise stall torch's threads at every op and timings mean little.
+    worker_nice: int | None = -20
     quality_length: int = 1024
     quality_heads: int = 8
     quality_ms: tuple[int, ...] = (16, 64, 256, 1024)
@@ -70,6 +73,29 @@ QUICK = Settings(
     quality_ms=(16, 64, 256),
     seeds=2,
 )
+
+
+def code_version() -> dict[str, Any]:
+    """Which proteinperf.attention was measured: git commit, and a hash of its sources as read."""
+    import hashlib
+    import subprocess
+
+    src = Path(__file__).resolve().parents[1] / "attention"
+    digest = hashlib.sha256()
+    for path in sorted(src.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    git = ["git", "-C", str(src)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "."], capture_output=True, text=True)
+        head, changed = commit.stdout.strip() or None, bool(dirty.stdout.strip())
+    except OSError:
+        head, changed = None, None
+    return {
+        "commit": head,
+        "attention_uncommitted": changed,
+        "attention_sha256": digest.hexdigest(),
+    }
 
 
 def ours_unavailable() -> str | None:
@@ -196,6 +222,7 @@ def _run_one(case: dict, s: Settings, left_s: float) -> dict:
         timeout_s=max(min(left_s, 3 * s.step_cap_s + s.case_budget_s), 30.0),
         mem_limit_bytes=int(s.mem_limit_gib * GIB),
         quiet_wait_s=s.quiet_wait_s,
+        nice=s.worker_nice,
     )
 
 
@@ -539,7 +566,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
     """Run every attention benchmark; PNGs go to ``out_dir``, the returned dict is the JSON."""
     s = settings or (QUICK if quick else FULL)
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+    started, code = time.monotonic(), code_version()  # the sources as the run starts
     speed = _speed(s)
     quality = _quality(s)
     targets = _targets(speed, quality, s)
@@ -563,6 +590,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         "quick": quick,
         "settings": asdict(s),
         "machine": machine_info(),
+        "code": code,
         "elapsed_s": time.monotonic() - started,
         "speed": speed,
         "quality": quality,

@@ -23,6 +23,7 @@ TINY = attention.Settings(
     total_budget_s=120.0,
     mem_limit_gib=8.0,
     quiet_wait_s=0.0,
+    worker_nice=None,
     quality_length=32,
     quality_heads=1,
     quality_ms=(8, 32),
