@@ -35,9 +35,7 @@ def softmax_attention(
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
     allowed = _allowed(q.shape[-2], causal, key_padding_mask, q.device)
     empty = ~allowed.any(-1, keepdim=True)  # (B, 1, L, 1)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed | empty, dropout_p=dropout_p
-    )
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty, dropout_p=dropout_p)
     return out.masked_fill(empty, 0.0)
 
 
