@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from proteinperf import __version__
@@ -29,8 +30,8 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
-# Exceptions that describe bad input or environment; anything else is a bug and keeps its
-# traceback.
+# Exceptions that describe bad input or environment: one line, exit 2 (PROTEINPERF_DEBUG=1
+# shows the traceback). Anything else is a bug and keeps its traceback.
 USER_ERRORS = (CommandError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError,
                KeyError, OSError, EOFError, RuntimeError)
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print("proteinperf: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
+        if os.environ.get("PROTEINPERF_DEBUG"):
+            raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, KeyError):
             message = f"missing key {message}"
