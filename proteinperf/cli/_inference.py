@@ -1,0 +1,51 @@
+"""Options shared by `embed`, `score` and `score-mutations`, and model loading for them."""
+
+from __future__ import annotations
+
+import argparse
+
+from proteinperf.inference.common import DEFAULT_TOKS_PER_BATCH, DEVICES, PRECISIONS
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--toks-per-batch",
+        type=positive_int,
+        default=DEFAULT_TOKS_PER_BATCH,
+        metavar="N",
+        help="token budget per forward pass, padding included; "
+        f"sequences are sorted by length to waste little (default: "
+        f"{DEFAULT_TOKS_PER_BATCH})",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto = cuda when available, else cpu (default: auto)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16 runs the matmuls in bfloat16 (autocast); outputs stay float32 (default: fp32)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def load(checkpoint: str, device_name: str):
+    """(model in eval mode on the chosen device, alphabet)."""
+    from proteinperf.checkpoint import load_model
+    from proteinperf.inference.common import resolve_device
+
+    device = resolve_device(device_name)
+    return load_model(checkpoint, device=device)

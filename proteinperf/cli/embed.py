@@ -1,0 +1,82 @@
+"""`proteinperf embed`: FASTA -> per-token / mean / <cls> representations (h5, npz, pt-dir)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from proteinperf.cli._inference import add_run_options, load, positive_int
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed the sequences of a FASTA file",
+        description="Embed every record of a FASTA file with a proteinperf checkpoint, like "
+        "esm-extract: per-token vectors of the residues, their mean and the <cls> vector, for "
+        "one or more layers (0 = token embeddings, -1 = last, after the final LayerNorm).",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT")
+    parser.add_argument("fasta", metavar="FASTA")
+    parser.add_argument(
+        "output", metavar="OUTPUT", help="an .h5 / .npz file, or a directory for --format pt-dir"
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[-1],
+        metavar="L",
+        help="layers to store; negative counts from the end (default: -1)",
+    )
+    parser.add_argument(
+        "--include",
+        nargs="+",
+        default=["mean"],
+        choices=("mean", "per-token", "bos"),
+        help="what to store per layer (default: mean)",
+    )
+    parser.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("h5", "npz", "pt-dir"),
+        default="h5",
+        help="h5: one file, a group per record id; npz: one zip of arrays; "
+        "pt-dir: one .pt per record (esm-extract layout) + index.csv "
+        "(default: h5)",
+    )
+    parser.add_argument(
+        "--truncate",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="keep only the first N residues of each record (default: no limit)",
+    )
+    add_run_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from proteinperf.inference.embed import embed_fasta
+
+    model, _ = load(args.checkpoint, args.device)
+    summary = embed_fasta(
+        model,
+        args.fasta,
+        args.output,
+        layers=args.layers,
+        include=args.include,
+        fmt=args.fmt,
+        toks_per_batch=args.toks_per_batch,
+        truncate=args.truncate,
+        precision=args.precision,
+        quiet=args.quiet,
+        metadata={"checkpoint": str(args.checkpoint)},
+    )
+    if not args.quiet:
+        print(
+            f"embedded {summary['records']} records ({summary['residues']} residues) -> "
+            f"{summary['output']}",
+            file=sys.stderr,
+        )
+    return 0

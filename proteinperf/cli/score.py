@@ -1,0 +1,60 @@
+"""`proteinperf score`: FASTA -> CSV of (pseudo-)log-likelihoods and perplexities."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from proteinperf.cli._inference import add_run_options, load, positive_int
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="score the sequences of a FASTA file (log-likelihood, perplexity)",
+        description="Score every record of a FASTA file. Causal models: exact log-likelihood. "
+        "Bidirectional models: pseudo-log-likelihood (every residue masked once, many masked "
+        "copies per forward pass) or wt-marginals (one unmasked pass). Output columns: id, "
+        "length, log_likelihood, mean_log_likelihood, perplexity.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT")
+    parser.add_argument("fasta", metavar="FASTA")
+    parser.add_argument("output", metavar="OUTPUT.csv")
+    parser.add_argument(
+        "--strategy",
+        default=None,
+        choices=("log-likelihood", "pseudo-log-likelihood", "wt-marginals"),
+        help="default: log-likelihood for causal models, pseudo-log-likelihood "
+        "for bidirectional ones",
+    )
+    parser.add_argument(
+        "--truncate",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="keep only the first N residues of each record (default: no limit)",
+    )
+    add_run_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from proteinperf.inference.score import score_fasta
+
+    model, _ = load(args.checkpoint, args.device)
+    summary = score_fasta(
+        model,
+        args.fasta,
+        args.output,
+        strategy=args.strategy,
+        toks_per_batch=args.toks_per_batch,
+        truncate=args.truncate,
+        precision=args.precision,
+        quiet=args.quiet,
+    )
+    if not args.quiet:
+        print(
+            f"scored {summary['records']} records ({summary['strategy']}) -> {summary['output']}",
+            file=sys.stderr,
+        )
+    return 0

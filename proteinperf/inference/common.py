@@ -1,0 +1,191 @@
+"""Shared inference plumbing: devices, precision, reading, token-budget batching, atomic outputs.
+
+Everything here is independent of what is computed; embed.py, score.py and mutations.py build
+on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from proteinperf.data.alphabet import get_alphabet
+from proteinperf.data.fasta import DataError, FastaRecord, read_fasta
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_TOKS_PER_BATCH = 4096
+# Records read ahead and sorted by length together: bounds memory on huge FASTA files while
+# still grouping similar lengths (the padding waste of a sorted window of thousands is small).
+WINDOW_RESIDUES = 1 << 22
+WINDOW_RECORDS = 1 << 16
+
+
+# ----------------------------------------------------------------------------- device, precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast (matmuls in bfloat16, reductions and FAVOR features stay float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def read_records(path, truncate: int | None = None) -> Iterator[FastaRecord]:
+    """FASTA records, validated (invalid residues are an error naming file:line), truncated to
+    the first ``truncate`` residues if given; an empty file or an empty record is an error."""
+    if truncate is not None and truncate < 1:
+        raise ValueError(f"--truncate must be a positive number of residues, got {truncate}")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    for record in read_fasta(path):
+        if not record.sequence:
+            raise DataError(f"{path}:{record.line}: record '{record.id}' has no residues")
+        if truncate is not None and len(record.sequence) > truncate:
+            record = FastaRecord(
+                record.id, record.description, record.sequence[:truncate], record.line
+            )
+        yield record
+
+
+def check_length(model, n_residues: int, what: str) -> None:
+    """Learned positions stop at max_len tokens; rotary/sinusoidal models have no limit."""
+    config = model.config
+    if config.positional == "learned" and n_residues + 2 > config.max_len:
+        raise ValueError(
+            f"{what}: {n_residues} residues + <cls>/<eos> exceed the model's max_len "
+            f"{config.max_len} (learned positions); use --truncate {config.max_len - 2}"
+        )
+
+
+def windows(
+    records: Iterable, max_residues: int = WINDOW_RESIDUES, max_records: int = WINDOW_RECORDS
+) -> Iterator[list]:
+    """Consecutive lists of records holding about ``max_residues`` residues each."""
+    window, residues = [], 0
+    for record in records:
+        window.append(record)
+        residues += len(record.sequence)
+        if residues >= max_residues or len(window) >= max_records:
+            yield window
+            window, residues = [], 0
+    if window:
+        yield window
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def plan_batches(lengths: Sequence[int], toks_per_batch: int, extra: int = 2) -> list[list[int]]:
+    """Indices grouped longest first so that each batch's padded size (n · (max_len + extra))
+    stays within ``toks_per_batch``; a sequence longer than the budget gets a batch alone."""
+    if toks_per_batch < 1:
+        raise ValueError(f"--toks-per-batch must be positive, got {toks_per_batch}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        # Longest first: a batch's first member sets its padded width.
+        if batches and (len(batches[-1]) + 1) * (lengths[batches[-1][0]] + extra) <= toks_per_batch:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def encode_batch(
+    sequences: Sequence[str], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, max L + 2) tokens <cls> seq <eos> right-padded with <pad>, and the bool real mask."""
+    alphabet = get_alphabet()
+    width = max(len(s) for s in sequences) + 2
+    tokens = torch.full((len(sequences), width), alphabet.padding_idx, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq) + 2] = torch.tensor(alphabet.encode_framed(seq), dtype=torch.long)
+    tokens = tokens.to(device)
+    return tokens, tokens != alphabet.padding_idx
+
+
+# ----------------------------------------------------------------------------- output
+
+
+@contextlib.contextmanager
+def atomic_output(path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    An interrupted or failed run leaves nothing that looks like a finished output. For a
+    directory, an existing ``path`` is replaced only after the new one is complete.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        raise ValueError(f"output {path} exists and is {kind}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) if directory else None
+    if tmp is None:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, _default_mode(directory))  # mkstemp/mkdtemp make them private
+        if directory and path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "out")
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _default_mode(directory: bool) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def progress(quiet: bool, desc: str, unit: str = "res", total: int | None = None):
+    """A tqdm bar on stderr counting residues (rate = residues/s); disabled by ``quiet``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        disable=quiet,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )

@@ -1,0 +1,167 @@
+"""Embedding writers: h5 (default), npz and an esm-extract-like directory of .pt files.
+
+Every format stores, per record, ``representations`` (per-token, residues only),
+``mean_representations`` and ``bos_representations`` keyed by layer, plus an index of the
+input ids in input order. Records are written as they are computed (streamed), and the bytes
+depend only on the inputs: no timestamps, a fixed order, so a rerun gives identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMATS = ("h5", "npz", "pt-dir")
+INDEX_KEY = "_index"  # h5 group / npz prefix of the id index; never given to a record
+INDEX_FILE = "index.csv"  # pt-dir: id -> file
+MAX_NAME = 100
+# File names: a portable set. Keys inside one h5/npz file: anything but the path separator.
+UNSAFE_FILE = re.compile(r"[^A-Za-z0-9._-]")
+UNSAFE_KEY = re.compile(r"[/\\\x00-\x1f]")
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+class NameAllocator:
+    """Record id -> a unique name, safe as a file name (``files=True``) or an h5/npz key.
+
+    A safe, unused id is kept as is; anything else (a slash, a space in a file name, a leading
+    dot, an id seen before, for files one that differs only in case from a name in use)
+    becomes its sanitised form plus a short hash of (id, occurrence): deterministic and
+    collision-free.
+    """
+
+    def __init__(self, files: bool, reserved: tuple[str, ...] = (INDEX_KEY, INDEX_FILE)):
+        self._unsafe = UNSAFE_FILE if files else UNSAFE_KEY
+        self._fold = str.lower if files else str  # case-insensitive file systems
+        self._used = {self._fold(name) for name in reserved}
+        self._seen: dict[str, int] = {}
+
+    def _is_safe(self, name: str) -> bool:
+        return (
+            0 < len(name) <= MAX_NAME
+            and not name.startswith(".")
+            and not self._unsafe.search(name)
+            and self._fold(name) not in self._used
+        )
+
+    def __call__(self, record_id: str) -> str:
+        occurrence = self._seen.get(record_id, 0)
+        self._seen[record_id] = occurrence + 1
+        name = record_id
+        salt = 0
+        while not self._is_safe(name):
+            stem = self._unsafe.sub("_", record_id)[:MAX_NAME].lstrip(".") or "record"
+            digest = hashlib.sha1(f"{record_id}\0{occurrence}\0{salt}".encode()).hexdigest()
+            name = f"{stem}_{digest[:10]}"
+            salt += 1
+        self._used.add(self._fold(name))
+        return name
+
+
+def _entries(result: dict) -> list[tuple[str, int, np.ndarray]]:
+    """(kind, layer, array) for every stored array of one record, in a fixed order."""
+    return [
+        (kind, layer, tensor.numpy())
+        for kind in ("representations", "mean_representations", "bos_representations")
+        for layer, tensor in sorted(result.get(kind, {}).items())
+    ]
+
+
+class H5Writer:
+    """One HDF5 file: ``/<name>/<kind>/<layer>`` datasets, attrs id/length, ``/_index``."""
+
+    def __init__(self, path: Path, metadata: dict):
+        import h5py
+
+        self._h5py = h5py
+        self.file = h5py.File(path, "w", libver="earliest", track_order=False)
+        for key, value in metadata.items():
+            self.file.attrs[key] = value
+
+    def add(self, name: str, record_id: str, result: dict) -> None:
+        group = self.file.create_group(name)
+        group.attrs["id"] = record_id
+        group.attrs["length"] = result["length"]
+        for kind, layer, array in _entries(result):
+            group.create_dataset(f"{kind}/{layer}", data=array, track_times=False)
+
+    def close(self, ids: list[str], names: list[str]) -> None:
+        index = self.file.create_group(INDEX_KEY)
+        strings = self._h5py.string_dtype()
+        index.create_dataset(
+            "ids", data=np.array(ids, dtype=object), dtype=strings, track_times=False
+        )
+        index.create_dataset(
+            "keys", data=np.array(names, dtype=object), dtype=strings, track_times=False
+        )
+        self.file.close()
+
+    def abort(self) -> None:
+        self.file.close()
+
+
+class NpzWriter:
+    """A .npz (zip of .npy) streamed entry by entry: ``<name>/<kind>/<layer>``, ``_index/ids``."""
+
+    def __init__(self, path: Path, metadata: dict):
+        self.zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+
+    def _write(self, key: str, array: np.ndarray) -> None:
+        info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
+        with self.zip.open(info, "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+
+    def add(self, name: str, record_id: str, result: dict) -> None:
+        for kind, layer, array in _entries(result):
+            self._write(f"{name}/{kind}/{layer}", array)
+
+    def close(self, ids: list[str], names: list[str]) -> None:
+        self._write(f"{INDEX_KEY}/ids", np.array(ids, dtype=str))
+        self._write(f"{INDEX_KEY}/keys", np.array(names, dtype=str))
+        self.zip.close()
+
+    def abort(self) -> None:
+        self.zip.close()
+
+
+class PtDirWriter:
+    """esm-extract's layout: ``<name>.pt`` = {label, representations, mean_representations,
+    bos_representations} (layer -> tensor), plus ``index.csv`` (id, file)."""
+
+    def __init__(self, path: Path, metadata: dict):
+        self.path = path
+
+    def add(self, name: str, record_id: str, result: dict) -> None:
+        payload = {"label": record_id}
+        for kind in ("representations", "mean_representations", "bos_representations"):
+            if kind in result:
+                # clone: a view would drag its whole batch's storage into the file
+                payload[kind] = {layer: t.clone() for layer, t in sorted(result[kind].items())}
+        torch.save(payload, self.path / f"{name}.pt")
+
+    def close(self, ids: list[str], names: list[str]) -> None:
+        with open(self.path / INDEX_FILE, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "file"])
+            writer.writerows((record_id, f"{name}.pt") for record_id, name in zip(ids, names))
+
+    def abort(self) -> None:
+        pass
+
+
+WRITERS = {"h5": H5Writer, "npz": NpzWriter, "pt-dir": PtDirWriter}
+
+
+def check_replaceable_dir(path: Path) -> None:
+    """Only an earlier pt-dir output (it has index.csv) or an empty folder may be replaced."""
+    if path.is_dir() and any(path.iterdir()) and not (path / INDEX_FILE).exists():
+        raise ValueError(
+            f"output {path} is a non-empty directory that is not a pt-dir embedding output "
+            f"(no {INDEX_FILE}); choose another path"
+        )

@@ -1,0 +1,233 @@
+import csv
+import filecmp
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from proteinperf.checkpoint import load_model
+from proteinperf.cli import main
+from proteinperf.inference.common import plan_batches
+from proteinperf.inference.embed import embed_fasta, embed_sequences, resolve_layers
+from proteinperf.inference.writers import NameAllocator
+
+from .conftest import SEQUENCES, tiny_model, write_fasta
+
+
+def test_plan_batches_respects_budget_and_covers_all():
+    lengths = [5, 100, 7, 30, 30, 2, 250]
+    batches = plan_batches(lengths, toks_per_batch=70)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        width = max(lengths[i] for i in batch) + 2
+        assert len(batch) == 1 or len(batch) * width <= 70
+    assert [6] in batches and [1] in batches  # longer than the budget: alone
+
+
+def test_resolve_layers():
+    assert resolve_layers([-1], 6) == [6]
+    assert resolve_layers([0, -7, 3, -3], 6) == [0, 3, 4]
+    with pytest.raises(ValueError, match="layer 7 does not exist"):
+        resolve_layers([7], 6)
+    with pytest.raises(ValueError, match="-8"):
+        resolve_layers([-8], 6)
+
+
+@pytest.mark.parametrize("files", [True, False])
+def test_names_are_unique_and_safe(files):
+    allocate = NameAllocator(files=files)
+    ids = ["a/b", "a/b", "a_b", "x", "X", ".", "", "../etc", "ok-id.1", "_index"]
+    names = [allocate(i) for i in ids]
+    folded = [n.lower() for n in names] if files else names
+    assert len(set(folded)) == len(names)
+    assert all("/" not in n and not n.startswith(".") and n for n in names)
+    assert names[8] == "ok-id.1"
+    assert names[3] == "x"
+    assert (names[4] != "X") if files else (names[4] == "X")  # case-insensitive file systems
+    again = NameAllocator(files=files)
+    assert [again(i) for i in ids] == names  # deterministic
+
+
+@pytest.mark.parametrize("name", ["favor_relu", "favor_softmax", "softmax", "causal"])
+def test_alone_equals_padded_batch(name):
+    model = tiny_model(name)
+    seqs = list(SEQUENCES.values())
+    batch = embed_sequences(model, seqs, [0, 1, 2], ["mean", "per-token", "bos"])
+    for seq, together in zip(seqs, batch):
+        alone = embed_sequences(model, [seq], [0, 1, 2], ["mean", "per-token", "bos"])[0]
+        for kind in ("representations", "mean_representations", "bos_representations"):
+            for layer in (0, 1, 2):
+                torch.testing.assert_close(
+                    together[kind][layer], alone[kind][layer], atol=1e-5, rtol=1e-4
+                )
+        assert together["representations"][2].shape == (len(seq), 16)
+
+
+def test_mean_is_over_residues_only():
+    model = tiny_model("favor_relu")
+    out = embed_sequences(model, ["MKTAYIAK"], [2], ["mean", "per-token", "bos"])[0]
+    per_token = out["representations"][2]
+    assert per_token.shape == (8, 16)
+    torch.testing.assert_close(out["mean_representations"][2], per_token.mean(0))
+    full = model(torch.tensor([[0, *model_tokens("MKTAYIAK"), 2]]), repr_layers=[2])
+    torch.testing.assert_close(
+        out["bos_representations"][2], full["representations"][2][0, 0].detach()
+    )
+
+
+def model_tokens(seq):
+    from proteinperf.data.alphabet import get_alphabet
+
+    return get_alphabet().encode(seq)
+
+
+def test_h5_layout_order_and_rerun_identical(tmp_path, checkpoints, fasta):
+    model, _ = load_model(checkpoints["favor_softmax"])
+    outs = []
+    for run in range(2):
+        out = tmp_path / f"run{run}.h5"
+        embed_fasta(
+            model,
+            fasta,
+            out,
+            layers=[0, -1],
+            include=["mean", "per-token", "bos"],
+            toks_per_batch=40,
+            quiet=True,
+        )
+        outs.append(out)
+    assert filecmp.cmp(outs[0], outs[1], shallow=False)
+    with h5py.File(outs[0]) as f:
+        ids = [i.decode() for i in f["_index/ids"][:]]
+        assert ids == list(SEQUENCES)
+        group = f["seq1"]
+        assert group.attrs["id"] == "seq1" and group.attrs["length"] == 22
+        assert set(group["representations"]) == {"0", "2"}
+        assert group["representations/2"].shape == (22, 16)
+        np.testing.assert_allclose(
+            group["mean_representations/2"][:], group["representations/2"][:].mean(0), atol=1e-6
+        )
+        assert group["bos_representations/0"].shape == (16,)
+    # a different batch size gives the same vectors
+    other = tmp_path / "other.h5"
+    embed_fasta(
+        model, fasta, other, layers=[-1], include=["per-token"], toks_per_batch=1, quiet=True
+    )
+    with h5py.File(outs[0]) as a, h5py.File(other) as b:
+        for rid in SEQUENCES:
+            np.testing.assert_allclose(
+                a[f"{rid}/representations/2"][:], b[f"{rid}/representations/2"][:], atol=1e-5
+            )
+
+
+def test_npz(tmp_path, checkpoints, fasta):
+    model, _ = load_model(checkpoints["favor_relu"])
+    out = tmp_path / "e.npz"
+    embed_fasta(model, fasta, out, fmt="npz", include=["mean", "bos"], quiet=True)
+    with np.load(out) as z:
+        assert list(z["_index/ids"]) == list(SEQUENCES)
+        assert z["seq2/mean_representations/2"].shape == (16,)
+        assert "seq2/representations/2" not in z
+
+
+def test_pt_dir_unsafe_and_duplicate_ids(tmp_path, checkpoints):
+    records = [
+        ("sp|P1|A/B", "MKT"),
+        ("sp|P1|A/B", "MKTW"),
+        ("dup", "AAA"),
+        ("dup", "CCC"),
+        ("Dup", "GGG"),
+        ("..", "WW"),
+        ("index.csv", "MM"),
+    ]
+    fasta = tmp_path / "ids.fasta"
+    fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
+    model, _ = load_model(checkpoints["favor_relu"])
+    out = tmp_path / "pt"
+    embed_fasta(model, fasta, out, fmt="pt-dir", include=["mean", "per-token", "bos"], quiet=True)
+    with open(out / "index.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [rid for rid, _ in records]
+    files = [r["file"] for r in rows]
+    assert len({f.lower() for f in files}) == len(files)
+    assert sorted(p.name for p in out.iterdir()) == sorted(files + ["index.csv"])
+    for (rid, seq), row in zip(records, rows):
+        data = torch.load(out / row["file"], weights_only=True)
+        assert data["label"] == rid
+        assert data["representations"][2].shape == (len(seq), 16)
+        assert set(data) == {
+            "label",
+            "representations",
+            "mean_representations",
+            "bos_representations",
+        }
+    # rerun replaces the earlier output, byte for byte the same
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    embed_fasta(model, fasta, out, fmt="pt-dir", include=["mean", "per-token", "bos"], quiet=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_pt_dir_refuses_foreign_directory(tmp_path, checkpoints, fasta):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("x")
+    model, _ = load_model(checkpoints["favor_relu"])
+    with pytest.raises(ValueError, match="not a pt-dir"):
+        embed_fasta(model, fasta, out, fmt="pt-dir", quiet=True)
+    assert (out / "precious.txt").exists()
+
+
+def test_interrupted_run_leaves_no_output(tmp_path, checkpoints):
+    fasta = write_fasta(tmp_path / "bad.fasta", {"ok": "MKT"})
+    with open(fasta, "a") as f:
+        f.write(">bad\nMK1T\n")
+    out = tmp_path / "out.h5"
+    code = main(["embed", str(checkpoints["favor_relu"]), fasta, str(out), "--quiet"])
+    assert code == 2
+    assert list(tmp_path.iterdir()) == [tmp_path / "bad.fasta"]
+
+
+def test_learned_positions_need_truncate(tmp_path, checkpoints, capsys):
+    fasta = write_fasta(tmp_path / "long.fasta", {"long": "M" * 30})
+    out = tmp_path / "out.h5"
+    assert main(["embed", str(checkpoints["learned"]), fasta, str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "max_len 16" in err and "--truncate 14" in err and len(err.strip().splitlines()) == 1
+    assert (
+        main(
+            [
+                "embed",
+                str(checkpoints["learned"]),
+                fasta,
+                str(out),
+                "--quiet",
+                "--truncate",
+                "14",
+                "--include",
+                "per-token",
+            ]
+        )
+        == 0
+    )
+    with h5py.File(out) as f:
+        assert f["long/representations/2"].shape == (14, 16)
+
+
+def test_long_sequence_no_limit_for_favor(tmp_path, checkpoints):
+    model, _ = load_model(checkpoints["favor_relu"])
+    seq = ("MKTAYIAKQRQISFVKSHFSRQ" * 200)[:4000]
+    out = embed_sequences(model, [seq], [2], ["mean"])[0]
+    assert torch.isfinite(out["mean_representations"][2]).all()
+
+
+def test_bf16_close_to_fp32():
+    model = tiny_model("favor_relu")
+    seqs = list(SEQUENCES.values())
+    fp32 = embed_sequences(model, seqs, [2], ["mean"])
+    bf16 = embed_sequences(model, seqs, [2], ["mean"], precision="bf16")
+    for a, b in zip(fp32, bf16):
+        assert b["mean_representations"][2].dtype == torch.float32
+        torch.testing.assert_close(
+            a["mean_representations"][2], b["mean_representations"][2], atol=0.1, rtol=0.05
+        )
