@@ -50,7 +50,7 @@ class Settings:
     step_cap_s: float = 120.0  # a case predicted to need longer for one step is skipped
     total_budget_s: float = 18 * 60  # speed cases predicted to overrun this are skipped
     mem_limit_gib: float = 20.0  # address-space cap of a worker; larger predictions are skipped
-    quiet_wait_s: float = 10.0  # before each case, wait up to this long for an idle machine
+    quiet_wait_s: float = 0.0  # before each case, wait up to this long for an idle machine
     # Workers run at this priority where permitted: on a shared machine, other processes on
     # the two cores otherwise stall torch's threads at every op and timings mean little.
     worker_nice: int | None = -20
@@ -68,7 +68,6 @@ QUICK = Settings(
     case_budget_s=4.0,
     step_cap_s=20.0,
     total_budget_s=75.0,
-    quiet_wait_s=0.0,
     quality_length=256,
     quality_ms=(16, 64, 256),
     seeds=2,
@@ -167,7 +166,8 @@ def _power_law(points: list[tuple[int, float]], length: int, default_power: floa
 def _skip_reason(history: list[dict], length: int, impl: str, s: Settings, left_s: float):
     """Why a case should not be run, judged from the smaller lengths of its series."""
     if history and history[-1]["status"] != "ok":
-        return f"skipped: {history[-1]['status']} at L={history[-1]['length']}"
+        status = history[-1]["status"].replace("skipped", "not run")
+        return f"skipped: {status} at L={history[-1]['length']}"
     if not history:
         return None
     quadratic = 2.0 if impl == "sdpa" else 1.0
