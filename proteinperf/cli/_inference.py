@@ -49,3 +49,20 @@ def load(checkpoint: str, device_name: str):
 
     device = resolve_device(device_name)
     return load_model(checkpoint, device=device)
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--truncate",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="keep only the first N residues of each record (default: no limit)",
+    )
+    parser.add_argument(
+        "--invalid",
+        choices=("error", "unk", "skip-record"),
+        default="error",
+        help="a character outside the alphabet: stop with an error naming "
+        "file:line, read it as <unk>, or skip the record (default: error)",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from proteinperf.cli._inference import add_run_options, load, positive_int
+from proteinperf.cli._inference import add_input_options, add_run_options, load
 
 
 def register(subparsers) -> None:
@@ -45,13 +45,7 @@ def register(subparsers) -> None:
         "pt-dir: one .pt per record (esm-extract layout) + index.csv "
         "(default: h5)",
     )
-    parser.add_argument(
-        "--truncate",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="keep only the first N residues of each record (default: no limit)",
-    )
+    add_input_options(parser)
     add_run_options(parser)
     parser.set_defaults(func=run)
 
@@ -69,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         fmt=args.fmt,
         toks_per_batch=args.toks_per_batch,
         truncate=args.truncate,
+        invalid=args.invalid,
         precision=args.precision,
         quiet=args.quiet,
         metadata={"checkpoint": str(args.checkpoint)},

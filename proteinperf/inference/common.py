@@ -57,14 +57,17 @@ def autocast(device: torch.device, precision: str):
 # ----------------------------------------------------------------------------- input
 
 
-def read_records(path, truncate: int | None = None) -> Iterator[FastaRecord]:
-    """FASTA records, validated (invalid residues are an error naming file:line), truncated to
-    the first ``truncate`` residues if given; an empty file or an empty record is an error."""
+def read_records(
+    path, truncate: int | None = None, invalid: str = "error"
+) -> Iterator[FastaRecord]:
+    """FASTA records, validated (``invalid``: 'error' names file:line of a bad residue, 'unk'
+    keeps it as <unk>, 'skip-record' drops the record), truncated to the first ``truncate``
+    residues if given; an empty file or an empty record is an error."""
     if truncate is not None and truncate < 1:
         raise ValueError(f"--truncate must be a positive number of residues, got {truncate}")
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such file")
-    for record in read_fasta(path):
+    for record in read_fasta(path, invalid=invalid):
         if not record.sequence:
             raise DataError(f"{path}:{record.line}: record '{record.id}' has no residues")
         if truncate is not None and len(record.sequence) > truncate:

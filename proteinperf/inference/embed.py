@@ -93,6 +93,7 @@ def embed_fasta(
     fmt: str = "h5",
     toks_per_batch: int = DEFAULT_TOKS_PER_BATCH,
     truncate: int | None = None,
+    invalid: str = "error",
     precision: str = "fp32",
     quiet: bool = False,
     metadata: dict | None = None,
@@ -114,7 +115,7 @@ def embed_fasta(
     ids: list[str] = []
     names: list[str] = []
     residues = 0
-    records = read_records(fasta, truncate)
+    records = read_records(fasta, truncate, invalid)
     with atomic_output(output, directory=fmt == "pt-dir") as tmp, progress(quiet, "embed") as bar:
         writer = WRITERS[fmt](tmp, metadata)
         try:

@@ -82,6 +82,7 @@ def score_fasta(
     strategy: str | None = None,
     toks_per_batch: int = DEFAULT_TOKS_PER_BATCH,
     truncate: int | None = None,
+    invalid: str = "error",
     precision: str = "fp32",
     quiet: bool = False,
 ) -> dict:
@@ -95,7 +96,7 @@ def score_fasta(
     ):
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        for window in windows(read_records(fasta, truncate)):
+        for window in windows(read_records(fasta, truncate, invalid)):
             for record in window:
                 check_length(model, len(record.sequence), f"record '{record.id}'")
             sequences = [record.sequence for record in window]

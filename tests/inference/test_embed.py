@@ -231,3 +231,26 @@ def test_bf16_close_to_fp32():
         torch.testing.assert_close(
             a["mean_representations"][2], b["mean_representations"][2], atol=0.1, rtol=0.05
         )
+
+
+def test_invalid_residues_error_or_skip(tmp_path, checkpoints, capsys):
+    fasta = write_fasta(tmp_path / "bad.fasta", {"ok": "MKT", "bad": "MK1T"})
+    out = tmp_path / "out.h5"
+    ckpt = str(checkpoints["favor_relu"])
+    assert main(["embed", ckpt, fasta, str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.fasta:4" in err and "'1'" in err
+    assert main(["embed", ckpt, fasta, str(out), "--quiet", "--invalid", "skip-record"]) == 0
+    with h5py.File(out) as f:
+        assert [i.decode() for i in f["_index/ids"][:]] == ["ok"]
+
+
+def test_unknown_layer_is_one_line(tmp_path, checkpoints, fasta, capsys):
+    out = tmp_path / "out.h5"
+    assert main(["embed", str(checkpoints["favor_relu"]), fasta, str(out), "--layers", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "proteinperf embed: error: layer 5 does not exist: this model has layers "
+        "0..2 (0 = token embeddings) or -3..-1 counted from the end"
+    )
+    assert not out.exists()
