@@ -8,6 +8,7 @@ and its workers), then the single-process baseline, and checks both token stream
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,11 @@ def _peak_rss(proc: subprocess.Popen) -> int:
     return peak
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run(quick: bool = False, out_dir: Path | None = None, workers: int | None = None) -> dict:
     size = 50_000_000 if quick else 1_000_000_000
     with tempfile.TemporaryDirectory(prefix="proteinperf-bench-data-") as tmp:
@@ -154,6 +160,8 @@ def run(quick: bool = False, out_dir: Path | None = None, workers: int | None = 
         if workers:
             cmd += ["--workers", str(workers)]
         subprocess.run(["cat", str(fasta)], stdout=subprocess.DEVNULL, check=True)  # warm cache
+        load = os.getloadavg()[0]
+        cpu0 = _children_cpu()
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         peak = [0]
@@ -162,11 +170,13 @@ def run(quick: bool = False, out_dir: Path | None = None, workers: int | None = 
         proc.wait()
         watcher.join()
         ours_s = time.perf_counter() - start
+        ours_cpu = _children_cpu() - cpu0
         if proc.returncode != 0:
             raise RuntimeError(f"prepare failed with exit code {proc.returncode}")
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         ref_tokens, ref_records = baseline(fasta)
         base_s = time.perf_counter() - start
+        base_cpu = time.process_time() - cpu0
         ours_tokens = np.fromfile(out / "train.tokens.bin", np.uint8)
         equal = bool(np.array_equal(ours_tokens, ref_tokens)) and ref_records == records
     ours_mbs, base_mbs = nbytes / ours_s / 1e6, nbytes / base_s / 1e6
@@ -179,6 +189,11 @@ def run(quick: bool = False, out_dir: Path | None = None, workers: int | None = 
         "baseline_s": round(base_s, 3),
         "baseline_MBps": round(base_mbs, 1),
         "speedup": round(ours_mbs / base_mbs, 2),
+        # CPU seconds (all threads) and the load average before the run: wall times on a
+        # shared machine move with other people's work, CPU time much less
+        "prepare_cpu_s": round(ours_cpu, 2),
+        "baseline_cpu_s": round(base_cpu, 2),
+        "load_before": round(load, 1),
         "peak_rss_MB": round(peak[0] / 1e6, 1),
         "tokens_equal": equal,
         "targets": {"MBps": 250, "speedup": 3.5, "peak_rss_MB": 1000},
@@ -192,7 +207,8 @@ def run(quick: bool = False, out_dir: Path | None = None, workers: int | None = 
             f"| `proteinperf prepare` | {ours_s:.1f} | {ours_mbs:.0f} | {peak[0] / 1e6:,.0f} MB |",
             f"| Biopython + NumPy LUT (1 process) | {base_s:.1f} | {base_mbs:.0f} | |",
             "",
-            f"speedup {ours_mbs / base_mbs:.2f}x (target 3.5x), token streams equal: {equal}",
+            f"speedup {ours_mbs / base_mbs:.2f}x (target 3.5x), token streams equal: {equal}; "
+            f"CPU s: prepare {ours_cpu:.1f}, baseline {base_cpu:.1f}; load before {load:.1f}",
         ]
     )
     if not equal:

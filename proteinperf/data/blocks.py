@@ -1,7 +1,8 @@
-"""Vectorised parsing of one block of FASTA bytes (whole records) into tokens and metadata.
+"""Parsing of one block of FASTA bytes (whole records) into per-split tokens and metadata.
 
-The block is handled with a few whole-array NumPy passes (newline scan, byte lookup table,
-header masking, compaction); headers go through one RE2 regex in pyarrow. No per-record Python.
+The bytes are scanned once by a compiled kernel (kernels.scan_block: records, tokens, header
+field positions, invalid characters); everything after that works on per-record arrays, and the
+Arrow columns are gathered straight from the block. No per-record Python.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .alphabet import get_alphabet
-from .fasta import INT_FIELDS, MARKERS, UNIREF_PREFIX
+from .fasta import HEADER_FIELDS, INT_FIELDS, INVALID_POLICIES, MARKERS, UNIREF_PREFIX
 
 TRAIN, VALID, TEST, DROPPED = 0, 1, 2, 3
 SPLITS = ("train", "valid", "test")
 DROP, STAR = 254, 253  # lut values: whitespace (removed) and '*' (removed when trailing)
 NUM_TOKENS = 33
+ID_HASH_SEED = 0x1D
 
 # Split key: UniRefNN_X, sp|X|NAME and tr|X|NAME all hash as X, so one protein (or cluster
-# representative) lands in the same split whichever UniProt product it came from.
+# representative) lands in the same split whichever UniProt product it came from. (The kernel
+# applies the same rewrites to the bytes; split_keys is the readable reference.)
 _KEY_REWRITES = ((UNIREF_PREFIX, ""), (r"^(?:sp|tr)\|([^|]+)\|.*$", r"\1"))
 
 
@@ -31,7 +34,17 @@ def byte_table() -> np.ndarray:
     return lut
 
 
+def marker_table(markers) -> tuple[np.ndarray, np.ndarray]:
+    """The "KEY=" byte strings of `markers` as a zero-padded 2-D array and their lengths."""
+    raw = [(m + "=").encode() for m in markers]
+    keys = np.zeros((len(raw), max(map(len, raw))), np.uint8)
+    for i, r in enumerate(raw):
+        keys[i, : len(r)] = np.frombuffer(r, np.uint8)
+    return keys, np.array([len(r) for r in raw], np.int64)
+
+
 _LUT = byte_table()
+_KEYS, _KEY_LENS = marker_table(MARKERS)
 
 
 def parse_block(
@@ -44,62 +57,43 @@ def parse_block(
     test_fraction=0.01,
     seed=0,
 ) -> dict:
-    """Parse whole FASTA records in `data` (bytes starting with '>') into per-split arrays."""
+    """Parse whole FASTA records in `data` (bytes starting with '>') into per-split arrays.
+
+    Returns {"error": None, "newlines", "stats", "id_hashes", "tokens", "lengths", "meta"} with
+    one token array, int64 length array and Arrow table per split; or, with invalid="error" and
+    a character outside the alphabet, {"error": (line in block, record id, char), "newlines"}.
+    """
+    from . import kernels as k  # numba is imported (and the kernels loaded) on first use only
+
     a = np.frombuffer(data, dtype=np.uint8)
-    n = a.size
-    nl = np.flatnonzero(a == 10)
-    after = nl + 1
-    after = after[after < n]
-    hs = np.concatenate([[0], after[a[after] == 62]])  # header starts ('>')
-    k = np.searchsorted(nl, hs)
-    he = np.append(nl, n)[k]  # header ends (its newline)
-    seq_start = np.minimum(he + 1, n)
-    seq_end = np.append(hs[1:], n)
-
-    in_header = np.repeat(
-        np.tile(np.array([True, False]), hs.size),
-        np.stack([seq_start - hs, seq_end - seq_start], 1).ravel(),
+    policy = INVALID_POLICIES.index(invalid)
+    tokens, titles, rec, n, newlines, error_at = k.scan_block(
+        a, _LUT, _KEYS, _KEY_LENS, policy, get_alphabet().unk_idx
     )
-    tok = _LUT[a]
-    np.putmask(tok, in_header, DROP)
-    kept = tok != DROP
-    tokens = tok[kept]
-    del tok
+    rec = rec[:, :n]
+    if error_at >= 0:
+        byte = int(a[error_at])
+        char = chr(byte) if 32 < byte < 127 else f"\\x{byte:02x}"
+        line = int(np.count_nonzero(a[:error_at] == 10)) + 1
+        rec_id = bytes(titles[rec[k.H0, -1] : rec[k.ID_END, -1]]).decode("utf-8", "replace")
+        return {"error": (line, rec_id, char), "newlines": int(np.count_nonzero(a == 10))}
 
-    lengths = (seq_end - seq_start) - (
-        np.searchsorted(nl, seq_end) - np.searchsorted(nl, seq_start)
-    )
-    if lengths.sum() != tokens.size:  # CR, tabs or spaces inside sequences: count them exactly
-        other = np.flatnonzero(~kept & ~in_header & (a != 10))
-        lengths -= np.searchsorted(other, seq_end) - np.searchsorted(other, seq_start)
-    del in_header
-
-    meta = _headers(a, hs, he)
+    lengths = rec[k.TOK_N]
+    bad = rec[k.BAD] != 0
     stats = {
-        "records": int(hs.size),
+        "records": n,
         "empty": 0,
         "too_short": 0,
         "too_long": 0,
         "invalid_skipped": 0,
         "invalid_unk": 0,
     }
-    dropped = np.zeros(hs.size, dtype=bool)
-    error = None
-    if tokens.size and tokens.max() > NUM_TOKENS:
-        tokens, lengths, bad, error = _specials(tokens, lengths, invalid)
-        if error is not None:
-            rec, pos, char = error
-            raw = int(np.flatnonzero(kept)[pos])
-            line = int(np.searchsorted(nl, raw, side="right")) + 1
-            char = chr(a[raw]) if 32 < a[raw] < 127 else f"\\x{a[raw]:02x}"
-            return {"error": (line, meta.column("id")[rec].as_py(), char), "newlines": int(nl.size)}
-        if invalid == "skip-record":
-            dropped |= bad
-            stats["invalid_skipped"] = int(bad.sum())
-        else:
-            stats["invalid_unk"] = int(bad.sum())
-    del kept
-
+    dropped = np.zeros(n, dtype=bool)
+    if invalid == "skip-record":
+        dropped |= bad
+        stats["invalid_skipped"] = int(bad.sum())
+    else:
+        stats["invalid_unk"] = int(bad.sum())
     stats["empty"] = int(((lengths == 0) & ~dropped).sum())
     dropped |= lengths == 0
     short = (lengths < min_length) & ~dropped
@@ -107,140 +101,89 @@ def parse_block(
     stats["too_short"], stats["too_long"] = int(short.sum()), int(long.sum())
     dropped |= short | long
 
-    ids = meta.column("id").combine_chunks()
-    split = assign_splits(split_keys(ids), valid_fraction, test_fraction, seed)
+    key_hash = k.hash_ranges(titles, rec[k.KEY_S], rec[k.KEY_E], np.uint64(seed))
+    split = split_of_hash(key_hash, valid_fraction, test_fraction)
     split[dropped] = DROPPED
-    meta = meta.append_column("length", pa.array(lengths.astype(np.int32)))
+    id_hash = k.hash_ranges(titles, rec[k.H0], rec[k.ID_END], np.uint64(ID_HASH_SEED))
     out = {
-        "newlines": int(nl.size),
+        "newlines": newlines,
         "error": None,
         "stats": stats,
-        "id_hashes": hash_strings(ids, seed=0x1D)[~dropped],
+        "id_hashes": id_hash[~dropped],
+        "tokens": [],
+        "lengths": [],
+        "meta": [],
     }
-    out.update(_by_split(tokens, lengths, split, meta))
+    ints = {name: _int_column(titles, rec, name) for name in INT_FIELDS}
+    for s in range(3):
+        rows = np.flatnonzero(split == s)
+        if rows.size == n and n:  # the whole block: the token buffer is already in order
+            out["tokens"].append(tokens[: int(rec[k.TOK_S, -1] + rec[k.TOK_N, -1])])
+        else:
+            out["tokens"].append(k.gather_tokens(tokens, rec[k.TOK_S], lengths, rows))
+        out["lengths"].append(lengths[rows].copy())
+        out["meta"].append(_meta(titles, rec, rows, ints))
     return out
 
 
-def _headers(a: np.ndarray, hs: np.ndarray, he: np.ndarray) -> pa.Table:
-    """Header fields of every record, found with array ops on the block (markers after spaces)."""
-    h0 = hs + 1
-    h1 = he - ((he > h0) & (a[np.maximum(he - 1, 0)] == 13))  # drop a CR before the newline
-    sp = np.flatnonzero(a == 32)
-    rec = np.searchsorted(hs, sp, side="right") - 1
-    inside = sp < h1[rec]
-    sp, rec = sp[inside], rec[inside]
-    first_sp = np.append(sp, a.size)[np.searchsorted(sp, h0)]
-    id_end = np.minimum(first_sp, h1)
+def _meta(h, rec, rows, ints) -> pa.Table:
+    """The metadata table (id, cluster_id, description, header fields, length) of `rows`."""
+    from . import kernels as k
 
-    # 6 bytes after each space packed into an integer, compared with each "KEY=" marker
-    code = np.zeros(sp.size, np.uint64)
-    for j in range(6):
-        code |= a[np.minimum(sp + 1 + j, a.size - 1)].astype(np.uint64) << np.uint64(8 * j)
-    kind = np.full(sp.size, -1, np.int8)
-    for k, key in enumerate(MARKERS):
-        raw = (key + "=").encode()
-        want = int.from_bytes(raw, "little")
-        mask = (1 << (8 * len(raw))) - 1
-        kind[(code & np.uint64(mask)) == np.uint64(want)] = k
-    hit = kind >= 0
-    hpos, hkind, hrec = sp[hit], kind[hit], rec[hit]
-    hend = np.append(hpos[1:], 0)
-    last = np.append(hrec[1:] != hrec[:-1], True)[: hrec.size]
-    hend[last] = h1[hrec[last]]
-    first_marker = h1.copy()
-    np.minimum.at(first_marker, hrec, hpos)
-
+    uniref_start = np.where(rec[k.UNIREF] != 0, rec[k.H0], -1)
     cols = {
-        "id": _strings(a, h0, id_end),
-        "cluster_id": None,
-        "description": _strings(a, np.minimum(id_end + 1, first_marker), first_marker),
+        "id": _strings(h, rec[k.H0], rec[k.ID_END], rows),
+        "cluster_id": _strings(h, uniref_start, rec[k.ID_END], rows, nullable=True),
+        "description": _strings(h, rec[k.DESC_S], rec[k.DESC_E], rows),
     }
-    for k, key in enumerate(MARKERS):
-        sel = hkind == k
-        r, p, e = hrec[sel], hpos[sel], hend[sel]
-        r, keep = np.unique(r[::-1], return_index=True)  # first occurrence of the key
-        keep = sel.sum() - 1 - keep
-        starts = np.zeros(hs.size, np.int64)
-        ends = np.zeros(hs.size, np.int64)
-        starts[r], ends[r] = p[keep] + len(key) + 2, e[keep]
-        present = np.zeros(hs.size, bool)
-        present[r] = True
-        col = _strings(a, starts, ends, present)
+    for i, key in enumerate(MARKERS):
         name = key.lower()
-        cols[name] = pc.cast(col, pa.int64(), safe=False) if name in INT_FIELDS else col
-    for name in ("pe", "sv"):
-        cols.pop(name, None)
-    ids = cols["id"]
-    cols["cluster_id"] = pc.if_else(
-        pc.starts_with(ids, "UniRef"),
-        pc.if_else(pc.match_substring_regex(ids, UNIREF_PREFIX), ids, None),
-        None,
-    )
+        if name in INT_FIELDS:
+            values, present = ints[name]
+            cols[name] = _array(pa.int64(), values[rows], present[rows])
+        elif name in HEADER_FIELDS:
+            cols[name] = _strings(h, rec[k.FIELD_S + i], rec[k.FIELD_E + i], rows, nullable=True)
+    cols["length"] = pa.array(rec[k.TOK_N][rows].astype(np.int32))
     return pa.table(cols)
 
 
-def _strings(a, starts, ends, present=None) -> pa.Array:
-    """A string array of the byte ranges [starts, ends) of `a` (null where not present)."""
-    lens = np.maximum(ends - starts, 0)
-    if present is not None:
-        lens = np.where(present, lens, 0)
-    offsets = np.zeros(lens.size + 1, np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    idx = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
-    data = a[idx]
-    validity = None if present is None else pa.array(present).buffers()[1]
+def _int_column(h, rec, name):
+    """(values, present) of an integer header field over the whole block."""
+    from . import kernels as k
+
+    i = MARKERS.index(next(m for m in MARKERS if m.lower() == name))
+    starts, ends = rec[k.FIELD_S + i], rec[k.FIELD_E + i]
+    rows = np.arange(starts.size)
+    values, ok = k.parse_ints(h, starts, ends, rows)
+    if not ok:  # not plain decimal: let Arrow's parser decide (and word the error) as it did
+        col = _strings(h, starts, ends, rows, nullable=True)
+        cast = pc.cast(col, pa.int64(), safe=False)
+        values = cast.fill_null(0).to_numpy()
+    return values, starts >= 0
+
+
+def _array(typ, values, present) -> pa.Array:
+    validity, nulls = _validity(present)
+    return pa.Array.from_buffers(typ, values.size, [validity, pa.py_buffer(values)], nulls)
+
+
+def _validity(present):
+    nulls = present.size - int(np.count_nonzero(present))
+    if not nulls:
+        return None, 0
+    return pa.py_buffer(np.packbits(present, bitorder="little")), nulls
+
+
+def _strings(h, starts, ends, rows, nullable=False) -> pa.Array:
+    """A string array of the byte ranges [starts, ends) of `h` at `rows` (start < 0: null)."""
+    from . import kernels as k
+
+    offsets, data = k.gather_strings(h, starts, ends, rows)
+    validity, nulls = _validity(starts[rows] >= 0) if nullable else (None, 0)
     arr = pa.LargeStringArray.from_buffers(
-        lens.size,
-        pa.py_buffer(offsets),
-        pa.py_buffer(data),
-        validity,
-        -1 if present is not None else 0,
+        rows.size, pa.py_buffer(offsets), pa.py_buffer(data), validity, nulls
     )
     return pc.cast(arr, pa.string())
-
-
-def _specials(tokens, lengths, invalid):
-    """Strip trailing '*', then apply the invalid-character policy. Rare path."""
-    ends = np.cumsum(lengths)
-    pos = np.flatnonzero(tokens > NUM_TOKENS)
-    rec = np.searchsorted(ends, pos, side="right")
-    strip = np.zeros(pos.size, dtype=bool)
-    for j in range(pos.size - 1, -1, -1):  # a star is trailing if only stars follow it
-        if tokens[pos[j]] == STAR:
-            nxt_ok = pos[j] == ends[rec[j]] - 1 or (
-                j + 1 < pos.size and strip[j + 1] and pos[j + 1] == pos[j] + 1
-            )
-            strip[j] = nxt_ok
-    bad_pos = pos[~strip]
-    bad = np.zeros(lengths.size, dtype=bool)
-    bad[rec[~strip]] = True
-    if bad_pos.size and invalid == "error":
-        p = int(bad_pos[0])
-        char = "*" if tokens[p] == STAR else None
-        return tokens, lengths, bad, (int(rec[~strip][0]), p, char)
-    tokens[bad_pos] = get_alphabet().unk_idx
-    lengths = lengths - np.bincount(rec[strip], minlength=lengths.size)
-    return np.delete(tokens, pos[strip]), lengths, bad, None
-
-
-def _by_split(tokens, lengths, split, meta) -> dict:
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    change = np.flatnonzero(split[1:] != split[:-1]) + 1
-    run_lo = np.concatenate([[0], change])
-    run_hi = np.append(change, split.size)
-    pieces = [[], [], []]
-    for lo, hi in zip(run_lo.tolist(), run_hi.tolist()):
-        s = split[lo]
-        if s != DROPPED:
-            pieces[s].append(tokens[starts[lo] : ends[hi - 1]])
-    out = {"tokens": [], "lengths": [], "meta": []}
-    for s in range(3):
-        toks = np.concatenate(pieces[s]) if pieces[s] else np.zeros(0, np.uint8)
-        out["tokens"].append(toks)
-        out["lengths"].append(lengths[split == s].astype(np.int64))
-        out["meta"].append(meta.filter(pa.array(split == s)))
-    return out
 
 
 # --- stable hashing and splits -------------------------------------------------------------
@@ -285,7 +228,11 @@ def assign_splits(
     keys: pa.Array, valid_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
     """0 train / 1 valid / 2 test from a uniform number derived from the key's hash."""
-    u = (hash_strings(keys, seed) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return split_of_hash(hash_strings(keys, seed), valid_fraction, test_fraction)
+
+
+def split_of_hash(h: np.ndarray, valid_fraction: float, test_fraction: float) -> np.ndarray:
+    u = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
     split = np.full(u.size, TRAIN, dtype=np.uint8)
     split[u < valid_fraction + test_fraction] = TEST
     split[u < valid_fraction] = VALID

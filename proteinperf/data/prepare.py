@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import sys
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,15 @@ from .fasta import (
 )
 
 FORMAT_VERSION = 1
-BLOCK_SIZE = 16 << 20
+BLOCK_SIZE = 32 << 20
+# Metadata encoding, chosen for speed (it is written by the one thread that orders the
+# output): a dictionary only for columns with repeated values (ids are unique, and trying a
+# dictionary for them costs time), snappy rather than zstd (half the encode time, files ~3x
+# larger, ~5% of the token file), no column statistics.
+_DICTIONARY_COLUMNS = ["description", "n", "tax", "taxid", "os", "ox", "gn"]
+_PARQUET_OPTIONS = dict(
+    compression="snappy", use_dictionary=_DICTIONARY_COLUMNS, write_statistics=False
+)
 DATASETS = ("sample", "uniref50", "uniref90", "swissprot", "trembl")
 
 
@@ -126,7 +136,7 @@ class _Writer:
             table = r["meta"][s]
             if self.meta[s] is None:
                 self.meta[s] = pq.ParquetWriter(
-                    self.root / f"{SPLITS[s]}.meta.parquet", table.schema, compression="zstd"
+                    self.root / f"{SPLITS[s]}.meta.parquet", table.schema, **_PARQUET_OPTIONS
                 )
             if table.num_rows:
                 self.meta[s].write_table(table)
@@ -161,7 +171,10 @@ def _build(inputs, tmp, options, workers, block_size, progress) -> dict:
         desc="prepare",
         smoothing=0.1,
     )
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    # Threads, not processes: the parsing kernels release the GIL, so threads run in parallel
+    # while sharing one copy of the compiled kernels (loading them costs ~1 CPU second per
+    # process) and handing results over without pickling.
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
     described = []
     t0 = time.monotonic()
     try:
@@ -244,14 +257,32 @@ def _parsed_blocks(path, options, pool, block_size, workers):
 def _work(task, options) -> dict:
     if isinstance(task, tuple):
         path, start, stop = task
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(stop - start)
-    else:
-        data = task
+        with open(path, "rb") as f, _mapped(f, start, stop) as data:
+            return _parse(data, options)
+    return _parse(task, options)
+
+
+def _parse(data, options) -> dict:
     r = parse_block(data, **options)
     r["checksum"] = zlib.adler32(data)
     return r
+
+
+@contextmanager
+def _mapped(f, start: int, stop: int):
+    """Bytes [start, stop) of an open file as a read-only memory map: no copy, about half the
+    CPU time of read() (the block is parsed in place from the page cache)."""
+    lo = start - start % mmap.ALLOCATIONGRANULARITY
+    m = mmap.mmap(f.fileno(), stop - lo, offset=lo, access=mmap.ACCESS_READ)
+    view = memoryview(m)[start - lo :]
+    try:
+        yield view
+    finally:
+        try:
+            view.release()
+            m.close()
+        except BufferError:  # still referenced (by a traceback): garbage collection unmaps it
+            pass
 
 
 def _block_tasks(path: Path, block_size: int):
@@ -386,7 +417,7 @@ def add_prepare_parser(subparsers):
     p.add_argument("--test-fraction", type=float, default=0.01)
     p.add_argument("--min-length", type=int, default=1, help="skip shorter sequences")
     p.add_argument("--max-length", type=int, default=None, help="skip longer sequences")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
     p.add_argument(
         "--invalid",
