@@ -24,21 +24,31 @@ def _max_shifted_exp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return logits.sub_(shift).exp_(), shift.squeeze(-1)
 
 
-def optimal_positive_parameter(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def optimal_positive_parameter(
+    q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """FAVOR++'s A (Likhosherstov et al., 2022, "Chefs' Random Tables", OPRF), per (batch, head).
 
     Features f(ω, x) = D·exp(A|ω|² + B ωᵀx − |x|²/2) with B = √(1−4A), D = (1−4A)^{d/4} are
     unbiased for exp(xᵀy) whenever A < 1/4. Minimising the log second moment averaged over all
     (q_i, k_j) pairs, with φ = mean_ij |q_i + k_j|², gives with s = 1 − 8A:
         d·s² − (d + 2φ)·s − 2φ = 0   ⇒   s = (d + 2φ + √((d + 2φ)² + 8dφ)) / (2d).
-    φ = 0 gives A = 0, i.e. plain FAVOR+. Inputs are already scaled by d^-1/4, shape (B,H,L,d).
+    φ = 0 gives A = 0, i.e. plain FAVOR+. Inputs are already scaled by d^-1/4, shape (B,H,L,d);
+    padded positions are left out of the averages.
     """
     d = q.shape[-1]
     q, k = q.detach(), k.detach()
+    if key_padding_mask is None:
+        weights = torch.full(q.shape[:-1], 1.0 / q.shape[-2], dtype=q.dtype, device=q.device)
+    else:  # padded positions (queries and keys alike) take no part in the statistics
+        real = key_padding_mask[:, None, :].to(q.dtype)
+        weights = (real / real.sum(-1, keepdim=True).clamp_min(1)).expand(q.shape[:-1])
+    mean_q = (weights.unsqueeze(-1) * q).sum(-2)
+    mean_k = (weights.unsqueeze(-1) * k).sum(-2)
     phi = (
-        q.pow(2).sum(-1).mean(-1)
-        + k.pow(2).sum(-1).mean(-1)
-        + 2 * (q.mean(-2) * k.mean(-2)).sum(-1)
+        (weights * q.pow(2).sum(-1)).sum(-1)
+        + (weights * k.pow(2).sum(-1)).sum(-1)
+        + 2 * (mean_q * mean_k).sum(-1)
     )
     s = (d + 2 * phi + torch.sqrt((d + 2 * phi) ** 2 + 8 * d * phi)) / (2 * d)
     return (1 - s) / 8
@@ -90,7 +100,7 @@ def feature_maps(
             proj_q = torch.cat([proj_q, -proj_q], dim=-1)
             proj_k = torch.cat([proj_k, -proj_k], dim=-1)
         elif kernel == "softmax_opt":
-            a = optimal_positive_parameter(q, k)[..., None, None]  # (B, H, 1, 1)
+            a = optimal_positive_parameter(q, k, key_padding_mask)[..., None, None]  # (B, H, 1, 1)
             b = torch.sqrt(1 - 4 * a)
             w_sq = w.pow(2).sum(-1)  # (m,)
             proj_q = b * proj_q + a * w_sq

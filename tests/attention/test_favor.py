@@ -123,8 +123,15 @@ def test_optimal_parameter_is_plain_favor_for_zero_inputs():
     assert (a < 0).all()  # larger inputs pull the features towards smaller |ω| weights
 
 
-@pytest.mark.parametrize("kernel", ["softmax", "relu", "softmax_hyp"])
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+    "kernel, causal",
+    [
+        (k, c)
+        for k in ("softmax", "relu", "softmax_hyp", "softmax_opt", "trig")
+        for c in (0, 1)
+        if not (k == "softmax_opt" and c)
+    ],
+)
 def test_padding_invariance(kernel, causal):
     d, lengths = 8, (29, 17)
     w = draw_features(16, d, generator=torch.Generator().manual_seed(0))
