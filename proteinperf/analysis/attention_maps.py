@@ -1,0 +1,207 @@
+"""Explicit attention matrices of a Performer, for analysis only.
+
+A FAVOR+ layer never forms its L×L attention; here it is materialised on purpose as
+D⁻¹ φ(Q) φ(K)ᵀ (causal-masked for causal models) from the layer's own features, together with
+the exact softmax(QKᵀ/√d) of the very same Q and K, so the approximation can be measured on a
+real model, per layer and head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from proteinperf.attention import (
+    draw_features,
+    favor_attention_weights,
+    softmax_attention_weights,
+)
+from proteinperf.model import ModelConfig, PerformerLM
+
+# Keeps the relative Frobenius error finite for an all-zero reference (never met in practice).
+_TINY = 1e-12
+
+
+@dataclass
+class AttentionMaps:
+    """Attention of selected layers and heads for one sequence: tensors (layers, heads, L, L).
+
+    ``model`` is what the network actually uses (``favor`` for a FAVOR model, ``exact`` for a
+    softmax one); ``favor`` is None for exact-attention models.
+    """
+
+    exact: torch.Tensor
+    favor: torch.Tensor | None
+    layers: list[int]
+    heads: list[int]
+    causal: bool
+    kernel: str | None
+
+    @property
+    def model(self) -> torch.Tensor:
+        return self.exact if self.favor is None else self.favor
+
+
+def frame_sequence(sequence: str, alphabet, max_length: int | None = None) -> torch.Tensor:
+    """(1, L) token ids: <cls> residues <eos>, residues cut to ``max_length`` if given."""
+    residues = sequence[:max_length] if max_length else sequence
+    return torch.tensor([alphabet.encode_framed(residues)], dtype=torch.long)
+
+
+def select(indices: Sequence[int] | None, n: int, what: str) -> list[int]:
+    """Validated 0-based indices (all of ``range(n)`` when None)."""
+    if indices is None:
+        return list(range(n))
+    chosen = [int(i) for i in indices]
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad or not chosen:
+        raise ValueError(f"{what} must be in 0..{n - 1}, got {list(indices)}")
+    return chosen
+
+
+@torch.no_grad()
+def attention_inputs(
+    model: PerformerLM, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(q, k) of every layer, 0-based, each (B, H, L, d_head) after rotary, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(tokens, padding_mask=padding_mask, return_attention_inputs=True)
+    finally:
+        model.train(was_training)
+    inputs = out["attention_inputs"]
+    return [(inputs[i]["q"], inputs[i]["k"]) for i in sorted(inputs)]
+
+
+def layer_attention(
+    layer,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(implicit FAVOR matrix or None, exact softmax matrix) of one SelfAttention layer."""
+    exact = softmax_attention_weights(q, k, causal=layer.causal, key_padding_mask=key_padding_mask)
+    if not layer.is_favor:
+        return None, exact
+    favor = favor_attention_weights(
+        q,
+        k,
+        layer.features,
+        causal=layer.causal,
+        kernel=layer.kernel,
+        key_padding_mask=key_padding_mask,
+    )
+    return favor, exact
+
+
+@torch.no_grad()
+def attention_maps(
+    model: PerformerLM,
+    tokens: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+) -> AttentionMaps:
+    """Exact and (for FAVOR models) implicit FAVOR attention of one sequence, tokens (1, L)."""
+    if tokens.dim() != 2 or tokens.shape[0] != 1:
+        raise ValueError(f"expected tokens of shape (1, L), got {tuple(tokens.shape)}")
+    config = model.config
+    layers = select(layers, config.n_layers, "layers")
+    heads = select(heads, config.n_heads, "heads")
+    tokens = tokens.to(next(model.parameters()).device)
+    inputs = attention_inputs(model, tokens)
+    exact, favor = [], []
+    for index in layers:
+        q, k = inputs[index]
+        f, e = layer_attention(model.attention_layers[index], q[:, heads], k[:, heads])
+        exact.append(e[0].cpu())
+        if f is not None:
+            favor.append(f[0].cpu())
+    return AttentionMaps(
+        exact=torch.stack(exact),
+        favor=torch.stack(favor) if favor else None,
+        layers=layers,
+        heads=heads,
+        causal=config.causal,
+        kernel=config.favor_kernel,
+    )
+
+
+def approximation_error(approx: torch.Tensor, exact: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Errors of attention matrices (..., L, L) reduced over the last two dims.
+
+    tv: mean over queries of the total variation distance ½Σ_j|a_ij − e_ij| between the two
+    attention distributions of a query (0 = same, 1 = disjoint); mse: mean squared error over
+    all entries (the paper's Fig. 4 metric); rel_frobenius: ‖A − E‖_F / ‖E‖_F.
+    """
+    diff = approx.float() - exact.float()
+    return {
+        "tv": 0.5 * diff.abs().sum(-1).mean(-1),
+        "mse": diff.pow(2).mean((-1, -2)),
+        "rel_frobenius": diff.flatten(-2).norm(dim=-1)
+        / (exact.float().flatten(-2).norm(dim=-1) + _TINY),
+    }
+
+
+def untrained_control(config: ModelConfig, seed: int = 0) -> PerformerLM:
+    """A freshly initialised model of the same shape: the control of every statistic."""
+    # fork_rng: seeding the initialisation must not disturb the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PerformerLM(dataclasses.replace(config))
+    model.redraw_features(seed, 0)
+    return model.eval()
+
+
+@torch.no_grad()
+def approximation_curve(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    nb_features: Sequence[int],
+    kernel: str = "softmax",
+    orthogonal: bool = True,
+    scaling: str = "chi",
+    n_draws: int = 5,
+    causal: bool = False,
+    metric: str = "mse",
+    seed: int = 0,
+) -> np.ndarray:
+    """Error of FAVOR attention against exact softmax, (len(nb_features), n_draws).
+
+    Every draw uses fresh features (seeded by ``seed``, the feature count and the draw), so
+    curves for different kernels or feature types share nothing but Q, K and the seed.
+    Returns the ``metric`` of ``approximation_error`` averaged over batch and heads.
+    """
+    exact = softmax_attention_weights(q, k, causal=causal)
+    errors = np.zeros((len(nb_features), n_draws))
+    for row, m in enumerate(nb_features):
+        for draw in range(n_draws):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + m * 1009 + draw)
+            features = draw_features(
+                int(m),
+                q.shape[-1],
+                orthogonal=orthogonal,
+                scaling=scaling,
+                generator=generator,
+                device=q.device,
+            )
+            favor = favor_attention_weights(q, k, features, causal=causal, kernel=kernel)
+            errors[row, draw] = approximation_error(favor, exact)[metric].mean().item()
+    return errors
+
+
+__all__ = [
+    "AttentionMaps",
+    "approximation_curve",
+    "approximation_error",
+    "attention_inputs",
+    "attention_maps",
+    "frame_sequence",
+    "layer_attention",
+    "select",
+    "untrained_control",
+]

@@ -1,0 +1,256 @@
+"""Figures of the attention analysis: matplotlib Figures built without pyplot (no global state,
+works under Agg and inline in notebooks), saved as PNG with ``save_figure``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .similarity import AMINO_ACIDS, NOTABLE_PAIRS, compare_with_blosum
+
+MAX_LETTER_TICKS = 60  # beyond this, residue letters on the axes become unreadable
+PANEL_INCHES = 2.4
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, float)
+
+
+def _sequence_ticks(
+    ax, labels: Sequence[str] | None, n: int, x: bool = True, y: bool = True
+) -> None:
+    """Residue letters on the outer axes of short sequences; positions otherwise. Inner panels
+    of a grid get no tick labels (also the bulk of the layout cost)."""
+    letters = labels is not None and n <= MAX_LETTER_TICKS
+    for show, set_ticks in ((x, ax.set_xticks), (y, ax.set_yticks)):
+        if not show:
+            set_ticks([])
+        elif letters:
+            set_ticks(range(n), labels, fontsize=5)
+    ax.tick_params(axis="x", labelsize=5 if letters else 6, labelrotation=90 if letters else 0)
+    ax.tick_params(axis="y", labelsize=5 if letters else 6)
+
+
+def save_figure(fig: Figure, path, dpi: int = 150) -> Path:
+    """Write ``fig`` as PNG (or what the suffix says) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def attention_grid(
+    maps,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    quantile: float = 0.99,
+) -> Figure:
+    """Heatmaps (layers x heads) of one sequence's attention, maps (layers, heads, L, L).
+
+    One colour scale for all panels, capped at a high quantile so that a few weights on
+    <cls>/<eos> do not wash out the rest; the colour bar says so.
+    """
+    maps = _numpy(maps)
+    n_rows, n_cols, length = maps.shape[0], maps.shape[1], maps.shape[-1]
+    vmax = float(np.quantile(maps, quantile)) or float(maps.max()) or 1.0
+    fig = Figure(
+        figsize=(PANEL_INCHES * n_cols + 1.2, PANEL_INCHES * n_rows + 0.6), layout="constrained"
+    )
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    image = None
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            ax = axes[r, c]
+            image = ax.imshow(
+                maps[r, c], cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest"
+            )
+            _sequence_ticks(ax, labels, length, x=r == n_rows - 1, y=c == 0)
+            if r == 0:
+                ax.set_title(f"head {head}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"layer {layer}\nquery", fontsize=9)
+            if r == n_rows - 1:
+                ax.set_xlabel("key", fontsize=8)
+    bar = fig.colorbar(image, ax=axes, shrink=0.6)
+    bar.set_label(f"attention weight (capped at {quantile:.0%} quantile)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _diverging_limits(matrix: np.ndarray, centre: float) -> tuple[float, float]:
+    spread = np.nanmax(np.abs(matrix - centre)) if np.isfinite(matrix).any() else 1.0
+    spread = float(spread) or 1.0
+    return centre - spread, centre + spread
+
+
+def matrix_panels(
+    panels: Mapping[str, np.ndarray],
+    order: str = AMINO_ACIDS,
+    centres: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """20x20 matrices side by side on the same residue order, each with its own colour bar.
+
+    Diverging colours centred on ``centres[name]`` (0 by default): 0 for correlations and
+    BLOSUM scores, 1 for attention relative to uniform.
+    """
+    centres = dict(centres or {})
+    fig = Figure(figsize=(4.4 * len(panels), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (name, matrix) in zip(axes, panels.items()):
+        matrix = _numpy(matrix)
+        vmin, vmax = _diverging_limits(matrix, centres.get(name, 0.0))
+        image = ax.imshow(matrix, cmap="RdBu_r", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_xticks(range(len(order)), list(order), fontsize=7)
+        ax.set_yticks(range(len(order)), list(order), fontsize=7)
+        ax.set_title(name, fontsize=10)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def blosum_scatter(
+    series: Mapping[str, np.ndarray],
+    blosum: np.ndarray,
+    ylabel: str = "attention similarity",
+    order: str = AMINO_ACIDS,
+    annotate: Sequence[str] = NOTABLE_PAIRS,
+    seed: int = 0,
+) -> Figure:
+    """Off-diagonal values of each matrix against BLOSUM62, one panel per series, with r and ρ.
+
+    BLOSUM scores are integers; a little horizontal jitter keeps the points apart.
+    """
+    rng = np.random.default_rng(seed)
+    iu = np.triu_indices(len(order), k=1)
+    fig = Figure(figsize=(4.4 * len(series), 4.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(series), squeeze=False)[0])
+    x = blosum[iu]
+    jitter = rng.uniform(-0.15, 0.15, size=x.shape)
+    wanted = {tuple(sorted((order.index(p[0]), order.index(p[1])))) for p in annotate}
+    for ax, (name, matrix) in zip(axes, series.items()):
+        matrix = _numpy(matrix)
+        y = ((matrix + matrix.T) / 2)[iu]
+        stats = compare_with_blosum(matrix, blosum)
+        ax.scatter(x + jitter, y, s=10, alpha=0.6, color="tab:blue")
+        for k, (i, j) in enumerate(zip(*iu)):
+            if (i, j) in wanted and np.isfinite(y[k]):
+                ax.annotate(
+                    order[i] + order[j],
+                    (x[k] + jitter[k], y[k]),
+                    fontsize=8,
+                    color="tab:red",
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        ax.set_title(
+            f"{name}\nPearson r = {stats['pearson']:.2f}, "
+            f"Spearman ρ = {stats['spearman']:.2f} ({stats['n_pairs']} pairs)",
+            fontsize=9,
+        )
+        ax.set_xlabel("BLOSUM62 score")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def exact_vs_favor(
+    rows: Sequence[tuple[str, object, object]],
+    labels: Sequence[str] | None = None,
+) -> Figure:
+    """Per row (title, exact (L, L), favor (L, L)): exact, FAVOR+ and FAVOR+ − exact."""
+    fig = Figure(figsize=(3.4 * 3 + 1.0, 3.0 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    for r, (name, exact, favor) in enumerate(rows):
+        exact, favor = _numpy(exact), _numpy(favor)
+        vmax = float(max(np.quantile(exact, 0.99), np.quantile(favor, 0.99))) or 1.0
+        diff = favor - exact
+        limit = float(np.abs(diff).max()) or 1.0
+        panels = (
+            ("exact softmax", exact, "viridis", 0.0, vmax),
+            ("FAVOR+ (implicit)", favor, "viridis", 0.0, vmax),
+            ("FAVOR+ − exact", diff, "RdBu_r", -limit, limit),
+        )
+        for c, (kind, matrix, cmap, lo, hi) in enumerate(panels):
+            ax = axes[r, c]
+            image = ax.imshow(matrix, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            _sequence_ticks(ax, labels, matrix.shape[-1], y=c == 0)
+            ax.set_title(f"{name}: {kind}", fontsize=9)
+            ax.set_xlabel("key", fontsize=8)
+            ax.set_ylabel("query", fontsize=8)
+            fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def error_grid(
+    errors,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    title: str = "FAVOR+ approximation error",
+    label: str = "mean total variation",
+) -> Figure:
+    """Heatmap of a per-(layer, head) error with the values written in the cells."""
+    errors = _numpy(errors)
+    fig = Figure(figsize=(0.8 * len(heads) + 2.4, 0.6 * len(layers) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(errors, cmap="magma_r", vmin=0.0, aspect="auto")
+    for (r, c), value in np.ndenumerate(errors):
+        ax.text(
+            c,
+            r,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value > 0.6 * errors.max() else "black",
+        )
+    ax.set_xticks(range(len(heads)), [str(h) for h in heads])
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax).set_label(label)
+    return fig
+
+
+def approximation_curves(
+    nb_features: Sequence[int],
+    curves: Mapping[str, np.ndarray],
+    ylabel: str = "MSE of the attention matrix",
+    title: str | None = None,
+) -> Figure:
+    """Error against the number of random features: mean ± std over draws, log-log axes."""
+    fig = Figure(figsize=(5.6, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for name, errors in curves.items():
+        errors = np.asarray(errors, dtype=float)
+        mean, std = errors.mean(1), errors.std(1)
+        ax.plot(nb_features, mean, marker="o", label=name)
+        ax.fill_between(nb_features, np.maximum(mean - std, mean * 1e-3), mean + std, alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("number of random features m")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+__all__ = [
+    "approximation_curves",
+    "attention_grid",
+    "blosum_scatter",
+    "error_grid",
+    "exact_vs_favor",
+    "matrix_panels",
+    "save_figure",
+]

@@ -1,0 +1,306 @@
+"""The attention report of `proteinperf attention`: statistics of a model beside its untrained
+control, written as PNGs, matrices (.npz) and summary.json into a directory that appears whole.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .attention_maps import approximation_error, attention_maps, frame_sequence, select
+from .similarity import (
+    AMINO_ACIDS,
+    ResidueAttentionStats,
+    blosum62,
+    compare_with_blosum,
+    pair_values,
+)
+
+ERROR_METRICS = ("tv", "mse", "rel_frobenius")
+MAX_FAVOR_VS_EXACT_ROWS = 4
+
+
+@dataclass
+class ModelAnalysis:
+    """Statistics of one model over a set of sequences (selected layers x heads)."""
+
+    layers: list[int]
+    heads: list[int]
+    kernel: str | None
+    stats: ResidueAttentionStats  # from the attention the model uses
+    exact_stats: ResidueAttentionStats | None  # FAVOR models: the exact softmax of the same Q, K
+    errors: dict[str, np.ndarray] | None  # FAVOR models: metric -> (layers, heads), mean/seq
+
+
+def analyse_model(
+    model,
+    sequences: Iterable[str],
+    alphabet,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    threshold: float = 0.0,
+    max_length: int | None = 1024,
+) -> ModelAnalysis:
+    """Accumulate residue-type statistics and FAVOR+ approximation errors, one sequence at a time
+    (no padding, so no padded keys to account for; memory is one layer's H x L x L)."""
+    config = model.config
+    layers = select(layers, config.n_layers, "layers")
+    heads = select(heads, config.n_heads, "heads")
+    n_maps = len(layers) * len(heads)
+    stats = ResidueAttentionStats(n_maps, threshold)
+    exact_stats = ResidueAttentionStats(n_maps, threshold) if config.favor_kernel else None
+    error_sums = {m: np.zeros((len(layers), len(heads))) for m in ERROR_METRICS}
+    for sequence in sequences:
+        tokens = frame_sequence(sequence, alphabet, max_length)
+        maps = attention_maps(model, tokens, layers, heads)
+        stats.update(maps.model, tokens[0], alphabet, maps.causal)
+        if exact_stats is not None:
+            exact_stats.update(maps.exact, tokens[0], alphabet, maps.causal)
+            for name, value in approximation_error(maps.favor, maps.exact).items():
+                error_sums[name] += value.double().numpy()
+    if stats.n_sequences == 0:
+        raise ValueError("no sequences to analyse")
+    errors = None
+    if exact_stats is not None:
+        errors = {name: total / stats.n_sequences for name, total in error_sums.items()}
+    return ModelAnalysis(layers, heads, config.favor_kernel, stats, exact_stats, errors)
+
+
+def summarise(analysis: ModelAnalysis, blosum: np.ndarray) -> dict:
+    """JSON-ready numbers: correlations with BLOSUM62, notable pairs, approximation errors."""
+    similarity = analysis.stats.similarity()
+    out = {
+        "n_sequences": analysis.stats.n_sequences,
+        "n_residues": analysis.stats.n_residues,
+        "similarity_vs_blosum62": compare_with_blosum(similarity, blosum),
+        "pair_attention_vs_blosum62": compare_with_blosum(analysis.stats.pair_attention(), blosum),
+        "notable_pairs_similarity": pair_values(similarity),
+    }
+    if analysis.exact_stats is not None:
+        out["exact_softmax_similarity_vs_blosum62"] = compare_with_blosum(
+            analysis.exact_stats.similarity(), blosum
+        )
+    if analysis.errors is not None:
+        out["approximation_error"] = {
+            name: {"mean": float(values.mean()), "per_layer_head": values.tolist()}
+            for name, values in analysis.errors.items()
+        }
+    return out
+
+
+def _json_safe(value):
+    """NaN/inf -> null, so summary.json stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _matches(record_id: str, protein: str) -> bool:
+    return protein == record_id or protein in record_id.split("|")
+
+
+def pick_record(records: Iterable, protein: str | None):
+    """The first record whose id, or a |-separated field of it (e.g. HBA_HUMAN), is ``protein``;
+    the first record when ``protein`` is None."""
+    for record in records:
+        if protein is None or _matches(record.id, protein):
+            return record
+    raise ValueError(f"protein {protein!r} not found" if protein else "no sequences")
+
+
+def _matrices(model_a: ModelAnalysis, control_a: ModelAnalysis, blosum) -> dict:
+    out = {
+        "amino_acids": np.array(list(AMINO_ACIDS)),
+        "layers": np.array(model_a.layers),
+        "heads": np.array(model_a.heads),
+        "blosum62": blosum,
+    }
+    for prefix, a in (("model", model_a), ("control", control_a)):
+        out[f"{prefix}_similarity"] = a.stats.similarity()
+        out[f"{prefix}_head_fractions"] = a.stats.fractions()
+        out[f"{prefix}_pair_attention"] = a.stats.pair_attention()
+        if a.exact_stats is not None:
+            out[f"{prefix}_exact_similarity"] = a.exact_stats.similarity()
+        for name, values in (a.errors or {}).items():
+            out[f"{prefix}_error_{name}"] = values
+    return out
+
+
+def _figures(model, control, record, model_a, control_a, blosum, alphabet, max_length):
+    """(file name, Figure) pairs of the report."""
+    tokens = frame_sequence(record.sequence, alphabet, max_length)
+    labels = [alphabet.tokens[int(t)].strip("<>")[:3] for t in tokens[0]]
+    name = record.id.split("|")[-1]
+    layers, heads = model_a.layers, model_a.heads
+    maps = attention_maps(model, tokens, layers, heads)
+    control_maps = attention_maps(control, tokens, layers, heads)
+    kind = f"FAVOR+ ({maps.kernel})" if maps.favor is not None else "exact softmax"
+    yield (
+        "attention_maps.png",
+        plots.attention_grid(
+            maps.model, layers, heads, labels, f"{name}: trained model, {kind} attention"
+        ),
+    )
+    yield (
+        "attention_maps_control.png",
+        plots.attention_grid(
+            control_maps.model, layers, heads, labels, f"{name}: untrained control"
+        ),
+    )
+    if maps.favor is not None:
+        pairs = list(itertools.product(range(len(layers)), range(len(heads))))
+        worst = sorted(pairs, key=lambda p: -float(model_a.errors["tv"][p]))
+        rows = [
+            (f"L{layers[r]} H{heads[c]}", maps.exact[r, c], maps.favor[r, c])
+            for r, c in worst[:MAX_FAVOR_VS_EXACT_ROWS]
+        ]
+        yield "favor_vs_exact.png", plots.exact_vs_favor(rows, labels)
+        yield (
+            "approximation_error.png",
+            plots.error_grid(
+                model_a.errors["tv"],
+                layers,
+                heads,
+                f"FAVOR+ vs exact softmax, mean over {model_a.stats.n_sequences} sequences",
+            ),
+        )
+    similarity = {
+        "trained model": model_a.stats.similarity(),
+        "untrained control": control_a.stats.similarity(),
+    }
+    yield (
+        "similarity_vs_blosum62.png",
+        plots.matrix_panels(
+            {**similarity, "BLOSUM62": blosum},
+            title="amino-acid similarity from attention (Pearson over heads) vs BLOSUM62",
+        ),
+    )
+    yield "similarity_scatter.png", plots.blosum_scatter(similarity, blosum)
+    pair = {
+        "trained model": model_a.stats.pair_attention(),
+        "untrained control": control_a.stats.pair_attention(),
+    }
+    yield (
+        "pair_attention_vs_blosum62.png",
+        plots.matrix_panels(
+            {**pair, "BLOSUM62": blosum},
+            centres={k: 1.0 for k in pair},
+            title="mean attention between residue types (1 = uniform) vs BLOSUM62",
+        ),
+    )
+    yield (
+        "pair_attention_scatter.png",
+        plots.blosum_scatter(pair, blosum, ylabel="attention relative to uniform"),
+    )
+
+
+def _publish(tmp: Path, outdir: Path, overwrite: bool) -> None:
+    """Rename the finished temp dir into place (replacing an old report only if asked)."""
+    if outdir.exists() and not (outdir.is_dir() and not any(outdir.iterdir())):
+        if not overwrite:
+            raise ValueError(f"{outdir} exists and is not empty (use --overwrite to replace it)")
+        trash = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old.", dir=outdir.parent))
+        outdir.rename(trash / "old")
+        tmp.rename(outdir)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    if outdir.exists():
+        outdir.rmdir()
+    tmp.rename(outdir)
+
+
+def write_attention_report(
+    checkpoint,
+    fasta,
+    outdir,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    max_seqs: int = 800,
+    max_length: int = 1024,
+    threshold: float = 0.0,
+    protein: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Analyse ``checkpoint`` on the first ``max_seqs`` sequences of ``fasta`` beside an untrained
+    control of the same shape (seeded by ``seed``); write the report to ``outdir``."""
+    from proteinperf.checkpoint import load_model
+    from proteinperf.data import read_fasta
+
+    from .attention_maps import untrained_control
+
+    if max_seqs < 1 or max_length < 1:
+        raise ValueError(f"max_seqs and max_length must be positive, got {max_seqs}, {max_length}")
+    if threshold < 0 or threshold >= 1:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"{outdir} exists and is not a directory")
+    model, alphabet = load_model(checkpoint, device=device)
+    control = untrained_control(model.config, seed).to(device)
+    records = list(itertools.islice(read_fasta(fasta), max_seqs))
+    if not records:
+        raise ValueError(f"{fasta}: no sequences")
+    try:
+        record = pick_record(itertools.chain(records, read_fasta(fasta)), protein)
+    except ValueError as err:
+        raise ValueError(f"{fasta}: {err}") from None
+    blosum = blosum62()
+    options = dict(layers=layers, heads=heads, threshold=threshold, max_length=max_length)
+    sequences = [r.sequence for r in records]
+    model_a = analyse_model(model, sequences, alphabet, **options)
+    control_a = analyse_model(control, sequences, alphabet, **options)
+
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp.", dir=outdir.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would otherwise become the report's permissions
+    try:
+        for file_name, fig in _figures(
+            model, control, record, model_a, control_a, blosum, alphabet, max_length
+        ):
+            plots.save_figure(fig, tmp / file_name)
+        np.savez_compressed(tmp / "matrices.npz", **_matrices(model_a, control_a, blosum))
+        summary = {
+            "checkpoint": str(checkpoint),
+            "fasta": str(fasta),
+            "protein": record.id,
+            "attention": model.config.attention,
+            "causal": model.config.causal,
+            "layers": model_a.layers,
+            "heads": model_a.heads,
+            "threshold": threshold,
+            "max_length": max_length,
+            "seed": seed,
+            "amino_acids": AMINO_ACIDS,
+            "model": summarise(model_a, blosum),
+            "control": summarise(control_a, blosum),
+        }
+        (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+        _publish(tmp, outdir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return outdir
+
+
+__all__ = [
+    "ModelAnalysis",
+    "analyse_model",
+    "pick_record",
+    "summarise",
+    "write_attention_report",
+]

@@ -1,0 +1,87 @@
+"""`proteinperf attention`: attention maps and amino-acid similarity vs BLOSUM62 of a checkpoint,
+beside an untrained control of the same shape."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "attention",
+        help="attention maps, FAVOR+ approximation error and amino-acid similarity vs BLOSUM62",
+        description="Analyse a checkpoint's attention on the sequences of FASTA: heatmap grids "
+        "(layers x heads) of one protein, FAVOR+ vs exact softmax from the same Q and K, and "
+        "the amino-acid similarity of Vig et al. (2020) against BLOSUM62, always beside an "
+        "untrained control of the same shape. Writes PNGs, matrices.npz and summary.json to "
+        "OUTDIR (built in a temporary folder and renamed into place when complete).",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT")
+    parser.add_argument("fasta", metavar="FASTA")
+    parser.add_argument("outdir", metavar="OUTDIR")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        metavar="I",
+        help="0-based layers to analyse (default: all)",
+    )
+    parser.add_argument(
+        "--heads", type=int, nargs="+", metavar="J", help="0-based heads to analyse (default: all)"
+    )
+    parser.add_argument(
+        "--max-seqs",
+        type=int,
+        default=800,
+        metavar="N",
+        help="analyse the first N sequences of FASTA (default: 800)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        metavar="L",
+        help="cut sequences to their first L residues (default: 1024)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="ignore attention weights <= T in the similarity, as Vig et al. "
+        "(who used 0.3); default 0: count all",
+    )
+    parser.add_argument(
+        "--protein",
+        metavar="ID",
+        help="sequence whose maps are drawn, e.g. HBA_HUMAN (default: the first)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the untrained control model (default: 0)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty"
+    )
+    parser.set_defaults(func=lambda args: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from proteinperf.analysis.report import write_attention_report
+
+    out = write_attention_report(
+        args.checkpoint,
+        args.fasta,
+        args.outdir,
+        layers=args.layers,
+        heads=args.heads,
+        max_seqs=args.max_seqs,
+        max_length=args.max_length,
+        threshold=args.threshold,
+        protein=args.protein,
+        device=args.device,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(out)
+    return 0

@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+
+from proteinperf.cli import main
+
+ARGS = ["--max-seqs", "4", "--max-length", "40", "--layers", "0", "1", "--heads", "0", "2"]
+FILES = {
+    "attention_maps.png",
+    "attention_maps_control.png",
+    "favor_vs_exact.png",
+    "approximation_error.png",
+    "similarity_vs_blosum62.png",
+    "similarity_scatter.png",
+    "pair_attention_vs_blosum62.png",
+    "pair_attention_scatter.png",
+    "matrices.npz",
+    "summary.json",
+}
+
+
+def test_attention_end_to_end(tmp_path, tiny_checkpoint, sample, capsys):
+    out = tmp_path / "report"
+    argv = [
+        "attention",
+        str(tiny_checkpoint),
+        str(sample),
+        str(out),
+        *ARGS,
+        "--protein",
+        "HBA_HUMAN",
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert {p.name for p in out.iterdir()} == FILES
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protein"] == "sp|P69905|HBA_HUMAN"
+    assert summary["layers"] == [0, 1] and summary["heads"] == [0, 2]
+    for who in ("model", "control"):
+        assert summary[who]["n_sequences"] == 4
+        assert set(summary[who]["similarity_vs_blosum62"]) >= {"pearson", "spearman", "n_pairs"}
+        tv = summary[who]["approximation_error"]["tv"]["per_layer_head"]
+        assert (
+            np.array(tv).shape == (2, 2)
+            and 0 <= summary[who]["approximation_error"]["tv"]["mean"] <= 1
+        )
+    matrices = np.load(out / "matrices.npz")
+    assert matrices["model_similarity"].shape == (20, 20)
+    assert matrices["model_head_fractions"].shape == (4, 20)
+    assert "".join(matrices["amino_acids"]) == "ACDEFGHIKLMNPQRSTVWY"
+
+    # A finished report is not overwritten unless asked; then it is replaced whole.
+    assert main(argv) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    again = [*argv, "--overwrite", "--max-seqs", "2", "--max-length", "12", "--layers", "0"]
+    assert main([*again, "--heads", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["model"]["n_sequences"] == 2
+
+
+def test_attention_user_errors_are_one_line(tmp_path, tiny_checkpoint, sample, capsys):
+    cases = [
+        (["--layers", "7"], "layers must be in 0..1"),
+        (["--protein", "NOPE_HUMAN"], "protein 'NOPE_HUMAN' not found"),
+        (["--threshold", "1.5"], "threshold must be in [0, 1)"),
+    ]
+    for extra, message in cases:
+        argv = [
+            "attention",
+            str(tiny_checkpoint),
+            str(sample),
+            str(tmp_path / "r"),
+            "--max-seqs",
+            "2",
+            "--max-length",
+            "20",
+            *extra,
+        ]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not (tmp_path / "r").exists()
+    assert main(["attention", str(tmp_path / "missing.pt"), str(sample), str(tmp_path / "r")]) == 2
+    assert "no such file" in capsys.readouterr().err
