@@ -1,0 +1,148 @@
+"""End-to-end Lightning runs on the sample proteins: tiny models, a few steps, all in tmp."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, TINY_MODEL
+
+from proteinperf.train import train
+from proteinperf.training import ProteinLM
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def test_every_model_config_is_tested():
+    assert {
+        "performer_bid",
+        "performer_causal",
+        "transformer_bid",
+        "transformer_causal",
+        "tiny",
+        "paper_trembl",
+    } <= set(MODELS)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run(make_cfg, model):
+    cfg = make_cfg(
+        f"model={model}",
+        *TINY_MODEL,
+        "debug=fast_dev_run",
+        "data.max_length=64",
+        "data.batch_size=4",
+    )
+    result = train(cfg)
+    trainer, module = result["trainer"], result["module"]
+    assert trainer.global_step == 1
+    assert module.model.config.attention == cfg.model.attention
+    assert module.model.config.causal == (cfg.model.objective == "clm")
+    assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["train/loss"])))
+
+
+@pytest.mark.parametrize("objective,attention", [("mlm", "favor_relu"), ("clm", "softmax")])
+def test_overfit_one_batch(make_cfg, objective, attention):
+    cfg = make_cfg(
+        "debug=overfit",
+        "model=tiny",
+        f"model.objective={objective}",
+        f"model.causal={objective == 'clm'}",
+        f"model.attention={attention}",
+        "data.batch_size=4",
+        "data.max_length=48",
+        "trainer.max_steps=150",
+        "trainer.val_check_interval=150",
+        "optim.lr=1e-2",
+    )
+    val = train(cfg)["val"]
+    assert val["val/loss"] < 0.1 and val["val/acc"] >= 0.98
+    assert val["val/unigram_loss"] > 2.0  # the baseline is measured on the same batch
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return {
+            int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")
+        }
+
+
+RESUME = [
+    "experiment=tiny_cpu",
+    "model.dropout=0.1",
+    "model.redraw_interval=3",
+    "trainer.val_check_interval=5",
+    "trainer.log_every_n_steps=1",
+    "test=false",
+    "trainer.limit_val_batches=2",
+    "data.max_length=64",
+    "optim.warmup_steps=3",
+    "optim.total_steps=10",
+]
+
+
+def test_checkpoint_round_trip_and_exact_resume(make_cfg, tmp_path):
+    straight = train(make_cfg(*RESUME, "trainer.max_steps=10", tmp=tmp_path / "a"))
+    half = train(make_cfg(*RESUME, "trainer.max_steps=5", tmp=tmp_path / "b"))
+    last = Path(half["output_dir"]) / "checkpoints" / "last.ckpt"
+    resumed = train(
+        make_cfg(*RESUME, "trainer.max_steps=10", f"ckpt_path={last}", tmp=tmp_path / "c")
+    )
+    assert resumed["trainer"].global_step == straight["trainer"].global_step == 10
+
+    # Identical weights, features and optimizer trajectory after the resumed half.
+    a = straight["module"].model.state_dict()
+    c = resumed["module"].model.state_dict()
+    assert a.keys() == c.keys()
+    for key in a:
+        assert torch.allclose(a[key], c[key], rtol=0, atol=1e-6), key
+    losses_a, losses_c = _losses(tmp_path / "a" / "run"), _losses(tmp_path / "c" / "run")
+    later = [s for s in losses_a if s >= 5]
+    assert later and all(s in losses_c for s in later)
+    for s in later:
+        assert losses_a[s] == pytest.approx(losses_c[s], abs=1e-6), s
+
+    # The Lightning checkpoint loads safely, with load_model, and as a ProteinLM.
+    ckpt = Path(straight["output_dir"]) / "checkpoints" / "last.ckpt"
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert raw["proteinperf"]["format_version"] == 1
+    assert raw["global_step"] == 10
+    from proteinperf.checkpoint import load_model
+
+    model, alphabet = load_model(ckpt)
+    assert not model.training and len(alphabet) == model.config.vocab_size
+    assert dataclasses.asdict(model.config) == raw["proteinperf"]["model_config"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, a[key]), key
+    restored = ProteinLM.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    assert torch.equal(
+        restored.model.layers[0].self_attn.features, model.layers[0].self_attn.features
+    )
+
+
+def test_init_from_checkpoint_swaps_attention(make_cfg, tmp_path):
+    from proteinperf.checkpoint import save_model
+    from proteinperf.model import ModelConfig, PerformerLM
+
+    source = PerformerLM(
+        ModelConfig(
+            d_model=32, n_layers=1, n_heads=2, d_ff=64, attention="softmax", positional="rotary"
+        )
+    )
+    path = save_model(tmp_path / "source.pt", source)
+    cfg = make_cfg(
+        "debug=fast_dev_run",
+        "data.max_length=64",
+        "data.batch_size=4",
+        f"model.init_from={path}",
+        "model.attention=favor_softmax",
+        "model.nb_features=8",
+        "model.d_model=999",
+    )  # d_model comes from the file
+    module = train(cfg)["module"]
+    config = module.model.config
+    assert (config.attention, config.nb_features, config.d_model) == ("favor_softmax", 8, 32)
+    assert module.hparams.model["d_model"] == 32
