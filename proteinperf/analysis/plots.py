@@ -181,7 +181,7 @@ def exact_vs_favor(
         for c, (kind, matrix, cmap, lo, hi) in enumerate(panels):
             ax = axes[r, c]
             image = ax.imshow(matrix, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-            _sequence_ticks(ax, labels, matrix.shape[-1], y=c == 0)
+            _sequence_ticks(ax, labels, matrix.shape[-1], x=r == len(rows) - 1, y=c == 0)
             ax.set_title(f"{name}: {kind}", fontsize=9)
             ax.set_xlabel("key", fontsize=8)
             ax.set_ylabel("query", fontsize=8)

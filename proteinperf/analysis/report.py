@@ -26,7 +26,7 @@ from .similarity import (
 )
 
 ERROR_METRICS = ("tv", "mse", "rel_frobenius")
-MAX_FAVOR_VS_EXACT_ROWS = 4
+MAX_FAVOR_VS_EXACT_ROWS = 3
 
 
 @dataclass
