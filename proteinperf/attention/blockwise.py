@@ -131,8 +131,8 @@ class BidirectionalFavor(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None, None, None
 
 
-def bidirectional_favor(q, k, v, features, kernel, key_padding_mask):
-    """Shapes as ``favor_attention``; float32 in, float32 out."""
+def _flatten_heads(q, k, v, key_padding_mask):
+    """(B, H, L, ·) -> contiguous (B·H, L, ·): q̂ = q·d^-1/4, k̂, v' = [v, 1], mask per row."""
     b, h, length, d = q.shape
     scale = d**-0.25
     q_hat = (q * scale).reshape(b * h, length, d).contiguous()
@@ -141,9 +141,17 @@ def bidirectional_favor(q, k, v, features, kernel, key_padding_mask):
     keep = None
     if key_padding_mask is not None:
         keep = key_padding_mask[:, None, :].expand(b, h, length).reshape(b * h, length)
+    return q_hat, k_hat, v_ext, keep
+
+
+def bidirectional_favor(q, k, v, features, kernel, key_padding_mask):
+    """Shapes as ``favor_attention``; float32 (or float64) in and out."""
+    b, h, length, _ = q.shape
     rows = block_rows(b * h, features.shape[0], q.device)
-    out = BidirectionalFavor.apply(q_hat, k_hat, v_ext, features, keep, kernel, rows)
-    return out.view(b, h, length, -1)
+    args = _flatten_heads(q, k, v, key_padding_mask)
+    return BidirectionalFavor.apply(*args[:3], features, args[3], kernel, rows).view(
+        b, h, length, -1
+    )
 
 
 def _causal_key_logits(k_blk, w, kernel, keep_blk):
@@ -313,14 +321,7 @@ class CausalFavor(torch.autograd.Function):
 
 
 def causal_favor(q, k, v, features, kernel, key_padding_mask, chunk):
-    """Shapes as ``favor_attention``; float32 in, float32 out."""
-    b, h, length, d = q.shape
-    scale = d**-0.25
-    q_hat = (q * scale).reshape(b * h, length, d).contiguous()
-    k_hat = (k * scale).reshape(b * h, length, d).contiguous()
-    v_ext = torch.nn.functional.pad(v, (0, 1), value=1.0).reshape(b * h, length, -1)
-    keep = None
-    if key_padding_mask is not None:
-        keep = key_padding_mask[:, None, :].expand(b, h, length).reshape(b * h, length)
-    out = CausalFavor.apply(q_hat, k_hat, v_ext, features, keep, kernel, chunk)
-    return out.view(b, h, length, -1)
+    """Shapes as ``favor_attention``; float32 (or float64) in and out."""
+    b, h, length, _ = q.shape
+    args = _flatten_heads(q, k, v, key_padding_mask)
+    return CausalFavor.apply(*args[:3], features, args[3], kernel, chunk).view(b, h, length, -1)
