@@ -225,6 +225,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
     speed_headers = ["L", "batch", "ESM2 res/s"]
     for impl in IMPLS[1:]:
         speed_headers += [f"{impl} res/s", "speedup"]
+    speed_headers.append("target")
     memory_headers = ["L"]
     for impl in IMPLS:
         memory_headers += [f"{LABELS[impl]} peak GiB", "time s"]
