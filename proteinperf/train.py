@@ -239,10 +239,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         seed=cfg.seed,
         init_from=init_from,
     )
-    callbacks = [hydra.utils.instantiate(c) for c in _entries(cfg.get("callbacks"))]
+    callbacks = [
+        hydra.utils.instantiate(c, _convert_="all") for c in _entries(cfg.get("callbacks"))
+    ]
     if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses to start
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
-    loggers = [hydra.utils.instantiate(c) for c in _entries(cfg.get("logger"))]
+    loggers = [hydra.utils.instantiate(c, _convert_="all") for c in _entries(cfg.get("logger"))]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _hand_job_to_ddp_children()
 

@@ -193,11 +193,12 @@ class ProteinLM(pl.LightningModule):
         for prefix, loss_metric, acc_metric in pairs:
             if not loss_metric.update_called:
                 continue
-            loss = loss_metric.compute()  # a weighted mean over target tokens, summed over ranks
+            # Weighted means over target tokens, already summed over DDP ranks by compute().
+            loss, acc = float(loss_metric.compute()), float(acc_metric.compute())
             sep = "_" if "/" in prefix else "/"
             self.log(f"{prefix}{sep}loss", loss, prog_bar=stage == "val" and sep == "/")
-            self.log(f"{prefix}{sep}ppl", loss.exp())
-            self.log(f"{prefix}{sep}acc", acc_metric.compute(), prog_bar=sep == "/")
+            self.log(f"{prefix}{sep}ppl", math.exp(min(loss, 80.0)))
+            self.log(f"{prefix}{sep}acc", acc, prog_bar=sep == "/")
             loss_metric.reset()
             acc_metric.reset()
 
