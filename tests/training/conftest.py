@@ -1,4 +1,8 @@
-"""Hydra-composed configs for training tests: tiny models, few steps, everything under tmp."""
+"""Hydra-composed configs for training tests: tiny models, few steps, everything under tmp.
+
+tests/training is a package (``__init__.py``) so that this module is ``training.conftest`` and
+does not shadow the plain ``conftest`` module other test folders import helpers from.
+"""
 
 from __future__ import annotations
 
@@ -38,10 +42,12 @@ def compose_train(tmp: Path, cache: Path, overrides: list[str]) -> DictConfig:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def corpus_cache(tmp_path_factory) -> Path:
-    """One prepared copy of data/sample_proteins.fasta for the whole session."""
-    return tmp_path_factory.mktemp("corpus-cache")
+    """One prepared copy of data/sample_proteins.fasta for the whole session (every module)."""
+    path = tmp_path_factory.getbasetemp() / "training-corpus-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture

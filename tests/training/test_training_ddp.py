@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+
+from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, TINY_MODEL
 
 from proteinperf.train import train
 from proteinperf.training import ProteinLM
+
+from .conftest import CONF, TINY_MODEL
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
