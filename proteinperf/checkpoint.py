@@ -29,8 +29,14 @@ LIGHTNING_KEY = "proteinperf"
 LIGHTNING_PREFIX = "model."
 RESERVED_KEYS = ("format", "format_version", "model_config", "state_dict", "alphabet")
 # Changing these gives a different set of feature buffers; the checkpoint's are then not used.
-FEATURE_FIELDS = ("attention", "nb_features", "orthogonal_features", "feature_scaling", "n_heads",
-                  "d_model")
+FEATURE_FIELDS = (
+    "attention",
+    "nb_features",
+    "orthogonal_features",
+    "feature_scaling",
+    "n_heads",
+    "d_model",
+)
 
 
 class CheckpointError(ValueError):
@@ -173,8 +179,9 @@ def build_model(
     if features_changed:
         model.redraw_features(feature_seed, 0)
         state = {k: v for k, v in state.items() if not k.endswith(".self_attn.features")}
-        state.update({k: v for k, v in model.state_dict().items()
-                      if k.endswith(".self_attn.features")})
+        state.update(
+            {k: v for k, v in model.state_dict().items() if k.endswith(".self_attn.features")}
+        )
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -183,8 +190,9 @@ def build_model(
         if missing:
             parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
         if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}"
-                         f"{' ...' if len(unexpected) > 3 else ''}")
+            parts.append(
+                f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"
+            )
         raise CheckpointError(
             f"{where}: weights do not match the model config ({'; '.join(parts)})"
         )

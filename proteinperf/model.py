@@ -100,8 +100,10 @@ class ModelConfig:
             fail(f"sinusoidal embeddings need an even d_model, got {self.d_model}")
         for name in ("padding_idx", "mask_idx", "cls_idx", "eos_idx"):
             if not 0 <= getattr(self, name) < self.vocab_size:
-                fail(f"{name} ({getattr(self, name)}) is outside the vocabulary [0, "
-                     f"{self.vocab_size})")
+                fail(
+                    f"{name} ({getattr(self, name)}) is outside the vocabulary [0, "
+                    f"{self.vocab_size})"
+                )
         if not 0.0 <= self.dropout < 1.0:
             fail(f"dropout must be in [0, 1), got {self.dropout}")
         if self.redraw_interval < 0:
@@ -111,11 +113,15 @@ class ModelConfig:
             if self.nb_features < 1:
                 fail(f"nb_features must be positive, got {self.nb_features}")
             if kernel in ("softmax_hyp", "trig") and self.nb_features % 2:
-                fail(f"attention {self.attention!r} pairs its features: nb_features must be "
-                     f"even, got {self.nb_features}")
+                fail(
+                    f"attention {self.attention!r} pairs its features: nb_features must be "
+                    f"even, got {self.nb_features}"
+                )
             if kernel == "softmax_opt" and self.causal:
-                fail("favor_softmax_opt picks its parameter from all keys and cannot be causal; "
-                     "use favor_softmax or favor_softmax_hyp")
+                fail(
+                    "favor_softmax_opt picks its parameter from all keys and cannot be causal; "
+                    "use favor_softmax or favor_softmax_hyp"
+                )
 
 
 # --- positions --------------------------------------------------------------------------------
@@ -244,13 +250,22 @@ class SelfAttention(nn.Module):
         v = self._split_heads(self.v_proj(x))
         if self.is_favor:
             y = favor_attention(
-                q, k, v, self.features, causal=self.causal, kernel=self.kernel,
+                q,
+                k,
+                v,
+                self.features,
+                causal=self.causal,
+                kernel=self.kernel,
                 key_padding_mask=key_padding_mask,
             )
         else:
             dropout_p = self.attn_dropout if self.training else 0.0
             y = softmax_attention(
-                q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
+                q,
+                k,
+                v,
+                causal=self.causal,
+                key_padding_mask=key_padding_mask,
                 dropout_p=dropout_p,
             )
         b, _, length, _ = y.shape

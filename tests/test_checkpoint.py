@@ -80,8 +80,11 @@ def test_attention_override_keeps_weights(tmp_path, model):
     favor, _ = load_model(path, overrides={"attention": "favor_relu", "nb_features": 8})
     assert favor.attention_layers[0].features.shape == (8, 8)
     torch.testing.assert_close(favor.embed_tokens.weight, model.embed_tokens.weight)
-    back, _ = load_model(save_model(tmp_path / "e.pt", exact),
-                         overrides={"attention": "favor_softmax"}, feature_seed=3)
+    back, _ = load_model(
+        save_model(tmp_path / "e.pt", exact),
+        overrides={"attention": "favor_softmax"},
+        feature_seed=3,
+    )
     assert same_outputs(model, back)  # same weights, same seeded features
 
 
@@ -90,19 +93,22 @@ def write(path, payload):
     return path
 
 
-@pytest.mark.parametrize("name,make,match", [
-    ("missing.pt", None, "no such file"),
-    ("garbage.pt", lambda p: p.write_bytes(b"not a checkpoint at all"), "corrupt"),
-    ("truncated.pt", "truncate", "corrupt"),
-    ("pickle.pt", lambda p: write(p, {"args": argparse.Namespace(a=1)}), "argparse.Namespace"),
-    ("list.pt", lambda p: write(p, [1, 2]), "holds a list"),
-    ("dict.pt", lambda p: write(p, {"weights": torch.ones(2)}), "not a proteinperf"),
-    ("esm.pt", lambda p: write(p, {"model": {}, "cfg": {"model": {}}}), "convert-esm"),
-    ("newer.pt", "newer", "format_version 2"),
-    ("mismatch.pt", "mismatch", "weights do not match"),
-    ("shape.pt", "shape", "has shape"),
-    ("badconfig.pt", "badconfig", "unknown model config keys"),
-])
+@pytest.mark.parametrize(
+    "name,make,match",
+    [
+        ("missing.pt", None, "no such file"),
+        ("garbage.pt", lambda p: p.write_bytes(b"not a checkpoint at all"), "corrupt"),
+        ("truncated.pt", "truncate", "corrupt"),
+        ("pickle.pt", lambda p: write(p, {"args": argparse.Namespace(a=1)}), "argparse.Namespace"),
+        ("list.pt", lambda p: write(p, [1, 2]), "holds a list"),
+        ("dict.pt", lambda p: write(p, {"weights": torch.ones(2)}), "not a proteinperf"),
+        ("esm.pt", lambda p: write(p, {"model": {}, "cfg": {"model": {}}}), "convert-esm"),
+        ("newer.pt", "newer", "format_version 2"),
+        ("mismatch.pt", "mismatch", "weights do not match"),
+        ("shape.pt", "shape", "has shape"),
+        ("badconfig.pt", "badconfig", "unknown model config keys"),
+    ],
+)
 def test_bad_files_raise_one_clear_error(tmp_path, model, name, make, match):
     path = tmp_path / name
     if make == "truncate":

@@ -29,11 +29,16 @@ def test_defaults_match_alphabet():
     alphabet, config = get_alphabet(), ModelConfig()
     assert config.vocab_size == len(alphabet)
     assert (config.padding_idx, config.mask_idx, config.cls_idx, config.eos_idx) == (
-        alphabet.padding_idx, alphabet.mask_idx, alphabet.cls_idx, alphabet.eos_idx)
+        alphabet.padding_idx,
+        alphabet.mask_idx,
+        alphabet.cls_idx,
+        alphabet.eos_idx,
+    )
 
 
-@pytest.mark.parametrize("attention", ["softmax", "favor_softmax", "favor_relu",
-                                       "favor_softmax_hyp", "favor_trig"])
+@pytest.mark.parametrize(
+    "attention", ["softmax", "favor_softmax", "favor_relu", "favor_softmax_hyp", "favor_trig"]
+)
 @pytest.mark.parametrize("positional", POSITIONALS)
 def test_causal_never_sees_the_future(attention, positional):
     model = tiny(attention=attention, positional=positional, causal=True)
@@ -45,7 +50,7 @@ def test_causal_never_sees_the_future(attention, positional):
             changed[0, t + 1] = 5 if tokens[0, t + 1] != 5 else 6
             after = model(changed)["logits"]
             torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1], atol=1e-5, rtol=0)
-            assert not torch.allclose(after[:, t + 1:], before[:, t + 1:], atol=1e-5)
+            assert not torch.allclose(after[:, t + 1 :], before[:, t + 1 :], atol=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["softmax", "favor_softmax", "favor_relu"])
@@ -62,8 +67,11 @@ def test_invariant_to_padding(attention, causal):
     torch.testing.assert_close(padded["logits"][0, :9], alone["logits"][0], atol=1e-5, rtol=1e-5)
     for i in (0, 1, 2):
         torch.testing.assert_close(
-            padded["representations"][i][0, :9], alone["representations"][i][0], atol=1e-5,
-            rtol=1e-5)
+            padded["representations"][i][0, :9],
+            alone["representations"][i][0],
+            atol=1e-5,
+            rtol=1e-5,
+        )
     assert (padded["representations"][0][0, 9:] == 0).all()
 
 
@@ -126,9 +134,14 @@ def test_mix_seed_is_stable():
 @pytest.mark.parametrize("attention,positional", list(itertools.product(ATTENTIONS, POSITIONALS)))
 def test_every_combination_trains(attention, positional):
     causal = attention != "favor_softmax_opt" and positional == "learned"
-    model = tiny(attention=attention, positional=positional, causal=causal, dropout=0.1,
-                 lm_head="linear" if positional == "sinusoidal" else "esm",
-                 tie_embeddings=positional != "learned")
+    model = tiny(
+        attention=attention,
+        positional=positional,
+        causal=causal,
+        dropout=0.1,
+        lm_head="linear" if positional == "sinusoidal" else "esm",
+        tie_embeddings=positional != "learned",
+    )
     model.train()
     tokens = random_tokens(2, 13)
     tokens[1, 10:] = model.config.padding_idx
@@ -190,19 +203,22 @@ def test_learned_positions_reject_long_sequences():
         tiny(positional="learned", max_len=8)(random_tokens(1, 9))
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (dict(d_model=30, n_heads=4), "divisible"),
-    (dict(attention="favor_softmax_opt", causal=True), "causal"),
-    (dict(attention="performer"), "attention must be"),
-    (dict(positional="alibi"), "positional"),
-    (dict(lm_head="mlp"), "lm_head"),
-    (dict(feature_scaling="unit"), "feature_scaling"),
-    (dict(attention="favor_trig", nb_features=31), "even"),
-    (dict(dropout=1.0), "dropout"),
-    (dict(padding_idx=40), "padding_idx"),
-    (dict(d_model=36, n_heads=4), "rotary"),
-    (dict(redraw_interval=-1), "redraw_interval"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(d_model=30, n_heads=4), "divisible"),
+        (dict(attention="favor_softmax_opt", causal=True), "causal"),
+        (dict(attention="performer"), "attention must be"),
+        (dict(positional="alibi"), "positional"),
+        (dict(lm_head="mlp"), "lm_head"),
+        (dict(feature_scaling="unit"), "feature_scaling"),
+        (dict(attention="favor_trig", nb_features=31), "even"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(padding_idx=40), "padding_idx"),
+        (dict(d_model=36, n_heads=4), "rotary"),
+        (dict(redraw_interval=-1), "redraw_interval"),
+    ],
+)
 def test_config_validation(overrides, match):
     config = ModelConfig(**{**TINY, **overrides})
     with pytest.raises(ValueError, match=match):

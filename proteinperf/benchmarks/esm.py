@@ -60,8 +60,9 @@ def _encode(seqs: list[str], max_len: int, generator: torch.Generator) -> torch.
             start = int(torch.randint(len(seq) - max_len + 3, (1,), generator=generator))
             seq = seq[start : start + max_len - 2]
         rows.append(torch.tensor(alphabet.encode_framed(seq)))
-    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True,
-                                           padding_value=alphabet.padding_idx)
+    return torch.nn.utils.rnn.pad_sequence(
+        rows, batch_first=True, padding_value=alphabet.padding_idx
+    )
 
 
 def _mask(tokens: torch.Tensor, prob: float, generator: torch.Generator):
@@ -79,8 +80,13 @@ def _esm2(layers: int, dim: int, heads: int, seed: int):
 
     torch.manual_seed(seed)
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    return esm.model.esm2.ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads,
-                               alphabet=alphabet, token_dropout=True)
+    return esm.model.esm2.ESM2(
+        num_layers=layers,
+        embed_dim=dim,
+        attention_heads=heads,
+        alphabet=alphabet,
+        token_dropout=True,
+    )
 
 
 def _train_tiny(seqs: list[str], s: Settings) -> tuple[torch.nn.Module, dict]:
@@ -89,8 +95,7 @@ def _train_tiny(seqs: list[str], s: Settings) -> tuple[torch.nn.Module, dict]:
     with torch.no_grad():  # fair-esm's N(0, 1) embeddings start the tied logits far too large
         model.embed_tokens.weight.normal_(std=0.02)
     lr, warmup = 3e-3, 20
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98),
-                                  weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     generator = torch.Generator().manual_seed(0)
     start, cpu_start, step, losses = time.monotonic(), time.process_time(), 0, []
     while step < s.train_steps and time.process_time() - cpu_start < s.train_seconds:
@@ -108,9 +113,12 @@ def _train_tiny(seqs: list[str], s: Settings) -> tuple[torch.nn.Module, dict]:
         losses.append(loss.item())
         step += 1
     tail = losses[-20:]
-    info = {"steps": step, "seconds": round(time.monotonic() - start, 1),
-            "cpu_seconds": round(time.process_time() - cpu_start, 1),
-            "final_train_loss": round(sum(tail) / len(tail), 4)}
+    info = {
+        "steps": step,
+        "seconds": round(time.monotonic() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "final_train_loss": round(sum(tail) / len(tail), 4),
+    }
     return model.eval(), info
 
 
@@ -139,15 +147,16 @@ def _evaluate(name: str, esm_model, batches, s: Settings) -> list[dict]:
 
     targets = [tokens[chosen] for _, chosen, tokens in batches]
     reference = _log_probs(esm_model, batches)
-    exact = _compare(reference, _log_probs(performer_from_esm_model(esm_model), batches),
-                     targets)
+    exact = _compare(reference, _log_probs(performer_from_esm_model(esm_model), batches), targets)
     rows = [{"model": name, "attention": "softmax (converted)", "m": None, **exact}]
     for kernel in s.kernels:
         for m in s.features:
             runs = [
-                _compare(reference, _log_probs(
-                    performer_from_esm_model(esm_model, kernel, m, seed=seed), batches),
-                    targets)
+                _compare(
+                    reference,
+                    _log_probs(performer_from_esm_model(esm_model, kernel, m, seed=seed), batches),
+                    targets,
+                )
                 for seed in range(s.seeds)
             ]
             row = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
@@ -173,8 +182,10 @@ def _table(rows: list[dict], setup: str) -> str:
     ]
     for r in rows:
         kl = f"{r['kl']:.4f}" + (f" ± {r['kl_std']:.4f}" if r.get("kl_std") else "")
-        lines.append(f"| {r['model']} | {r['attention']} | {r['m'] or '-'} | {kl} | "
-                     f"{r['top1_agreement']:.3f} | {r['accuracy']:.3f} |")
+        lines.append(
+            f"| {r['model']} | {r['attention']} | {r['m'] or '-'} | {kl} | "
+            f"{r['top1_agreement']:.3f} | {r['accuracy']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -199,9 +210,11 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         rows += _evaluate("ESM-2 2x64, trained on sample", trained, batches, s)
 
     n_masked = sum(int(chosen.sum()) for _, chosen, _ in batches)
-    setup = (f"{len(eval_seqs)} held-out sample proteins, ≤{s.max_len} tokens, {n_masked} "
-             f"masked positions; mean of {s.seeds} feature draw(s); 2-layer model trained "
-             f"{training['steps']} steps in {training['seconds']} s")
+    setup = (
+        f"{len(eval_seqs)} held-out sample proteins, ≤{s.max_len} tokens, {n_masked} "
+        f"masked positions; mean of {s.seeds} feature draw(s); 2-layer model trained "
+        f"{training['steps']} steps in {training['seconds']} s"
+    )
     return {
         "settings": {k: getattr(s, k) for k in s.__dataclass_fields__},
         "training": training,

@@ -32,8 +32,17 @@ class CommandError(Exception):
 
 # Exceptions that describe bad input or environment: one line, exit 2 (PROTEINPERF_DEBUG=1
 # shows the traceback). Anything else is a bug and keeps its traceback.
-USER_ERRORS = (CommandError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError,
-               KeyError, OSError, EOFError, RuntimeError)
+USER_ERRORS = (
+    CommandError,
+    ValueError,
+    FileNotFoundError,
+    IsADirectoryError,
+    PermissionError,
+    KeyError,
+    OSError,
+    EOFError,
+    RuntimeError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-ATTENTION_CHOICES = ("softmax", "favor_softmax", "favor_relu", "favor_softmax_hyp",
-                     "favor_softmax_opt", "favor_trig")
+ATTENTION_CHOICES = (
+    "softmax",
+    "favor_softmax",
+    "favor_relu",
+    "favor_softmax_hyp",
+    "favor_softmax_opt",
+    "favor_trig",
+)
 
 
 def register(subparsers) -> None:
@@ -19,12 +25,22 @@ def register(subparsers) -> None:
     )
     parser.add_argument("esm_checkpoint", metavar="ESM_CHECKPOINT.pt")
     parser.add_argument("output", metavar="OUTPUT.ckpt")
-    parser.add_argument("--attention", choices=ATTENTION_CHOICES, default="softmax",
-                        help="attention of the converted model (default: softmax = exact ESM-2)")
-    parser.add_argument("--nb-features", type=int, default=256, metavar="M",
-                        help="random features per head for FAVOR+ attention (default: 256)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the random features (default: 0)")
+    parser.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default="softmax",
+        help="attention of the converted model (default: softmax = exact ESM-2)",
+    )
+    parser.add_argument(
+        "--nb-features",
+        type=int,
+        default=256,
+        metavar="M",
+        help="random features per head for FAVOR+ attention (default: 256)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random features (default: 0)"
+    )
     parser.set_defaults(func=lambda args: _run(args))
 
 
@@ -32,8 +48,11 @@ def _run(args: argparse.Namespace) -> int:
     from proteinperf.interop.esm import convert_esm_checkpoint
 
     out = convert_esm_checkpoint(
-        args.esm_checkpoint, args.output, attention=args.attention,
-        nb_features=args.nb_features, seed=args.seed,
+        args.esm_checkpoint,
+        args.output,
+        attention=args.attention,
+        nb_features=args.nb_features,
+        seed=args.seed,
     )
     print(out)
     return 0

@@ -35,8 +35,10 @@ def _torch_load(path: Path) -> dict:
     except FileNotFoundError:
         raise ESMConversionError(f"ESM checkpoint {path}: no such file") from None
     except Exception as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line),
-                      f"{type(err).__name__}")
+        detail = next(
+            (line.strip() for line in str(err).splitlines() if "GLOBAL" in line),
+            f"{type(err).__name__}",
+        )
         raise ESMConversionError(
             f"ESM checkpoint {path}: cannot be read safely ({detail.split(' was not')[0]})"
         ) from err
@@ -47,8 +49,10 @@ def _torch_load(path: Path) -> dict:
 
 def _hyperparameters(obj: dict) -> dict:
     """encoder_* settings from "cfg"["model"] (ESM-2) or "args" (older files), as a dict."""
-    for source in (obj.get("cfg", {}).get("model") if isinstance(obj.get("cfg"), dict) else None,
-                   obj.get("args")):
+    for source in (
+        obj.get("cfg", {}).get("model") if isinstance(obj.get("cfg"), dict) else None,
+        obj.get("args"),
+    ):
         if isinstance(source, argparse.Namespace):
             return vars(source)
         if isinstance(source, dict):
@@ -91,15 +95,17 @@ def esm_config(state: dict, hparams: dict, where: str = "ESM checkpoint") -> Mod
     layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
     n_layers = hparams.get("encoder_layers", len(layer_ids))
     if layer_ids != set(range(n_layers)):
-        raise ESMConversionError(f"{where}: layers {sorted(layer_ids)} but encoder_layers "
-                                 f"= {n_layers}")
+        raise ESMConversionError(
+            f"{where}: layers {sorted(layer_ids)} but encoder_layers = {n_layers}"
+        )
     n_heads = hparams.get("encoder_attention_heads")
     if n_heads is None:
         raise ESMConversionError(f"{where}: encoder_attention_heads missing from cfg/args")
     embed_dim = hparams.get("encoder_embed_dim", d_model)
     if embed_dim != d_model:
-        raise ESMConversionError(f"{where}: encoder_embed_dim {embed_dim} but embeddings "
-                                 f"have {d_model}")
+        raise ESMConversionError(
+            f"{where}: encoder_embed_dim {embed_dim} but embeddings have {d_model}"
+        )
     tied = "lm_head.weight" not in state or torch.equal(
         state["lm_head.weight"], state["embed_tokens.weight"]
     )
@@ -146,8 +152,9 @@ def performer_from_esm_state(
         inv_freq = state.pop(f"layers.{i}.self_attn.rot_emb.inv_freq", None)
         if inv_freq is not None:
             if not torch.allclose(inv_freq.float(), rotary_inv_freq(config.head_dim)):
-                raise ESMConversionError(f"{where}: layer {i} rotary inv_freq differs from "
-                                         "1/10000^(2i/d)")
+                raise ESMConversionError(
+                    f"{where}: layer {i} rotary inv_freq differs from 1/10000^(2i/d)"
+                )
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     features = {k: v for k, v in model.state_dict().items() if k.endswith(".features")}
@@ -156,21 +163,23 @@ def performer_from_esm_state(
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ESMConversionError(
-            f"{where}: unexpected ESM-2 layout (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]})"
+            f"{where}: unexpected ESM-2 layout (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     for key, value in state.items():
         if value.shape != expected[key].shape:
-            raise ESMConversionError(f"{where}: {key} has shape {tuple(value.shape)}, expected "
-                                     f"{tuple(expected[key].shape)}")
+            raise ESMConversionError(
+                f"{where}: {key} has shape {tuple(value.shape)}, expected "
+                f"{tuple(expected[key].shape)}"
+            )
     model.load_state_dict({**state, **features})
     return model.float().eval()
 
 
 def performer_from_esm_model(esm_model, attention="softmax", nb_features=256, seed=0):
     """Convert an in-memory fair-esm ``ESM2`` module (tests, benchmarks)."""
-    state = {k: v.detach().clone() for k, v in esm_model.state_dict().items()
-             if k not in CONTACT_KEYS}
+    state = {
+        k: v.detach().clone() for k, v in esm_model.state_dict().items() if k not in CONTACT_KEYS
+    }
     hparams = {
         "encoder_layers": esm_model.num_layers,
         "encoder_embed_dim": esm_model.embed_dim,

@@ -13,15 +13,23 @@ from proteinperf.interop.esm import (
 )
 
 LAYERS, DIM, HEADS = 2, 64, 4
-SEQUENCES = [("a", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"), ("b", "KALTARQQEVFDLIRD"),
-             ("c", "MSEQNNTEMTFQIQRIYTKDISFEAPNAPHVFQKDWXBZ")]
+SEQUENCES = [
+    ("a", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"),
+    ("b", "KALTARQQEVFDLIRD"),
+    ("c", "MSEQNNTEMTFQIQRIYTKDISFEAPNAPHVFQKDWXBZ"),
+]
 
 
 def random_esm2(token_dropout=True, seed=0):
     torch.manual_seed(seed)
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    model = esm.model.esm2.ESM2(num_layers=LAYERS, embed_dim=DIM, attention_heads=HEADS,
-                                alphabet=alphabet, token_dropout=token_dropout)
+    model = esm.model.esm2.ESM2(
+        num_layers=LAYERS,
+        embed_dim=DIM,
+        attention_heads=HEADS,
+        alphabet=alphabet,
+        token_dropout=token_dropout,
+    )
     with torch.no_grad():  # LayerNorms and biases away from their init, so all are exercised
         for name, p in model.named_parameters():
             if "layer_norm" in name or name.endswith("bias"):
@@ -35,12 +43,19 @@ def save_official(model, path, prefixed=True, regression=True):
     state = model.state_dict()
     contact = {k: state.pop(k) for k in list(state) if k.startswith("contact_head.")}
     if prefixed:
-        state = {("encoder." if k.startswith("lm_head.") else "encoder.sentence_encoder.") + k: v
-                 for k, v in state.items()}
-    cfg = argparse.Namespace(encoder_layers=model.num_layers, encoder_embed_dim=model.embed_dim,
-                             encoder_ffn_embed_dim=4 * model.embed_dim,
-                             encoder_attention_heads=model.attention_heads,
-                             token_dropout=model.token_dropout, dropout=0.0, arch="ESM2")
+        state = {
+            ("encoder." if k.startswith("lm_head.") else "encoder.sentence_encoder.") + k: v
+            for k, v in state.items()
+        }
+    cfg = argparse.Namespace(
+        encoder_layers=model.num_layers,
+        encoder_embed_dim=model.embed_dim,
+        encoder_ffn_embed_dim=4 * model.embed_dim,
+        encoder_attention_heads=model.attention_heads,
+        token_dropout=model.token_dropout,
+        dropout=0.0,
+        arch="ESM2",
+    )
     torch.save({"model": state, "cfg": {"model": cfg}}, path)
     if regression:
         torch.save({"model": contact}, path.with_name(path.stem + "-contact-regression.pt"))
@@ -84,8 +99,9 @@ def test_softmax_conversion_matches_fair_esm(tmp_path, esm2_file, masked):
         got = ours(tokens, repr_layers=layers)
     torch.testing.assert_close(got["logits"], expected["logits"], atol=1e-4, rtol=0)
     for i in layers:
-        torch.testing.assert_close(got["representations"][i], expected["representations"][i],
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            got["representations"][i], expected["representations"][i], atol=1e-4, rtol=0
+        )
 
 
 def test_mean_embeddings_match_esm_extraction(tmp_path, esm2_file):
@@ -99,8 +115,11 @@ def test_mean_embeddings_match_esm_extraction(tmp_path, esm2_file):
         for i, (_, seq) in enumerate(SEQUENCES):
             # esm's extract.py: mean over residues, <cls> (0) and <eos> excluded
             want = expected[layer][i, 1 : len(seq) + 1].mean(0)
-            real = (tokens[i] != alphabet.padding_idx) & (tokens[i] != alphabet.cls_idx) & (
-                tokens[i] != alphabet.eos_idx)
+            real = (
+                (tokens[i] != alphabet.padding_idx)
+                & (tokens[i] != alphabet.cls_idx)
+                & (tokens[i] != alphabet.eos_idx)
+            )
             torch.testing.assert_close(got[layer][i][real].mean(0), want, atol=1e-5, rtol=1e-5)
 
 
@@ -122,15 +141,30 @@ def test_unprefixed_layout_without_regression_and_no_token_dropout(tmp_path):
     ours, _ = load_model(tmp_path / "c.ckpt")
     tokens = batch(alphabet, [(0, 4)])
     with torch.no_grad():
-        torch.testing.assert_close(ours(tokens)["logits"], model(tokens)["logits"], atol=1e-4,
-                                   rtol=0)
+        torch.testing.assert_close(
+            ours(tokens)["logits"], model(tokens)["logits"], atol=1e-4, rtol=0
+        )
 
 
 def test_cli_favor_conversion(tmp_path, esm2_file, capsys):
     model, alphabet, path = esm2_file
     out = tmp_path / "favor.ckpt"
-    assert main(["convert-esm", str(path), str(out), "--attention", "favor_relu",
-                 "--nb-features", "32", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "convert-esm",
+                str(path),
+                str(out),
+                "--attention",
+                "favor_relu",
+                "--nb-features",
+                "32",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert str(out) in capsys.readouterr().out
     ours, _ = load_model(out)
     assert ours.config.attention == "favor_relu"
@@ -150,8 +184,13 @@ def test_cli_reports_bad_input(tmp_path, capsys):
 def test_rejects_esm1b_and_incomplete_files(tmp_path, esm2_file):
     _, _, path = esm2_file
     obj = torch.load(path, weights_only=False)
-    bad = dict(obj, model={**obj["model"], "encoder.sentence_encoder.embed_positions.weight":
-                           torch.zeros(3, DIM)})
+    bad = dict(
+        obj,
+        model={
+            **obj["model"],
+            "encoder.sentence_encoder.embed_positions.weight": torch.zeros(3, DIM),
+        },
+    )
     torch.save(bad, tmp_path / "esm1b.pt")
     with pytest.raises(ESMConversionError, match="ESM-1b"):
         convert_esm_checkpoint(tmp_path / "esm1b.pt", tmp_path / "o.ckpt")
