@@ -56,6 +56,9 @@ data: $(STAMP) ## download (unless DATASET=sample) and prepare a corpus: make da
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache outputs multirun .cache
 
-# Swallow Hydra overrides such as `model=tiny` or `-m` so make does not treat them as targets.
+# With `make train -- -m ...`, Hydra flags arrive as goals: swallow them there only, so a
+# typo such as `make tset` still fails loudly.
+ifneq ($(filter train,$(MAKECMDGOALS)),)
 %:
 	@:
+endif
