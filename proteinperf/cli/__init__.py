@@ -16,13 +16,18 @@ from proteinperf import __version__
 
 # Order of appearance in --help.
 COMMAND_MODULES = (
+    "train",
     "prepare",
     "data",
+    "evaluate",
     "embed",
     "score",
     "score_mutations",
+    "generate",
+    "contacts",
     "attention",
     "convert_esm",
+    "models",
 )
 
 
