@@ -8,6 +8,14 @@ Strategies (Meier et al., 2021, for the bidirectional ones):
   log-likelihood-ratio  causal models: log p(mutant) − log p(wild type), exact
 A multi-mutant ``H24C:K30R`` is the sum of its singles for the marginal strategies; the
 sequence-level strategies score the whole mutant sequence.
+
+ProteinGym substitution files are read as they come: the wild type may be recovered from the
+``mutated_sequence`` column, and ``DMS_score`` / ``DMS_score_bin`` give Spearman ρ and AUC.
+
+Long proteins: FAVOR models score the whole sequence (no length limit, linear memory). For
+exact-attention models (e.g. a converted ESM-2, trained on at most 1022 residues) the marginal
+strategies score each position in a window of ``window`` residues centred on it (ESM-1v's and
+ProteinGym's recipe); the sequence-level strategies always see the whole sequence.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from .likelihood import (
 STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood-ratio")
 BIDIRECTIONAL = ("masked-marginals", "wt-marginals", "pseudo-ppl")
 WILD_TYPE = ("WT", "_WT")  # a row naming the wild type itself scores 0
+MUTATED_SEQUENCE, DMS_SCORE, DMS_BIN = "mutated_sequence", "DMS_score", "DMS_score_bin"
+ESM_WINDOW = 1022  # ESM-2's training crop, in residues
 _mutation_re = re.compile(r"([A-Z])(-?\d+)([A-Z])")
 
 
@@ -108,6 +118,46 @@ def apply(sequence: str, mutations: Sequence[Mutation]) -> str:
     return "".join(residues)
 
 
+def resolve_window(model, window: int | str | None = "auto") -> int | None:
+    """Residues per scoring window: 'auto' = ESM_WINDOW for exact attention, None (whole
+    sequence) for FAVOR; 0 or None = whole sequence."""
+    if window == "auto":
+        return ESM_WINDOW if model.config.favor_kernel is None else None
+    window = int(window or 0)
+    if window < 0:
+        raise ValueError(f"--window must be >= 0 residues (0 = whole sequence), got {window}")
+    return window or None
+
+
+def window_start(index: int, length: int, window: int | None) -> int:
+    """First residue of the ``window`` centred on ``index``, shifted to lie inside the sequence."""
+    if window is None or length <= window:
+        return 0
+    return min(max(index - window // 2, 0), length - window)
+
+
+def wild_type_from_mutants(mutants: Sequence[str], mutated: Sequence[str], where: str) -> str:
+    """The wild type, undoing the first real mutant's substitutions in its mutated sequence."""
+    for row, (text, seq) in enumerate(zip(mutants, mutated)):
+        text = str(text).strip().upper()
+        if text in WILD_TYPE:
+            return seq.strip().upper()
+        residues = list(seq.strip().upper())
+        for part in text.split(":"):
+            match = _mutation_re.fullmatch(part.strip())
+            if match is None:
+                raise ValueError(f"{where}:{row + 2}: cannot parse mutation {part.strip()!r}")
+            index = int(match.group(2)) - 1
+            if not 0 <= index < len(residues):
+                raise ValueError(
+                    f"{where}:{row + 2}: mutation {part} is outside {MUTATED_SEQUENCE} "
+                    f"({len(residues)} residues)"
+                )
+            residues[index] = match.group(1)
+        return "".join(residues)
+    raise ValueError(f"{where}: no rows to recover the wild type from")
+
+
 def _marginal_scores(rows: dict[int, torch.Tensor], variants) -> list[float]:
     """Σ log p(mt) − log p(wt) over each variant's mutations, from per-position log-prob rows."""
     idx = get_alphabet().tok_to_idx
@@ -144,53 +194,77 @@ def score_variants(
     toks_per_batch: int = DEFAULT_TOKS_PER_BATCH,
     precision: str = "fp32",
     quiet: bool = True,
+    window: int | None = None,
 ) -> list[float]:
-    """One score per variant (a tuple of Mutations; () = wild type, score 0)."""
+    """One score per variant (a tuple of Mutations; () = wild type, score 0).
+
+    ``window``: residues per scoring window of the marginal strategies (None = whole sequence).
+    """
     strategy = resolve_strategy(strategy, model.config.causal)
-    check_length(model, len(sequence), "sequence")
     if strategy in ("pseudo-ppl", "log-likelihood-ratio"):
+        check_length(model, len(sequence), "sequence")
         with progress(quiet, strategy, unit="seq") as bar:
             return _sequence_scores(
                 model, sequence, variants, strategy, toks_per_batch, precision, bar
             )
+    check_length(model, min(len(sequence), window or len(sequence)), "sequence window")
     positions = sorted({m.index for variant in variants for m in variant})
-    if strategy == "wt-marginals":
-        log_probs = batch_log_probs(model, [sequence], precision)[0][1:-1]
-        rows = {i: log_probs[i] for i in positions}
-    else:
-        with progress(quiet, strategy, unit="pos", total=len(positions)) as bar:
-            table = masked_log_probs(model, sequence, positions, toks_per_batch, precision, bar)
-        rows = dict(zip(positions, table))
+    by_start: dict[int, list[int]] = {}
+    for i in positions:
+        by_start.setdefault(window_start(i, len(sequence), window), []).append(i)
+    rows = {}
+    with progress(quiet, strategy, unit="pos", total=len(positions)) as bar:
+        for start, group in by_start.items():
+            part = sequence[start : start + window] if window else sequence
+            local = [i - start for i in group]
+            if strategy == "wt-marginals":
+                log_probs = batch_log_probs(model, [part], precision)[0][1:-1]
+                table = log_probs[local]
+                bar.update(len(group))
+            else:
+                table = masked_log_probs(model, part, local, toks_per_batch, precision, bar)
+            rows.update(zip(group, table))
     return _marginal_scores(rows, variants)
 
 
-def score_mutations_csv(
-    model,
-    sequence: str,
-    mutations_csv,
-    output,
-    *,
-    score_col: str,
-    mutation_col: str = "mutant",
-    offset: int = 1,
-    strategy: str | None = None,
-    toks_per_batch: int = DEFAULT_TOKS_PER_BATCH,
-    precision: str = "fp32",
-    quiet: bool = False,
-) -> dict:
-    """The input CSV plus a ``score_col`` column, written atomically to ``output``.
+def dms_metrics(table, score_col: str) -> dict | None:
+    """Spearman ρ of the scores against DMS_score, AUC against DMS_score_bin (1 = fit);
+    rows with a missing value are left out. None when the table has no DMS_score."""
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import rankdata, spearmanr
 
-    Cells are read and written as text, so every input column comes back unchanged.
-    """
+    if DMS_SCORE not in table.columns:
+        return None
+    scores = pd.to_numeric(table[score_col], errors="coerce").to_numpy(float)
+    measured = pd.to_numeric(table[DMS_SCORE], errors="coerce").to_numpy(float)
+    keep = np.isfinite(scores) & np.isfinite(measured)
+    rho = float(spearmanr(scores[keep], measured[keep]).statistic) if keep.sum() > 2 else None
+    metrics = {"n": int(keep.sum()), "spearman": rho}
+    if DMS_BIN in table.columns:
+        labels = pd.to_numeric(table[DMS_BIN], errors="coerce").to_numpy(float)
+        ok = np.isfinite(scores) & np.isin(labels, (0.0, 1.0))
+        pos, n_pos, n_neg = (
+            labels[ok] == 1,
+            int((labels[ok] == 1).sum()),
+            int((labels[ok] == 0).sum()),
+        )
+        auc = None
+        if n_pos and n_neg:
+            # Mann-Whitney: AUC = (Σ ranks of positives − n₊(n₊+1)/2) / (n₊ n₋), ties averaged
+            ranks = rankdata(scores[ok])
+            auc = float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+        metrics["auc"] = auc
+    if rho is not None and not np.isfinite(rho):  # constant scores
+        metrics["spearman"] = None
+    return metrics
+
+
+def read_mutations_table(path, mutation_col: str, score_col: str):
+    """The CSV as text cells (every column kept as is), checked for the columns we need."""
     import pandas as pd
 
-    sequence = sequence.strip().upper()
-    if not sequence:
-        raise ValueError("the wild-type sequence is empty")
-    bad = sorted(set(sequence) - set(RESIDUES + GAPS))
-    if bad:
-        raise ValueError(f"the wild-type sequence has invalid residues: {''.join(bad)}")
-    path = Path(mutations_csv)
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -206,12 +280,63 @@ def score_mutations_csv(
         raise ValueError(f"{path}: already has a column {score_col!r}; choose --score-col")
     if table.empty:
         raise ValueError(f"{path}: no mutations (the CSV has a header only)")
+    return table
+
+
+def score_mutations_csv(
+    model,
+    sequence: str | None,
+    mutations_csv,
+    output,
+    *,
+    score_col: str,
+    mutation_col: str = "mutant",
+    offset: int = 1,
+    strategy: str | None = None,
+    toks_per_batch: int = DEFAULT_TOKS_PER_BATCH,
+    precision: str = "fp32",
+    quiet: bool = False,
+    window: int | str | None = "auto",
+) -> dict:
+    """The input CSV plus a ``score_col`` column, written atomically to ``output``.
+
+    Cells are read and written as text, so every input column comes back unchanged. With
+    ``sequence`` None the wild type is recovered from a ProteinGym ``mutated_sequence``
+    column; when that column is present every row is checked against it. Returns a summary
+    with "metrics" (Spearman ρ, AUC) when the CSV has DMS_score.
+    """
+    path = Path(mutations_csv)
+    table = read_mutations_table(path, mutation_col, score_col)
+    has_mutated = MUTATED_SEQUENCE in table.columns
+    if sequence is None:
+        if not has_mutated:
+            raise ValueError(
+                f"{path}: no wild type: give --sequence/--fasta, or a {MUTATED_SEQUENCE!r} "
+                "column (ProteinGym layout)"
+            )
+        if offset != 1:
+            raise ValueError(f"{path}: {MUTATED_SEQUENCE} numbers residues from 1, not {offset}")
+        sequence = wild_type_from_mutants(table[mutation_col], table[MUTATED_SEQUENCE], str(path))
+    sequence = sequence.strip().upper()
+    if not sequence:
+        raise ValueError("the wild-type sequence is empty")
+    bad = sorted(set(sequence) - set(RESIDUES + GAPS))
+    if bad:
+        raise ValueError(f"the wild-type sequence has invalid residues: {''.join(bad)}")
     strategy = resolve_strategy(strategy, model.config.causal)
+    window = resolve_window(model, window)
     # Data row r (0-based) is on line r + 2 when no cell spans lines: that is what editors show.
     variants = [
         parse_mutant(text, sequence, offset, f"{path}:{row + 2}")
         for row, text in enumerate(table[mutation_col])
     ]
+    if has_mutated and offset == 1:
+        for row, (variant, given) in enumerate(zip(variants, table[MUTATED_SEQUENCE])):
+            if apply(sequence, variant) != given.strip().upper():
+                raise ValueError(
+                    f"{path}:{row + 2}: {MUTATED_SEQUENCE} is not the wild type with "
+                    f"{table[mutation_col].iloc[row]} applied"
+                )
     scores = score_variants(
         model,
         sequence,
@@ -220,8 +345,17 @@ def score_mutations_csv(
         toks_per_batch=toks_per_batch,
         precision=precision,
         quiet=quiet,
+        window=window,
     )
     table[score_col] = scores
     with atomic_output(Path(output)) as tmp:
         table.to_csv(tmp, index=False)
-    return {"rows": len(table), "strategy": strategy, "output": str(output)}
+    return {
+        "rows": len(table),
+        "strategy": strategy,
+        "score_col": score_col,
+        "length": len(sequence),
+        "window": window,
+        "output": str(output),
+        "metrics": dms_metrics(table, score_col),
+    }
