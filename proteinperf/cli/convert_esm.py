@@ -1,4 +1,5 @@
-"""`proteinperf convert-esm`: a fair-esm ESM-2 checkpoint -> a proteinperf checkpoint."""
+"""`proteinperf convert-esm`: a fair-esm ESM-2 checkpoint (file or model name) -> a proteinperf
+checkpoint."""
 
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ ATTENTION_CHOICES = (
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert-esm",
-        help="convert a fair-esm ESM-2 checkpoint (.pt) into a proteinperf checkpoint",
-        description="Convert a downloaded fair-esm ESM-2 checkpoint (e.g. esm2_t6_8M_UR50D.pt) "
-        "into a proteinperf checkpoint. With --attention softmax the model reproduces ESM-2 "
-        "exactly; with FAVOR+ attention it is a Performer to fine-tune (experiment="
-        "esm2_to_performer). A <name>-contact-regression.pt beside the input is kept.",
+        help="convert a fair-esm ESM-2 checkpoint (.pt or model name) into a proteinperf one",
+        description="Convert a fair-esm ESM-2 checkpoint into a proteinperf checkpoint: a "
+        "downloaded file (esm2_t6_8M_UR50D.pt; a <name>-contact-regression.pt beside it is "
+        "kept) or a model name (esm2_t6_8M_UR50D), which fair-esm's pretrained loader "
+        "downloads into the torch-hub cache on first use, contact regression included. With "
+        "--attention softmax the model reproduces ESM-2 exactly; with FAVOR+ attention it is a "
+        "Performer to fine-tune (experiment=esm2_to_performer).",
     )
-    parser.add_argument("esm_checkpoint", metavar="ESM_CHECKPOINT.pt")
+    parser.add_argument(
+        "esm_checkpoint",
+        metavar="ESM_CHECKPOINT",
+        help="a fair-esm .pt file or an ESM-2 model name, e.g. esm2_t6_8M_UR50D",
+    )
     parser.add_argument("output", metavar="OUTPUT.ckpt")
     parser.add_argument(
         "--attention",
@@ -45,9 +52,9 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proteinperf.interop.esm import convert_esm_checkpoint
+    from proteinperf.interop.esm import convert_esm
 
-    out = convert_esm_checkpoint(
+    out = convert_esm(
         args.esm_checkpoint,
         args.output,
         attention=args.attention,

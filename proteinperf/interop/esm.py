@@ -4,6 +4,10 @@ ESM-2 already has proteinperf's layout (pre-LayerNorm blocks, rotary q/k, final 
 tied RoBERTa LM head, token dropout), so conversion renames nothing: it strips fairseq's
 prefixes, checks every tensor, and drops what the model recomputes (rotary inv_freq, the tied
 decoder weight). The contact regression is not part of the LM; it is kept beside the weights.
+
+A model name (``esm2_t6_8M_UR50D``) instead of a file goes through fair-esm's own pretrained
+loader: its download into the torch-hub cache (``torch.hub.get_dir()/checkpoints``), the
+contact regression included.
 """
 
 from __future__ import annotations
@@ -203,11 +207,72 @@ def convert_esm_checkpoint(
     return save_model(out_path, model, extra=extra)
 
 
+def esm2_model_names() -> list[str]:
+    """The ESM-2 models fair-esm's pretrained loader knows (esm2_t6_8M_UR50D, ...)."""
+    import esm.pretrained
+
+    return sorted(n for n in dir(esm.pretrained) if re.fullmatch(r"esm2_t\d+_\w+", n))
+
+
+def load_pretrained_esm2(name: str):
+    """A fair-esm ``ESM2`` module (contact head loaded) through ``esm.pretrained``: downloaded
+    on first use, then read from the torch-hub cache."""
+    import esm.pretrained
+
+    names = esm2_model_names()
+    if name not in names:
+        raise ESMConversionError(
+            f"{name!r} is neither a .pt file nor an ESM-2 model fair-esm knows ({', '.join(names)})"
+        )
+    try:
+        esm_model, _ = esm.pretrained.load_model_and_alphabet_hub(name)
+    except Exception as err:  # offline, interrupted download, corrupt cache file
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise ESMConversionError(
+            f"ESM-2 model {name}: fair-esm could not load it from its cache "
+            f"({torch.hub.get_dir()}/checkpoints) or download it "
+            f"({type(err).__name__}: {detail})"
+        ) from err
+    return esm_model.eval()
+
+
+def contact_regression_of(esm_model) -> dict:
+    """{"weight": (1, layers·heads), "bias": (1,)}: fair-esm's logistic regression on contacts."""
+    regression = esm_model.contact_head.regression
+    return {"weight": regression.weight.detach().clone(), "bias": regression.bias.detach().clone()}
+
+
+def convert_esm_pretrained(
+    name: str, out_path, attention: str = "softmax", nb_features: int = 256, seed: int = 0
+) -> Path:
+    """Load ESM-2 ``name`` with fair-esm's pretrained loader and write a proteinperf checkpoint
+    (contact regression kept)."""
+    esm_model = load_pretrained_esm2(name)
+    model = performer_from_esm_model(esm_model, attention, nb_features, seed)
+    extra = {
+        "source": {"kind": "fair-esm", "name": name, "feature_seed": seed},
+        "contact_regression": contact_regression_of(esm_model),
+    }
+    return save_model(out_path, model, extra=extra)
+
+
+def convert_esm(source, out_path, **options) -> Path:
+    """A fair-esm ``.pt`` file (an existing path, or any name ending in .pt) or a model name."""
+    if str(source).endswith(".pt") or Path(source).exists():
+        return convert_esm_checkpoint(source, out_path, **options)
+    return convert_esm_pretrained(str(source), out_path, **options)
+
+
 __all__ = [
     "ESMConversionError",
+    "contact_regression_of",
     "contact_regression_path",
+    "convert_esm",
     "convert_esm_checkpoint",
+    "convert_esm_pretrained",
+    "esm2_model_names",
     "esm_config",
+    "load_pretrained_esm2",
     "performer_from_esm_model",
     "performer_from_esm_state",
     "read_esm_checkpoint",

@@ -1,4 +1,6 @@
 import argparse
+import urllib.error
+from pathlib import Path
 
 import esm
 import pytest
@@ -216,3 +218,54 @@ def test_proteinperf_embed_matches_esm_extraction(tmp_path, esm2_file):
             want = expected[layer][i, 1 : len(seq) + 1].mean(0)  # esm-extract's mean
             got = results[i]["mean_representations"][layer]
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- by model name
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty torch-hub cache in tmp_path; any download attempt fails as offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # let TORCH_HOME decide
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(f"offline test: would download {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    assert Path(torch.hub.get_dir()) / "checkpoints" == checkpoints
+    checkpoints.mkdir(parents=True)
+    return checkpoints
+
+
+def test_convert_by_name_uses_fair_esm_loader_and_keeps_contact_head(tmp_path, hub_cache, capsys):
+    # The released files' names and layout, randomly initialised weights.
+    model, alphabet = random_esm2(seed=2)
+    save_official(model, hub_cache / "esm2_t6_8M_UR50D.pt")
+    assert (hub_cache / "esm2_t6_8M_UR50D-contact-regression.pt").exists()
+    out = tmp_path / "esm2_t6.ckpt"
+    assert main(["convert-esm", "esm2_t6_8M_UR50D", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    obj = read_checkpoint(out)
+    assert obj["source"]["name"] == "esm2_t6_8M_UR50D"
+    assert torch.equal(obj["contact_regression"]["weight"], model.contact_head.regression.weight)
+    assert torch.equal(obj["contact_regression"]["bias"], model.contact_head.regression.bias)
+    ours, _ = load_model(out)
+    tokens = batch(alphabet, [(1, 3)])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(tokens)["logits"], model(tokens)["logits"], atol=1e-4, rtol=0
+        )
+
+
+def test_convert_by_name_errors(tmp_path, hub_cache, capsys):
+    out = tmp_path / "o.ckpt"
+    assert main(["convert-esm", "esm1b_t33_650M_UR50S", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "neither a .pt file nor an ESM-2 model" in err and "esm2_t6_8M_UR50D" in err
+    assert main(["convert-esm", "esm2_t12_35M_UR50D", str(out)]) == 2  # not cached, offline
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "could not load it" in err and str(hub_cache) in err
+    assert not out.exists()
