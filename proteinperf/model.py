@@ -18,6 +18,7 @@ from proteinperf.attention import (
     KERNELS,
     draw_features,
     favor_attention,
+    recurrent,
     softmax_attention,
 )
 
@@ -272,6 +273,25 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, length, self.n_heads * self.head_dim)  # (B, L, d)
         return self.out_proj(y), (q, k)
 
+    def init_state(self, batch: int, device=None):
+        """The empty decoding state: FAVOR prefix sums (fixed size) or an exact KV cache."""
+        h, dh = self.n_heads, self.head_dim
+        if self.is_favor:
+            return recurrent.init_state(batch, h, self.nb_features, dh, device=device)
+        return recurrent.init_kv_cache(batch, h, dh, dh, device=device)
+
+    def step(self, x, keep, rotary, state):
+        """Causal attention of the next C positions x (B, C, d) after ``state``: (out, state)."""
+        q, k = self.project_qk(x, rotary)
+        v = self._split_heads(self.v_proj(x))
+        if self.is_favor:
+            y, state = recurrent.favor_step(state, q, k, v, self.features, self.kernel, keep)
+        else:
+            y, state = recurrent.kv_step(state, q, k, v, keep)
+        b, _, length, _ = y.shape
+        y = y.transpose(1, 2).reshape(b, length, self.n_heads * self.head_dim)
+        return self.out_proj(y), state
+
 
 class Block(nn.Module):
     """Pre-LayerNorm Transformer block, ESM-2 names: x + attn(LN(x)), then x + MLP(LN(x))."""
@@ -291,6 +311,11 @@ class Block(nn.Module):
         x = x + self.dropout(attn)
         x = x + self.dropout(self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)))))
         return x, qk
+
+    def step(self, x, keep, rotary, state):
+        attn, state = self.self_attn.step(self.self_attn_layer_norm(x), keep, rotary, state)
+        x = x + attn
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)))), state
 
 
 class LMHead(nn.Module):
@@ -432,6 +457,105 @@ class PerformerLM(nn.Module):
             result["attention_inputs"] = attention_inputs
         return result
 
+    # --- incremental (causal) decoding ----------------------------------------------------
+
+    def init_state(self, batch: int, device=None) -> DecodingState:
+        if not self.config.causal:
+            raise ValueError("incremental decoding needs a causal model (causal=true)")
+        device = device if device is not None else self.embed_tokens.weight.device
+        return DecodingState(
+            [layer.init_state(batch, device) for layer in self.attention_layers],
+            torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def step(
+        self,
+        tokens: torch.Tensor,  # (B, C) the next C tokens of each sequence
+        state: DecodingState | None = None,
+        padding_mask: torch.Tensor | None = None,  # (B, C) bool, True = real; None = all real
+        chunk_size: int = 1024,
+    ) -> tuple[torch.Tensor, DecodingState]:
+        """Logits (B, C, V) of the next tokens given ``state`` (the tokens before them), and the
+        state after them: equal to ``forward`` on the whole sequence, in eval mode (no dropout).
+
+        A prompt goes in as one call (processed in chunks of ``chunk_size`` positions); then
+        one token per call. Padded tokens (mask False) do not enter the state and take no
+        position, so rows may hold prompts of different lengths. A KV cache is written in place.
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
+        if state is None:
+            state = self.init_state(tokens.shape[0], tokens.device)
+        logits = []
+        for lo in range(0, tokens.shape[1], chunk_size):
+            keep = None if padding_mask is None else padding_mask[:, lo : lo + chunk_size]
+            out, state = self._step_chunk(tokens[:, lo : lo + chunk_size], keep, state)
+            logits.append(out)
+        return torch.cat(logits, dim=1), state
+
+    def _step_chunk(self, tokens, keep, state):
+        config = self.config
+        real = torch.ones_like(tokens, dtype=torch.bool) if keep is None else keep
+        # Position of each real token: the row's count so far + real tokens before it here.
+        positions = state.positions[:, None] + real.long().cumsum(1) - 1  # (B, C)
+        positions = positions.clamp(min=0)
+        x = self.embed_tokens(tokens)
+        if config.token_dropout:  # assumes no <mask> in the sequence: a constant rescaling
+            x = x.masked_fill((tokens == config.mask_idx).unsqueeze(-1), 0.0)
+            x = x * (1 - TOKEN_DROPOUT_TRAIN_RATIO)
+        if config.positional == "learned":
+            if int(positions.max()) >= config.max_len:
+                raise ValueError(
+                    f"position {int(positions.max())} is past the model's learned positions "
+                    f"(max_len {config.max_len})"
+                )
+            x = x + self.embed_positions(positions)
+        elif config.positional == "sinusoidal":
+            x = x + _sinusoidal_at(positions, config.d_model).to(x.dtype)
+        x = x * real.unsqueeze(-1).to(x.dtype)
+        rotary = None
+        if config.positional == "rotary":
+            rotary = _rotary_at(positions, config.head_dim)
+        layer_states = []
+        for block, layer_state in zip(self.layers, state.layers):
+            x, layer_state = block.step(x, keep, rotary, layer_state)
+            layer_states.append(layer_state)
+        if config.final_layer_norm:
+            x = self.emb_layer_norm_after(x)
+        logits = self.lm_head(x, self.embed_tokens.weight)
+        return logits, DecodingState(layer_states, state.positions + real.sum(1))
+
+
+@dataclass
+class DecodingState:
+    """What causal decoding carries between steps: one state per layer, positions per row.
+
+    FAVOR layers: ``recurrent.FavorState`` (fixed size); exact layers: ``recurrent.KVCache``.
+    """
+
+    layers: list
+    positions: torch.Tensor  # (B,) tokens consumed per row = the next token's position
+
+    def nbytes(self) -> int:
+        """Bytes of the per-layer states (the KV cache's used slots)."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+def _rotary_at(positions: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B, 1, C, dim) at integer positions (B, C): ``rotary_tables`` rows, per row."""
+    freqs = positions.float().unsqueeze(-1) * rotary_inv_freq(dim, positions.device)
+    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+    return emb.cos(), emb.sin()
+
+
+def _sinusoidal_at(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B, C, dim) rows of ``sinusoidal_embedding`` at integer positions (B, C)."""
+    inv_freq = torch.exp(
+        torch.arange(0, dim, 2, device=positions.device).float() * (-math.log(10000.0) / dim)
+    )
+    angles = positions.float().unsqueeze(-1) * inv_freq
+    return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
 
 __all__ = [
     "ATTENTIONS",
@@ -439,6 +563,7 @@ __all__ = [
     "LM_HEADS",
     "ModelConfig",
     "PerformerLM",
+    "DecodingState",
     "SelfAttention",
     "Block",
     "LMHead",

@@ -1,0 +1,227 @@
+"""Attention as a recurrence for decoding: the fixed-size FAVOR+ prefix state and the KV cache.
+
+Causal FAVOR+ (Choromanski et al., 2021, Sec. 2.7) only ever needs, per (batch, head), the
+prefix sums of the key features against [v, 1]:
+
+    S_n = Σ_{j≤n} φ(k_j) [v_j, 1]ᵀ   (m × (d_v + 1)),
+    out_i = φ(q_i)ᵀ S_i[:, :d_v] / φ(q_i)ᵀ S_i[:, d_v]
+
+so decoding carries S (a constant m·(d_v+1) numbers) instead of all past keys and values.
+For the exponential kernels the true key features are phi_k·exp(s_j) (``feature_maps``'s
+scaled form); S is kept relative to E_n = max_{j≤n} s_j, the same running max that the chunked
+causal kernel (``blockwise.CausalFavor``) uses, so every exponent is ≤ 0 however long the
+sequence: S_n = Σ_{j≤n} exp(s_j − E_n) phi_k_j [v_j, 1]ᵀ. Query i reads S_i, which is relative
+to M_i = E_i; the same shift in numerator and denominator makes outputs identical to the full
+causal forward (up to float rounding), including its DENOMINATOR_EPS.
+
+Exact softmax attention decodes with a KV cache instead: past keys and values, growing with
+every token. Both states are plain tuples of tensors; the functions here are pure except that
+``kv_step`` writes into the cache's preallocated buffers (amortised O(1) appends).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .favor import DEFAULT_CHUNK, DENOMINATOR_EPS
+from .kernels import MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
+
+
+class FavorState(NamedTuple):
+    """Prefix state of causal FAVOR+ after n keys, per (batch, head)."""
+
+    context: torch.Tensor  # (B, H, m, d_v + 1): Σ exp(s_j − shift) phi_k_j [v_j, 1]ᵀ
+    shift: torch.Tensor  # (B, H): E_n = max_{j≤n} s_j (MASKED_LOG_SCALE before any key)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self)
+
+
+def init_state(
+    batch: int, heads: int, nb_features: int, dim_v: int, device=None, dtype=torch.float32
+) -> FavorState:
+    """The empty prefix (no keys yet)."""
+    return FavorState(
+        torch.zeros(batch, heads, nb_features, dim_v + 1, device=device, dtype=dtype),
+        torch.full((batch, heads), MASKED_LOG_SCALE, device=device, dtype=dtype),
+    )
+
+
+def _upcast(*tensors):
+    dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    return [t.to(dtype) for t in tensors]
+
+
+def update_state(
+    state: FavorState,
+    k: torch.Tensor,  # (B, H, C, d)
+    v: torch.Tensor,  # (B, H, C, d_v)
+    features: torch.Tensor,  # (m, d)
+    kernel: str = "softmax",
+    key_padding_mask: torch.Tensor | None = None,  # (B, C) bool, True = real key
+) -> FavorState:
+    """The state after also seeing keys/values k, v (padded keys leave it unchanged)."""
+    k, v, features = _upcast(k, v, features)
+    # Only the key side of feature_maps is used; the query features of k are discarded.
+    _, phi_k, log_scale = feature_maps(k, k, features, kernel, key_padding_mask)
+    v_ext = F.pad(v, (0, 1), value=1.0)
+    return _absorb(state, phi_k, log_scale, v_ext)
+
+
+def _absorb(state, phi_k, log_scale, v_ext) -> FavorState:
+    context, shift = state
+    if log_scale is None:  # relu: features are not scaled, nothing to shift
+        return FavorState(context + phi_k.transpose(-1, -2) @ v_ext, shift)
+    new_shift = torch.maximum(shift, log_scale.amax(-1))  # E_n
+    weights = torch.exp(log_scale - new_shift.unsqueeze(-1)).unsqueeze(-1)  # (B, H, C, 1), ≤ 1
+    context = context * torch.exp(shift - new_shift)[..., None, None]
+    return FavorState(context + phi_k.transpose(-1, -2) @ (v_ext * weights), new_shift)
+
+
+def read_state(
+    state: FavorState, q: torch.Tensor, features: torch.Tensor, kernel: str = "softmax"
+) -> torch.Tensor:
+    """Attention output (B, H, C, d_v) of queries q that see every key in ``state``."""
+    (q, features), out_dtype = _upcast(q, features), q.dtype
+    phi_q, _, _ = feature_maps(q, q, features, kernel, None)
+    out = phi_q @ state.context
+    return (out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)).to(out_dtype)
+
+
+def favor_step(
+    state: FavorState,
+    q: torch.Tensor,  # (B, H, C, d): the next C positions' queries ...
+    k: torch.Tensor,  # ... keys (B, H, C, d)
+    v: torch.Tensor,  # ... and values (B, H, C, d_v)
+    features: torch.Tensor,
+    kernel: str = "softmax",
+    key_padding_mask: torch.Tensor | None = None,  # (B, C)
+    chunk_size: int = DEFAULT_CHUNK,
+) -> tuple[torch.Tensor, FavorState]:
+    """Causal FAVOR+ of C new positions after the prefix in ``state``: (out, new state).
+
+    Position i sees the prefix and the new positions ≤ i. Runs in chunks of ``chunk_size``:
+    each chunk forms its masked (C, C) product directly and then joins the state, so a long
+    prompt costs O(C·(m + d)) memory per position, and C = 1 is one token of decoding.
+    """
+    check_kernel_for_causal(kernel)
+    out_dtype = v.dtype
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, features = _upcast(q, k, v, features)
+        state = FavorState(*_upcast(*state))
+        phi_q, phi_k, log_scale = feature_maps(q, k, features, kernel, key_padding_mask)
+        v_ext = F.pad(v, (0, 1), value=1.0)
+        outs = []
+        for lo in range(0, q.shape[-2], chunk_size):
+            sl = slice(lo, lo + chunk_size)
+            s = None if log_scale is None else log_scale[..., sl]
+            out, state = _chunk(state, phi_q[..., sl, :], phi_k[..., sl, :], s, v_ext[..., sl, :])
+            outs.append(out)
+        out = torch.cat(outs, dim=-2)
+        out = out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)
+    return out.to(out_dtype), state
+
+
+def _chunk(state, phi_q, phi_k, log_scale, v_ext):
+    """One chunk: [numerator, denominator] (B, H, C, d_v + 1) and the state after it."""
+    size = phi_q.shape[-2]
+    future = torch.ones(size, size, dtype=torch.bool, device=phi_q.device).triu(1)
+    scores = phi_q @ phi_k.transpose(-1, -2)  # (B, H, C, C)
+    if log_scale is None:
+        intra = scores.masked_fill(future, 0.0) @ v_ext
+        return intra + phi_q @ state.context, _absorb(state, phi_k, log_scale, v_ext)
+    # M_i = running max of s over the prefix and this chunk's keys ≤ i.
+    running = torch.maximum(log_scale.cummax(-1).values, state.shift.unsqueeze(-1))
+    # Pair (i, j ≤ i) weighted exp(s_j − M_i) ≤ 1; the prefix state is rescaled E → M_i.
+    decay = (log_scale.unsqueeze(-2) - running.unsqueeze(-1)).masked_fill(future, -torch.inf)
+    intra = (scores * decay.exp()) @ v_ext
+    inter = (phi_q @ state.context) * torch.exp(state.shift.unsqueeze(-1) - running).unsqueeze(-1)
+    return intra + inter, _absorb(state, phi_k, log_scale, v_ext)
+
+
+# --- exact softmax: KV cache ---------------------------------------------------------------
+
+
+class KVCache(NamedTuple):
+    """Past keys/values of exact attention in buffers of ``capacity`` slots, ``length`` used."""
+
+    k: torch.Tensor  # (B, H, capacity, d)
+    v: torch.Tensor  # (B, H, capacity, d_v)
+    keep: torch.Tensor  # (B, capacity) bool: slot holds a real key
+    length: int
+
+    def nbytes(self) -> int:
+        """Bytes of the used slots (the buffers hold up to 2x more, amortising growth)."""
+        per_slot = sum(t.numel() * t.element_size() for t in self[:3]) // max(1, self.k.shape[2])
+        return per_slot * self.length
+
+
+def init_kv_cache(batch, heads, dim, dim_v, device=None, dtype=torch.float32, capacity=64):
+    return KVCache(
+        torch.zeros(batch, heads, capacity, dim, device=device, dtype=dtype),
+        torch.zeros(batch, heads, capacity, dim_v, device=device, dtype=dtype),
+        torch.zeros(batch, capacity, dtype=torch.bool, device=device),
+        0,
+    )
+
+
+def _reserve(cache: KVCache, extra: int) -> KVCache:
+    need = cache.length + extra
+    if need <= cache.k.shape[2]:
+        return cache
+    capacity = max(need, 2 * cache.k.shape[2])
+
+    def grow(t, dim):
+        shape = list(t.shape)
+        shape[dim] = capacity
+        out = t.new_zeros(shape)
+        out.narrow(dim, 0, cache.length).copy_(t.narrow(dim, 0, cache.length))
+        return out
+
+    return KVCache(grow(cache.k, 2), grow(cache.v, 2), grow(cache.keep, 1), cache.length)
+
+
+def kv_step(
+    cache: KVCache,
+    q: torch.Tensor,  # (B, H, C, d)
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,  # (B, C)
+) -> tuple[torch.Tensor, KVCache]:
+    """Causal softmax attention of C new positions over the cache and themselves.
+
+    Appends k, v to the cache in place (the returned cache shares the buffers; do not reuse
+    the old tuple).
+    """
+    b, _, size, _ = q.shape
+    cache = _reserve(cache, size)
+    lo, hi = cache.length, cache.length + size
+    cache.k[:, :, lo:hi] = k
+    cache.v[:, :, lo:hi] = v
+    cache.keep[:, lo:hi] = True if key_padding_mask is None else key_padding_mask
+    cache = cache._replace(length=hi)
+    keys, values = cache.k[:, :, :hi], cache.v[:, :, :hi]
+    if size == 1 and bool(cache.keep[:, :hi].all()):
+        return F.scaled_dot_product_attention(q, keys, values), cache
+    # Query c (slot lo + c) sees real slots ≤ lo + c.
+    slots = torch.arange(hi, device=q.device)
+    causal = slots[None, :] <= (lo + torch.arange(size, device=q.device))[:, None]  # (C, L)
+    allowed = causal[None, None] & cache.keep[:, None, None, :hi]  # (B, 1, C, L)
+    empty = ~allowed.any(-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed | empty)
+    return out.masked_fill(empty, 0.0), cache
+
+
+__all__ = [
+    "FavorState",
+    "KVCache",
+    "favor_step",
+    "init_kv_cache",
+    "init_state",
+    "kv_step",
+    "read_state",
+    "update_state",
+]

@@ -1,0 +1,113 @@
+"""The recurrent FAVOR+ state and the KV cache reproduce full causal attention."""
+
+import pytest
+import torch
+
+from proteinperf.attention import draw_features, favor_attention, softmax_attention
+from proteinperf.attention.recurrent import (
+    favor_step,
+    init_kv_cache,
+    init_state,
+    kv_step,
+    read_state,
+    update_state,
+)
+
+B, H, L, D, M = 2, 2, 100, 8, 16
+CHUNK = 32  # the full causal kernel's chunks: L crosses three boundaries
+
+
+def _inputs(scale=2.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (scale * torch.randn(B, H, L, D, generator=g, dtype=dtype) for _ in range(3))
+    return q, k, v, draw_features(M, D, generator=g, dtype=dtype)
+
+
+def _token_by_token(q, k, v, w, kernel):
+    state, outs = init_state(B, H, M, D, dtype=q.dtype), []
+    for i in range(L):
+        sl = slice(i, i + 1)
+        out, state = favor_step(state, q[:, :, sl], k[:, :, sl], v[:, :, sl], w, kernel)
+        outs.append(out)
+    return torch.cat(outs, dim=2), state
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu", "softmax_hyp"])
+def test_token_by_token_and_chunks_match_full_causal(kernel):
+    q, k, v, w = _inputs()
+    full = favor_attention(q, k, v, w, causal=True, kernel=kernel, chunk_size=CHUNK)
+    steps, _ = _token_by_token(q, k, v, w, kernel)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
+    # A prompt of 37 in chunks of 20, then the rest in one call.
+    out1, state = favor_step(
+        init_state(B, H, M, D), q[:, :, :37], k[:, :, :37], v[:, :, :37], w, kernel, chunk_size=20
+    )
+    out2, _ = favor_step(state, q[:, :, 37:], k[:, :, 37:], v[:, :, 37:], w, kernel)
+    torch.testing.assert_close(torch.cat([out1, out2], 2), full, atol=1e-5, rtol=1e-4)
+
+
+def test_trig_matches_in_float64():
+    q, k, v, w = _inputs(dtype=torch.float64)
+    full = favor_attention(q, k, v, w, causal=True, kernel="trig", chunk_size=CHUNK)
+    steps, _ = _token_by_token(q, k, v, w, "trig")
+    torch.testing.assert_close(steps, full, atol=1e-8, rtol=1e-6)
+
+
+def test_update_then_read_is_one_step():
+    q, k, v, w = _inputs()
+    _, state = favor_step(init_state(B, H, M, D), q[:, :, :50], k[:, :, :50], v[:, :, :50], w)
+    sl = slice(50, 51)
+    out, stepped = favor_step(state, q[:, :, sl], k[:, :, sl], v[:, :, sl], w)
+    updated = update_state(state, k[:, :, sl], v[:, :, sl], w)
+    torch.testing.assert_close(read_state(updated, q[:, :, sl], w), out)
+    torch.testing.assert_close(updated.context, stepped.context)
+
+
+def test_state_does_not_overflow_with_huge_keys():
+    q, k, v, w = _inputs(scale=40.0)  # exp(ωᵀk) alone would overflow float32
+    full = favor_attention(q, k, v, w, causal=True, chunk_size=CHUNK)
+    steps, state = _token_by_token(q, k, v, w, "softmax")
+    assert torch.isfinite(state.context).all() and state.context.abs().max() <= L
+    torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
+
+
+def test_state_size_is_constant():
+    q, k, v, w = _inputs()
+    _, short = favor_step(init_state(B, H, M, D), q[:, :, :3], k[:, :, :3], v[:, :, :3], w)
+    _, long = favor_step(init_state(B, H, M, D), q, k, v, w)
+    assert short.nbytes() == long.nbytes() == (B * H * M * (D + 1) + B * H) * 4
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+def test_padded_keys_leave_the_state_unchanged(kernel):
+    q, k, v, w = _inputs()
+    mask = torch.ones(B, 10, dtype=torch.bool)
+    mask[0, 6:] = False
+    _, padded = favor_step(
+        init_state(B, H, M, D),
+        q[:, :, :10],
+        k[:, :, :10],
+        v[:, :, :10],
+        w,
+        kernel,
+        key_padding_mask=mask,
+    )
+    _, short = favor_step(
+        init_state(1, H, M, D), q[:1, :, :6], k[:1, :, :6], v[:1, :, :6], w, kernel
+    )
+    torch.testing.assert_close(padded.context[:1], short.context)
+
+
+def test_kv_cache_matches_full_causal_and_grows():
+    q, k, v, _ = _inputs()
+    full = softmax_attention(q, k, v, causal=True)
+    out1, cache = kv_step(
+        init_kv_cache(B, H, D, D, capacity=4), q[:, :, :40], k[:, :, :40], v[:, :, :40]
+    )
+    outs = [out1]
+    for i in range(40, L):
+        sl = slice(i, i + 1)
+        out, cache = kv_step(cache, q[:, :, sl], k[:, :, sl], v[:, :, sl])
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 2), full, atol=1e-5, rtol=1e-4)
+    assert cache.length == L and cache.nbytes() == L * (B * H * 2 * D * 4 + B)
