@@ -8,8 +8,10 @@ the mean is over those residues, and ``bos`` is the <cls> position.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .common import (
@@ -19,12 +21,8 @@ from .common import (
     check_length,
     encode_batch,
     model_device,
-    plan_batches,
-    progress,
-    read_records,
-    windows,
 )
-from .writers import FORMATS, WRITERS, NameAllocator, check_replaceable_dir
+from .writers import FORMATS, WRITERS, NameAllocator, check_replaceable_dir, record_arrays
 
 INCLUDES = ("mean", "per-token", "bos")
 KINDS = {
@@ -83,6 +81,77 @@ def embed_sequences(
     return results
 
 
+def encode_result(result: dict) -> bytes:
+    """One record's arrays as float32 bytes, in the writers' fixed (kind, layer) order."""
+    return b"".join(array.astype(np.float32).tobytes() for _, _, array in record_arrays(result))
+
+
+def decode_result(payload: bytes, length: int, layers: Sequence[int], include) -> dict:
+    """Inverse of ``encode_result`` given the record's length and the run's layers/include."""
+    kinds = [KINDS[kind] for kind in INCLUDES if kind in include]
+    rows = sum(length if kind == "representations" else 1 for kind in kinds) * len(layers)
+    flat = np.frombuffer(payload, dtype=np.float32)
+    dim = flat.size // rows
+    result: dict = {"length": length}
+    offset = 0
+    for kind in ("representations", "mean_representations", "bos_representations"):
+        if kind not in kinds:
+            continue
+        shape = (length, dim) if kind == "representations" else (dim,)
+        size = int(np.prod(shape))
+        for layer in sorted(layers):
+            array = flat[offset : offset + size].reshape(shape).copy()
+            result.setdefault(kind, {})[layer] = torch.from_numpy(array)
+            offset += size
+    return result
+
+
+@dataclass
+class EmbedTask:
+    """What ``distributed.run_bulk`` computes per batch, and how rank 0 writes the output."""
+
+    layers: list[int]
+    include: list[str]
+    precision: str
+    toks_per_batch: int
+    fmt: str
+    metadata: dict
+    name: str = "embed"
+
+    def settings(self) -> dict:
+        return {
+            "layers": self.layers,
+            "include": self.include,
+            "precision": self.precision,
+            "toks_per_batch": self.toks_per_batch,
+        }
+
+    def cost(self, lengths: list[int]) -> int:
+        return len(lengths) * (max(lengths) + 2)  # padded tokens: linear attention
+
+    def compute(self, model, sequences: list[str]) -> list[tuple[bytes, dict]]:
+        results = embed_sequences(model, sequences, self.layers, self.include, self.precision)
+        return [(encode_result(result), {}) for result in results]
+
+    def merge(self, store, scan, done: dict, output: Path) -> None:
+        allocate = NameAllocator(files=self.fmt == "pt-dir")
+        names = [allocate(record_id) for record_id in scan.ids]
+        with atomic_output(output, directory=self.fmt == "pt-dir") as tmp:
+            writer = WRITERS[self.fmt](tmp, self.metadata)
+            try:
+                for index, (record_id, name) in enumerate(zip(scan.ids, names)):
+                    entry = done[index]
+                    result = decode_result(
+                        store.read(entry), entry.length, self.layers, self.include
+                    )
+                    writer.add(name, record_id, result)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close(scan.ids, names)
+        store.close()
+
+
 def embed_fasta(
     model,
     fasta,
@@ -97,12 +166,24 @@ def embed_fasta(
     precision: str = "fp32",
     quiet: bool = False,
     metadata: dict | None = None,
+    on_duplicate: str = "error",
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Embed every record of ``fasta`` into ``output`` (written atomically); returns counts.
+    """Embed every record of ``fasta`` into ``output`` (written atomically); returns a summary.
 
-    Records are read in windows, sorted by length inside a window and batched under a token
-    budget, and written as they are computed; the output's index lists the ids in input order.
+    Runs through Lightning's predict loop on ``devices`` x ``num_nodes`` processes
+    (``distributed.run_bulk``): records are read in windows, sorted by length inside a window,
+    batched under a token budget and spread over the ranks; each rank writes a shard beside
+    the output and rank 0 merges them in input order. ``resume`` continues an interrupted run
+    from its shards. The summary has records, residues, seconds, residues_per_s, per-rank
+    residues and ``rank`` (only rank 0 wrote the output).
     """
+    from .distributed import run_bulk, scan_fasta
+
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     layers = resolve_layers(layers, model.config.n_layers)
@@ -110,34 +191,24 @@ def embed_fasta(
     output = Path(output)
     if fmt == "pt-dir":
         check_replaceable_dir(output)
+    if toks_per_batch < 1:
+        raise ValueError(f"--toks-per-batch must be positive, got {toks_per_batch}")
     metadata = {"layers": layers, "include": include, **(metadata or {})}
-    allocate = NameAllocator(files=fmt == "pt-dir")
-    ids: list[str] = []
-    names: list[str] = []
-    residues = 0
-    records = read_records(fasta, truncate, invalid)
-    with atomic_output(output, directory=fmt == "pt-dir") as tmp, progress(quiet, "embed") as bar:
-        writer = WRITERS[fmt](tmp, metadata)
-        try:
-            for window in windows(records):
-                for record in window:
-                    check_length(model, len(record.sequence), f"record '{record.id}'")
-                window_names = [allocate(record.id) for record in window]
-                ids += [record.id for record in window]
-                names += window_names
-                lengths = [len(record.sequence) for record in window]
-                for batch in plan_batches(lengths, toks_per_batch):
-                    results = embed_sequences(
-                        model, [window[i].sequence for i in batch], layers, include, precision
-                    )
-                    for i, result in zip(batch, results):
-                        writer.add(window_names[i], window[i].id, result)
-                    done = sum(lengths[i] for i in batch)
-                    residues += done
-                    bar.update(done)
-                bar.set_postfix(records=len(ids), refresh=False)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close(ids, names)
-    return {"records": len(ids), "residues": residues, "output": str(output)}
+
+    def check(record) -> None:
+        check_length(model, len(record.sequence), f"record '{record.id}'")
+
+    scan = scan_fasta(fasta, truncate, invalid, on_duplicate, check)
+    task = EmbedTask(layers, include, precision, toks_per_batch, fmt, metadata)
+    return run_bulk(
+        model,
+        task,
+        scan,
+        output,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        accelerator=accelerator,
+        resume=resume,
+        quiet=quiet,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from .common import (
@@ -17,9 +18,6 @@ from .common import (
     atomic_output,
     check_length,
     plan_batches,
-    progress,
-    read_records,
-    windows,
 )
 from .likelihood import causal_log_probs, pseudo_log_probs, wt_marginal_log_probs
 
@@ -48,11 +46,15 @@ def resolve_strategy(strategy: str | None, causal: bool) -> str:
 
 def summarise(record_id: str, terms) -> dict:
     """One CSV row from the per-residue log-probabilities."""
-    total = float(terms.double().sum())
-    mean = total / len(terms)
+    return row(record_id, len(terms), float(terms.double().sum()))
+
+
+def row(record_id: str, length: int, total: float) -> dict:
+    """One CSV row from a record's summed log-likelihood."""
+    mean = total / length
     return {
         "id": record_id,
-        "length": len(terms),
+        "length": length,
         "log_likelihood": total,
         "mean_log_likelihood": mean,
         "perplexity": math.exp(-mean),
@@ -74,6 +76,49 @@ def score_window(
     return terms
 
 
+@dataclass
+class ScoreTask:
+    """What ``distributed.run_bulk`` computes per batch, and how rank 0 writes the CSV."""
+
+    strategy: str
+    precision: str
+    toks_per_batch: int
+    name: str = "score"
+
+    def settings(self) -> dict:
+        return {
+            "strategy": self.strategy,
+            "precision": self.precision,
+            "toks_per_batch": self.toks_per_batch,
+        }
+
+    def cost(self, lengths: list[int]) -> int:
+        if self.strategy == "pseudo-log-likelihood":  # L masked copies of L + 2 tokens each
+            return sum(n * (n + 2) for n in lengths)
+        return len(lengths) * (max(lengths) + 2)
+
+    def compute(self, model, sequences: list[str]) -> list[tuple[bytes, dict]]:
+        if self.strategy == "pseudo-log-likelihood":
+            terms = [
+                pseudo_log_probs(model, seq, self.toks_per_batch, self.precision)
+                for seq in sequences
+            ]
+        else:
+            one_pass = (
+                causal_log_probs if self.strategy == "log-likelihood" else wt_marginal_log_probs
+            )
+            terms = one_pass(model, sequences, self.precision)
+        return [(b"", {"ll": float(t.double().sum())}) for t in terms]
+
+    def merge(self, store, scan, done: dict, output: Path) -> None:
+        with atomic_output(output) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            for index, record_id in enumerate(scan.ids):
+                entry = done[index]
+                writer.writerow(row(record_id, entry.length, entry.meta["ll"]))
+
+
 def score_fasta(
     model,
     fasta,
@@ -85,23 +130,39 @@ def score_fasta(
     invalid: str = "error",
     precision: str = "fp32",
     quiet: bool = False,
+    on_duplicate: str = "error",
+    devices: int = 1,
+    num_nodes: int = 1,
+    distributed_strategy: str = "auto",
+    accelerator: str | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Write one CSV row per record of ``fasta`` (input order) to ``output``, atomically."""
+    """Write one CSV row per record of ``fasta`` (input order) to ``output``, atomically.
+
+    Runs like ``embed_fasta`` (sharded over ``devices`` x ``num_nodes`` Lightning processes,
+    resumable); ``distributed_strategy`` is Lightning's strategy (``strategy`` is the scoring
+    one). Returns the summary of ``distributed.run_bulk`` plus ``strategy``.
+    """
+    from .distributed import run_bulk, scan_fasta
+
     strategy = resolve_strategy(strategy, model.config.causal)
-    count = 0
-    with (
-        atomic_output(Path(output)) as tmp,
-        open(tmp, "w", newline="") as f,
-        progress(quiet, f"score ({strategy})") as bar,
-    ):
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for window in windows(read_records(fasta, truncate, invalid)):
-            for record in window:
-                check_length(model, len(record.sequence), f"record '{record.id}'")
-            sequences = [record.sequence for record in window]
-            terms = score_window(model, sequences, strategy, toks_per_batch, precision, bar)
-            writer.writerows(summarise(r.id, t) for r, t in zip(window, terms))
-            count += len(window)
-            bar.set_postfix(records=count, refresh=False)
-    return {"records": count, "strategy": strategy, "output": str(output)}
+    if toks_per_batch < 1:
+        raise ValueError(f"--toks-per-batch must be positive, got {toks_per_batch}")
+
+    def check(record) -> None:
+        check_length(model, len(record.sequence), f"record '{record.id}'")
+
+    scan = scan_fasta(fasta, truncate, invalid, on_duplicate, check)
+    summary = run_bulk(
+        model,
+        ScoreTask(strategy, precision, toks_per_batch),
+        scan,
+        output,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=distributed_strategy,
+        accelerator=accelerator,
+        resume=resume,
+        quiet=quiet,
+    )
+    return {**summary, "strategy": strategy}

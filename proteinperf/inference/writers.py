@@ -64,13 +64,16 @@ class NameAllocator:
         return name
 
 
-def _entries(result: dict) -> list[tuple[str, int, np.ndarray]]:
+def record_arrays(result: dict) -> list[tuple[str, int, np.ndarray]]:
     """(kind, layer, array) for every stored array of one record, in a fixed order."""
     return [
         (kind, layer, tensor.numpy())
         for kind in ("representations", "mean_representations", "bos_representations")
         for layer, tensor in sorted(result.get(kind, {}).items())
     ]
+
+
+_entries = record_arrays
 
 
 class H5Writer:

@@ -141,18 +141,20 @@ def test_pt_dir_unsafe_and_duplicate_ids(tmp_path, checkpoints):
         ("..", "WW"),
         ("index.csv", "MM"),
     ]
+    expected_ids = ["sp|P1|A/B", "sp|P1|A/B_2", "dup", "dup_2", "Dup", "..", "index.csv"]
     fasta = tmp_path / "ids.fasta"
     fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
     model, _ = load_model(checkpoints["favor_relu"])
     out = tmp_path / "pt"
-    embed_fasta(model, fasta, out, fmt="pt-dir", include=["mean", "per-token", "bos"], quiet=True)
+    options = dict(fmt="pt-dir", include=["mean", "per-token", "bos"], quiet=True)
+    embed_fasta(model, fasta, out, on_duplicate="suffix", **options)
     with open(out / "index.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["id"] for r in rows] == [rid for rid, _ in records]
+    assert [r["id"] for r in rows] == expected_ids
     files = [r["file"] for r in rows]
     assert len({f.lower() for f in files}) == len(files)
     assert sorted(p.name for p in out.iterdir()) == sorted(files + ["index.csv"])
-    for (rid, seq), row in zip(records, rows):
+    for rid, (_, seq), row in zip(expected_ids, records, rows):
         data = torch.load(out / row["file"], weights_only=True)
         assert data["label"] == rid
         assert data["representations"][2].shape == (len(seq), 16)
@@ -164,7 +166,7 @@ def test_pt_dir_unsafe_and_duplicate_ids(tmp_path, checkpoints):
         }
     # rerun replaces the earlier output, byte for byte the same
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    embed_fasta(model, fasta, out, fmt="pt-dir", include=["mean", "per-token", "bos"], quiet=True)
+    embed_fasta(model, fasta, out, on_duplicate="suffix", **options)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
