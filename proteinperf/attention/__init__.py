@@ -1,16 +1,31 @@
 """FAVOR+ attention core: pure tensor functions, no module state, no project imports."""
 
+from .blockwise import FUSED_KERNELS
 from .exact import softmax_attention, softmax_attention_weights
 from .favor import favor_attention, favor_attention_weights
 from .features import draw_features
-from .kernels import KERNELS, feature_maps, optimal_positive_parameter
+from .kernels import (
+    KERNELS,
+    MASKED_LOG_SCALE,
+    RELU_EPSILON,
+    check_kernel_for_causal,
+    feature_maps,
+    optimal_positive_parameter,
+)
+from .naive import naive_attention, naive_attention_weights
 
 __all__ = [
+    "FUSED_KERNELS",
     "KERNELS",
+    "MASKED_LOG_SCALE",
+    "RELU_EPSILON",
+    "check_kernel_for_causal",
     "draw_features",
     "favor_attention",
     "favor_attention_weights",
     "feature_maps",
+    "naive_attention",
+    "naive_attention_weights",
     "optimal_positive_parameter",
     "softmax_attention",
     "softmax_attention_weights",

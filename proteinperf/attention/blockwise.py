@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import MASKED_LOG_SCALE, RELU_EPSILON
+from .kernels import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
 
 FUSED_KERNELS = ("softmax", "relu")
-DENOMINATOR_EPS = 1e-12
 _BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}  # feature entries per block
 
 
@@ -39,21 +38,27 @@ def _query_features(q_blk, w, kernel):
 
 
 def _key_logits(k_blk, w, kernel, keep_blk):
-    """softmax: Wk̂ − |k̂|²/2 with padded keys at -inf; relu: Wk̂."""
+    """softmax: Wk̂ − |k̂|²/2 with padded keys at MASKED_LOG_SCALE; relu: Wk̂."""
     proj = k_blk @ w.T
     if kernel == "relu":
         return proj
     proj = proj.sub_(k_blk.pow(2).sum(-1, keepdim=True).mul_(0.5))
     if keep_blk is not None:
-        proj = proj.masked_fill_(~keep_blk.unsqueeze(-1), -torch.inf)
+        proj = proj.masked_fill_(~keep_blk.unsqueeze(-1), MASKED_LOG_SCALE)
     return proj
 
 
 def _key_features(logits, kernel, shift, keep_blk):
+    """κ̃ = exp(t − shift) ≤ 1 (softmax) or ReLU(t) + ε (relu), zero for padded keys.
+
+    shift broadcasts against logits (BH, rows, m): (BH, 1, 1) or (BH, rows, 1). A padded key
+    needs the keep mask even for softmax: where nothing real was seen, shift = its logit.
+    """
     if kernel == "relu":
         phi = torch.relu(logits).add_(RELU_EPSILON)
-        return phi if keep_blk is None else phi.mul_(keep_blk.unsqueeze(-1))
-    return (logits - shift).exp_()  # padded: exp(-inf) = 0
+    else:
+        phi = (logits - shift).exp_()
+    return phi if keep_blk is None else phi.mul_(keep_blk.unsqueeze(-1))
 
 
 class BidirectionalFavor(torch.autograd.Function):
@@ -64,7 +69,9 @@ class BidirectionalFavor(torch.autograd.Function):
         bh, length, _ = q.shape
         m, e = w.shape[0], v_ext.shape[-1]
         context = q.new_zeros(bh, m, e)
-        shift = q.new_full((bh, 1, 1), -torch.inf)
+        # Padded keys sit at MASKED_LOG_SCALE, below every real logit: before the first real
+        # key the context is zero, and the first real block rescales it by exp(-huge) = 0.
+        shift = q.new_full((bh, 1, 1), MASKED_LOG_SCALE)
         for lo in range(0, length, rows):
             sl = slice(lo, lo + rows)
             keep_blk = None if keep is None else keep[:, sl]
@@ -72,7 +79,6 @@ class BidirectionalFavor(torch.autograd.Function):
             if kernel != "relu":
                 # Online max (as in streaming softmax): rescale what is summed so far.
                 new_shift = torch.maximum(shift, logits.amax((1, 2), keepdim=True))
-                new_shift = torch.where(torch.isinf(new_shift), 0.0, new_shift)
                 context.mul_(torch.exp(shift - new_shift))
                 shift = new_shift
             kappa = _key_features(logits, kernel, shift, keep_blk)
@@ -144,34 +150,24 @@ def _flatten_heads(q, k, v, key_padding_mask):
     return q_hat, k_hat, v_ext, keep
 
 
-def bidirectional_favor(q, k, v, features, kernel, key_padding_mask):
-    """Shapes as ``favor_attention``; float32 (or float64) in and out."""
+def bidirectional_favor(q, k, v, features, kernel, key_padding_mask, block_size=None):
+    """Shapes as ``favor_attention``; float32 (or float64) in and out; block_size rows a block."""
     b, h, length, _ = q.shape
-    rows = block_rows(b * h, features.shape[0], q.device)
+    rows = block_size or block_rows(b * h, features.shape[0], q.device)
     args = _flatten_heads(q, k, v, key_padding_mask)
     return BidirectionalFavor.apply(*args[:3], features, args[3], kernel, rows).view(
         b, h, length, -1
     )
 
 
-def _causal_key_logits(k_blk, w, kernel, keep_blk):
-    """softmax: Wk̂ − |k̂|²/2 with padded keys at MASKED_LOG_SCALE; relu: Wk̂."""
-    proj = k_blk @ w.T
-    if kernel == "relu":
-        return proj
-    proj = proj.sub_(k_blk.pow(2).sum(-1, keepdim=True).mul_(0.5))
-    if keep_blk is not None:
-        proj = proj.masked_fill_(~keep_blk.unsqueeze(-1), MASKED_LOG_SCALE)
-    return proj
+_causal_key_logits = _key_logits  # both directions share them; names kept for importers
 
 
 def _causal_key_features(logits, kernel, running, keep_blk):
     """κ̃_j = exp(t_j − M_j) ≤ 1 (softmax) or ReLU(t_j) + ε (relu), zero for padded keys."""
-    if kernel == "relu":
-        phi = torch.relu(logits).add_(RELU_EPSILON)
-    else:
-        phi = (logits - running.unsqueeze(-1)).exp_()
-    return phi if keep_blk is None else phi.mul_(keep_blk.unsqueeze(-1))
+    return _key_features(
+        logits, kernel, None if running is None else running.unsqueeze(-1), keep_blk
+    )
 
 
 def _pair_decay(running, future):
@@ -215,10 +211,7 @@ class CausalFavor(torch.autograd.Function):
                 running = torch.maximum(row_max.cummax(-1).values, end_prev.unsqueeze(-1))
                 running_all[:, sl] = running
                 kappa = _causal_key_features(logits, kernel, running, keep_blk)
-                pair = (running.unsqueeze(-2) - running.unsqueeze(-1)).masked_fill_(
-                    future, -torch.inf
-                )
-                scores = (phi_q @ kappa.transpose(1, 2)).mul_(pair.exp_())
+                scores = (phi_q @ kappa.transpose(1, 2)).mul_(_pair_decay(running, future))
                 inter = (phi_q @ state).mul_(
                     torch.exp(end_prev.unsqueeze(-1) - running).unsqueeze(-1)
                 )
@@ -273,10 +266,7 @@ class CausalFavor(torch.autograd.Function):
             if scaled:
                 running = running_all[:, sl]
                 kappa = _causal_key_features(logits, kernel, running, keep_blk)
-                pair = (running.unsqueeze(-2) - running.unsqueeze(-1)).masked_fill_(
-                    future, -torch.inf
-                )
-                pair = pair.exp_()  # exp(M_j − M_i), 0 above the diagonal
+                pair = _pair_decay(running, future)
                 from_prev = torch.exp(end_prev.unsqueeze(-1) - running).unsqueeze(-1)  # (BH,C,1)
                 end = running[:, -1]
                 to_end = torch.exp(running - end.unsqueeze(-1)).unsqueeze(-1)

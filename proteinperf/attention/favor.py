@@ -1,4 +1,13 @@
-"""FAVOR+ attention: D⁻¹ φ(Q) (φ(K)ᵀ V) in O(L·m·d) time (Choromanski et al., 2021, Eq. 3-5)."""
+"""FAVOR+ attention: D⁻¹ φ(Q) (φ(K)ᵀ V) in O(L·m·d) time (Choromanski et al., 2021, Eq. 3-5).
+
+Two linear-time implementations per direction, both checked against the quadratic reference in
+naive.py. The kernels training uses ("softmax", "relu": FUSED_KERNELS) run as hand-written
+autograd functions (blockwise.py) that recompute features in backward instead of storing
+(L, m) tensors: about half the time and O(L·d + m·d) saved memory. Their gradients are derived
+by hand per feature map, so the comparison estimators (softmax_hyp, softmax_opt, trig: paired
+directions, sin/cos of either sign, an A fitted to all of q and k) take the autograd paths
+below, on the feature maps of kernels.py: one code path each, short and differentiated by torch.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from .blockwise import FUSED_KERNELS, bidirectional_favor, causal_favor
-from .kernels import MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
+from .kernels import DENOMINATOR_EPS, MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
+from .naive import naive_attention_weights
 
-DENOMINATOR_EPS = 1e-12  # only guards 0/0 (e.g. a query that sees no unmasked key)
 DEFAULT_CHUNK = 128  # measured fastest on CPU for m=256, d=64 (64: +6%, 256: +18%)
 
 
@@ -21,22 +30,32 @@ def favor_attention(
     kernel: str = "softmax",
     key_padding_mask: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    block_size: int | None = None,
 ) -> torch.Tensor:
     """Linear-time attention with random features.
 
     q, k: (B, H, L, d); v: (B, H, L, d_v); features: (m, d) from ``draw_features``;
     key_padding_mask: bool (B, L), True = real token. Returns (B, H, L, d_v) in v's dtype.
+    chunk_size: positions per chunk of the causal paths. block_size: rows per block of the
+    fused bidirectional kernels (FUSED_KERNELS); None sizes blocks to the device's cache. Both
+    change only speed and memory (and float rounding), never the result.
     Features and contractions run in float32 (float64 for float64 inputs) even under
     autocast: exp of bf16 logits loses the estimator, and φ(K)ᵀV sums L terms.
     """
     _check_shapes(q, k, v, features, key_padding_mask)
+    _check_size("chunk_size", chunk_size)
+    if block_size is not None:
+        _check_size("block_size", block_size)
     if causal:
         check_kernel_for_causal(kernel)
     out_dtype = v.dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
         if kernel in FUSED_KERNELS:
             args = (*_upcast(q, k, v, features), kernel, key_padding_mask)
-            out = causal_favor(*args, chunk_size) if causal else bidirectional_favor(*args)
+            if causal:
+                out = causal_favor(*args, chunk_size)
+            else:
+                out = bidirectional_favor(*args, block_size)
             return out.to(out_dtype)
         q, k, v, features = _upcast(q, k, v, features)
         phi_q, phi_k, log_scale_k = feature_maps(q, k, features, kernel, key_padding_mask)
@@ -61,25 +80,23 @@ def favor_attention_weights(
     """The implicit (B, H, L, L) attention matrix D⁻¹ φ(Q) φ(K)ᵀ, materialised for analysis.
 
     ``weights @ v`` equals ``favor_attention(q, k, v, ...)``: same features, same scaling.
+    float32 (float64 for float64 inputs), also under autocast.
     """
     _check_shapes(q, k, k, features, key_padding_mask)
-    if causal:
-        check_kernel_for_causal(kernel)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, features = _upcast(q, k, features)
-        phi_q, phi_k, log_scale_k = feature_maps(q, k, features, kernel, key_padding_mask)
-        scores = phi_q @ phi_k.transpose(-1, -2)
-        if log_scale_k is not None:
-            scores = scores * _key_weights(log_scale_k, causal)
-        if causal:
-            scores = scores.tril()
-        return scores / (scores.sum(-1, keepdim=True) + DENOMINATOR_EPS)
+        return naive_attention_weights(q, k, features, causal, kernel, key_padding_mask)
 
 
 def _upcast(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """float32, or float64 when the inputs are float64 (gradcheck, reference computations)."""
     dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     return [t.to(dtype) for t in tensors]
+
+
+def _check_size(name: str, size) -> None:
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"{name} must be a positive int, got {size!r}")
 
 
 def _check_shapes(q, k, v, features, key_padding_mask) -> None:
@@ -99,17 +116,6 @@ def _check_shapes(q, k, v, features, key_padding_mask) -> None:
             f"key_padding_mask must be bool (batch, length) = {(q.shape[0], q.shape[2])}, "
             f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
         )
-
-
-def _key_weights(log_scale_k: torch.Tensor, causal: bool) -> torch.Tensor:
-    """exp(s_j − c_i) as a (B, H, L, L) matrix: c = global max, or the running max if causal."""
-    if not causal:
-        shift = log_scale_k.detach().amax(-1, keepdim=True)
-        return torch.exp(log_scale_k - shift).unsqueeze(-2)
-    running = log_scale_k.detach().cummax(-1).values
-    diff = log_scale_k.unsqueeze(-2) - running.unsqueeze(-1)
-    future = torch.ones(diff.shape[-2:], dtype=torch.bool, device=diff.device).triu(1)
-    return diff.masked_fill(future, -torch.inf).exp()
 
 
 def _bidirectional_linear_attention(phi_q, phi_k, log_scale_k, v_ext):

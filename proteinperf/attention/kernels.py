@@ -14,6 +14,7 @@ import torch
 KERNELS = ("softmax", "softmax_hyp", "softmax_opt", "relu", "trig")
 RELU_EPSILON = 1e-3  # the ε in ReLU(xωᵀ) + ε, keeps the denominator away from zero
 MASKED_LOG_SCALE = torch.finfo(torch.float32).min  # a padded key: exp(. - max) == 0
+DENOMINATOR_EPS = 1e-12  # only guards 0/0 (e.g. a query that sees no unmasked key)
 
 
 def _max_shifted_exp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
