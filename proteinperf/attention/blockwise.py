@@ -1,4 +1,4 @@
-"""Bidirectional FAVOR+ as one autograd function that recomputes features blockwise.
+"""Fused FAVOR+ (bidirectional and causal): autograd functions that recompute features blockwise.
 
 Why by hand: with autograd, every (L, m) feature tensor is written to and read back from
 DRAM several times and kept for backward, and on a CPU that traffic, not the arithmetic,
@@ -6,8 +6,9 @@ sets the speed. Here features are made block by block (a block of rows stays in 
 only q, k, v, the (m, d+1) context and the normaliser are kept, and backward makes the
 features again instead of storing them: memory O(L·d + m·d) and about half the time.
 
-Kernels: "softmax" (FAVOR+ positive features) and "relu"; others use the autograd path.
-Maths (Choromanski et al., 2021, Eq. 4-5), per (batch, head), with v' = [v, 1]:
+Kernels: "softmax" (FAVOR+ positive features) and "relu"; others use favor.py's autograd
+paths. Blocks (bidirectional) and chunks (causal) change speed and memory, never the result.
+Bidirectional maths (Choromanski et al., 2021, Eq. 4-5), per (batch, head), with v' = [v, 1]:
     φ(q)_i = exp(Wq̂_i − max_m Wq̂_i)          (per-query shift: cancels in the ratio)
     κ_j    = exp(Wk̂_j − |k̂_j|²/2 − s*)        (one shift s* over all keys and features)
     C = Σ_j κ_j v'_jᵀ,   o_i = φ(q)_iᵀ C,   out_i = o_i[:d] / o_i[d]

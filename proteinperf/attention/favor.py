@@ -1,12 +1,13 @@
 """FAVOR+ attention: D⁻¹ φ(Q) (φ(K)ᵀ V) in O(L·m·d) time (Choromanski et al., 2021, Eq. 3-5).
 
-Two linear-time implementations per direction, both checked against the quadratic reference in
-naive.py. The kernels training uses ("softmax", "relu": FUSED_KERNELS) run as hand-written
-autograd functions (blockwise.py) that recompute features in backward instead of storing
-(L, m) tensors: about half the time and O(L·d + m·d) saved memory. Their gradients are derived
-by hand per feature map, so the comparison estimators (softmax_hyp, softmax_opt, trig: paired
-directions, sin/cos of either sign, an A fitted to all of q and k) take the autograd paths
-below, on the feature maps of kernels.py: one code path each, short and differentiated by torch.
+Two linear-time implementations per direction, both tested against the quadratic reference
+in naive.py:
+- FUSED_KERNELS ("softmax", "relu": what training uses) run as hand-written autograd functions
+  (blockwise.py) that recompute features in backward instead of storing (L, m) tensors: about
+  half the time and O(L·d + m·d) saved memory.
+- The comparison estimators (softmax_hyp, softmax_opt, trig) take the autograd paths below, on
+  kernels.feature_maps. Fused backward passes are derived by hand per feature map; paired
+  directions, sin/cos of either sign and an A fitted to all of q and k would need three more.
 """
 
 from __future__ import annotations
