@@ -13,13 +13,17 @@ long sequences are run under an address-space cap and reported as out of memory.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from proteinperf.benchmarks._measure import machine_info, markdown_table, run_case
+from proteinperf.benchmarks._measure import OtherLoad, machine_info, markdown_table, run_case
 
 IMPLS = ("esm2", "favor_relu", "favor_softmax")
 LABELS = {
@@ -44,6 +48,9 @@ class Settings:
     timeout_s: float = 900.0
     mem_limit_gib: float = 14.0  # a worker's address-space cap (ESM2 at 16k needs ~25 GiB)
     quiet_wait_s: float = 10.0
+    corpus_records: int | None = None  # bulk rows: the whole 20,000-protein corpus
+    corpus_processes: tuple[int, ...] = (1, 2)
+    corpus_toks_per_batch: int = 16384
 
 
 FULL = Settings()
@@ -54,6 +61,7 @@ QUICK = Settings(
     case_budget_s=10.0,
     timeout_s=300.0,
     quiet_wait_s=2.0,
+    corpus_records=500,
 )
 
 
@@ -210,6 +218,151 @@ def _memory_rows(memory: list[dict], s: Settings) -> tuple[list, list]:
     return rows, checks
 
 
+# ----------------------------------------------------------------------------- bulk corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS_DIRS = (ROOT / "data", ROOT.parent / "shared" / "data")
+CORPUS = "swissprot_20k.fasta.gz"
+# The shape of `make train`'s default model (conf/model/performer_bid.yaml), random weights.
+CORPUS_MODEL = dict(
+    d_model=128, n_layers=3, n_heads=4, d_ff=512, nb_features=64, attention="favor_relu",
+    positional="rotary", dropout=0.0,
+)  # fmt: skip
+
+
+def corpus_path() -> Path:
+    for folder in CORPUS_DIRS:
+        if (folder / CORPUS).is_file():
+            return folder / CORPUS
+    raise FileNotFoundError(f"{CORPUS} is in none of {', '.join(map(str, CORPUS_DIRS))}")
+
+
+def _write_first(source: Path, target: Path, n: int) -> None:
+    from proteinperf.data.fasta import read_fasta
+
+    with open(target, "w") as f:
+        for i, record in enumerate(read_fasta(source)):
+            if i == n:
+                break
+            f.write(f">{record.id}\n{record.sequence}\n")
+
+
+def _tree_sample(pid: int, cpu: dict[int, float]) -> tuple[int, int]:
+    """(summed RSS of the process tree, largest single RSS) in bytes, now; updates ``cpu``
+    (pid -> CPU seconds so far) for every process of the tree."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0, 0
+    rss = []
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                rss.append(proc.memory_info().rss)
+                times = proc.cpu_times()
+            cpu[proc.pid] = times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return sum(rss), max(rss, default=0)
+
+
+def corpus_case(fasta: Path, checkpoint: Path, processes: int, s: Settings, work: Path) -> dict:
+    """`proteinperf embed` (mean of the last layer, h5) over ``fasta`` on ``processes`` CPU
+    processes, as a user runs it; wall time, CPU time and peak RSS of the process tree."""
+    out = work / f"corpus-{processes}.h5"
+    cmd = [sys.executable, "-m", "proteinperf.cli", "embed", str(checkpoint), str(fasta),
+           str(out), "--device", "cpu", "--devices", str(processes), "--quiet",
+           "--toks-per-batch", str(s.corpus_toks_per_batch)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // processes))}
+    peak_total = peak_one = 0
+    cpu: dict[int, float] = {}
+    started = time.monotonic()
+    with OtherLoad() as load, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stderr=err, text=True, cwd=work)
+        while proc.poll() is None:
+            total, one = _tree_sample(proc.pid, cpu)
+            peak_total, peak_one = max(peak_total, total), max(peak_one, one)
+            time.sleep(0.5)
+        err.seek(0)
+        stderr = err.read()
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        return {"status": "error", "processes": processes, "reason": stderr.strip()[-300:]}
+    import h5py
+
+    with h5py.File(out) as f:
+        records = len(f["_index/ids"])
+    out.unlink()
+    return {
+        "status": "ok",
+        "processes": processes,
+        "records": records,
+        "wall_s": wall,
+        "cpu_s": sum(cpu.values()),  # sampled every 0.5 s: a slight undercount
+        "peak_total_gib": peak_total / GIB,
+        "peak_process_gib": peak_one / GIB,
+        "other_cpus": load.cpus,
+        "load_average": os.getloadavg(),
+    }
+
+
+def run_corpus(s: Settings) -> list[dict]:
+    import torch as _torch
+
+    from proteinperf.checkpoint import save_model
+    from proteinperf.model import ModelConfig, PerformerLM
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-corpus-") as tmp:
+        work = Path(tmp)
+        fasta = corpus_path()
+        if s.corpus_records is not None:
+            fasta = work / "corpus.fasta"
+            _write_first(corpus_path(), fasta, s.corpus_records)
+        from proteinperf.data.fasta import read_fasta
+
+        residues = sum(len(r.sequence) for r in read_fasta(fasta))
+        _torch.manual_seed(0)
+        checkpoint = save_model(work / "model.pt", PerformerLM(ModelConfig(**CORPUS_MODEL)).eval())
+        for processes in s.corpus_processes:
+            r = corpus_case(fasta, checkpoint, processes, s, work)
+            r["residues"] = residues
+            if r["status"] == "ok":
+                r["residues_per_s"] = residues / r["wall_s"]
+            print(f"  corpus x{processes} process(es): {r}", flush=True)
+            results.append(r)
+    return results
+
+
+def corpus_markdown(results: list[dict], s: Settings) -> str:
+    rows = []
+    for r in results:
+        if r["status"] != "ok":
+            rows.append([r["processes"], "–", "–", "–", "–", "–", "–", r["status"]])
+            continue
+        rows.append([
+            r["processes"], f"{r['records']:,}", f"{r['residues']:,}", f"{r['wall_s']:.0f}",
+            f"{r['residues_per_s']:,.0f}", f"{r['cpu_s']:.0f}",
+            f"{r['peak_total_gib']:.2f} / {r['peak_process_gib']:.2f}",
+            "–" if r["other_cpus"] is None else f"{r['other_cpus']:.2f}",
+        ])  # fmt: skip
+    shape = CORPUS_MODEL
+    return "\n\n".join([
+        f"### Bulk: the whole corpus ({CORPUS}) through `proteinperf embed --devices N` "
+        f"(CPU processes, gloo; d={shape['d_model']} x {shape['n_layers']} layers, "
+        f"m={shape['nb_features']}, mean of the last layer to h5, "
+        f"--toks-per-batch {s.corpus_toks_per_batch}; 2 cores shared by all processes)",
+        markdown_table(
+            ["processes", "records", "residues", "wall s", "residues/s", "CPU s",
+             "peak RSS GiB (all / largest process)", "CPUs used by other work"],
+            rows,
+        ),
+    ])  # fmt: skip
+
+
 def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
     s = settings or (QUICK if quick else FULL)
     started = time.monotonic()
@@ -219,6 +372,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         for impl in IMPLS
     ]
     memory = [_case(impl, length, s, 1, 1) for length in s.memory_lengths for impl in IMPLS]
+    corpus = run_corpus(s) if s.corpus_processes else []
     speed_rows, speed_checks = _speed_rows(speed, s)
     memory_rows, memory_checks = _memory_rows(memory, s)
     checks = speed_checks + memory_checks
@@ -246,6 +400,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         markdown_table(["check", "value", "target", "met"],
                        [[c["name"], "–" if c["value"] is None else f"{c['value']:.2f}",
                          c["target"], "yes" if c["met"] else "NO"] for c in checks]),
+        corpus_markdown(corpus, s),
     ])  # fmt: skip
     return {
         "name": "embedding",
@@ -255,6 +410,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         "elapsed_s": time.monotonic() - started,
         "speed": speed,
         "memory": memory,
+        "corpus": corpus,
         "targets": checks,
         "markdown": markdown,
     }

@@ -66,3 +66,51 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
         help="a character outside the alphabet: stop with an error naming "
         "file:line, read it as <unk>, or skip the record (default: error)",
     )
+
+
+def add_parallel_options(parser: argparse.ArgumentParser, strategy_flags=("--strategy",)) -> None:
+    """Data-parallel, resumable bulk runs (Lightning's predict loop; see README "Bulk")."""
+    group = parser.add_argument_group("many devices, resuming")
+    group.add_argument(
+        "--devices",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="processes per node: GPUs with --device cuda, CPU processes (gloo) with "
+        "--device cpu (default: 1)",
+    )
+    group.add_argument(
+        "--num-nodes",
+        type=positive_int,
+        default=1,
+        metavar="M",
+        help="nodes (SLURM: one task per device on each node) (default: 1)",
+    )
+    group.add_argument(
+        *strategy_flags,
+        dest="dist_strategy",
+        default="auto",
+        metavar="NAME",
+        help="Lightning strategy: auto, ddp (one process per device, re-running this command), "
+        "ddp_spawn (default: auto = ddp when there is more than one process)",
+    )
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from the shards it left beside OUTPUT "
+        "(.OUTPUT.shards/); the result is the same as an uninterrupted run's",
+    )
+    group.add_argument(
+        "--on-duplicate",
+        choices=("error", "suffix", "skip"),
+        default="error",
+        help="a FASTA id seen before: stop naming both lines, rename it <id>_2 (_3, ...), or "
+        "keep only the first (default: error)",
+    )
+
+
+def accelerator(device_name: str) -> str:
+    """Lightning's accelerator for --device (auto = cuda when available)."""
+    from proteinperf.inference.common import resolve_device
+
+    return resolve_device(device_name).type

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from proteinperf.cli._inference import add_input_options, add_run_options, load
+from proteinperf.cli._inference import (
+    accelerator,
+    add_input_options,
+    add_parallel_options,
+    add_run_options,
+    load,
+)
 
 
 def register(subparsers) -> None:
@@ -47,13 +53,16 @@ def register(subparsers) -> None:
     )
     add_input_options(parser)
     add_run_options(parser)
+    add_parallel_options(parser, ("--strategy", "--dist-strategy"))
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from proteinperf.inference.distributed import summary_line
     from proteinperf.inference.embed import embed_fasta
 
-    model, _ = load(args.checkpoint, args.device)
+    device = accelerator(args.device)
+    model, _ = load(args.checkpoint, "cpu")  # Lightning moves it to each rank's device
     summary = embed_fasta(
         model,
         args.fasta,
@@ -67,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         quiet=args.quiet,
         metadata={"checkpoint": str(args.checkpoint)},
+        on_duplicate=args.on_duplicate,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.dist_strategy,
+        accelerator=device,
+        resume=args.resume,
     )
-    if not args.quiet:
-        print(
-            f"embedded {summary['records']} records ({summary['residues']} residues) -> "
-            f"{summary['output']}",
-            file=sys.stderr,
-        )
+    if not args.quiet and summary["rank"] == 0:
+        print(summary_line("embedded", summary), file=sys.stderr)
     return 0

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from proteinperf.cli._inference import add_input_options, add_run_options, load
+from proteinperf.cli._inference import (
+    accelerator,
+    add_input_options,
+    add_parallel_options,
+    add_run_options,
+    load,
+)
 
 
 def register(subparsers) -> None:
@@ -29,13 +35,16 @@ def register(subparsers) -> None:
     )
     add_input_options(parser)
     add_run_options(parser)
+    add_parallel_options(parser, ("--dist-strategy",))  # --strategy is the scoring one
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from proteinperf.inference.distributed import summary_line
     from proteinperf.inference.score import score_fasta
 
-    model, _ = load(args.checkpoint, args.device)
+    device = accelerator(args.device)
+    model, _ = load(args.checkpoint, "cpu")  # Lightning moves it to each rank's device
     summary = score_fasta(
         model,
         args.fasta,
@@ -46,10 +55,13 @@ def run(args: argparse.Namespace) -> int:
         invalid=args.invalid,
         precision=args.precision,
         quiet=args.quiet,
+        on_duplicate=args.on_duplicate,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        distributed_strategy=args.dist_strategy,
+        accelerator=device,
+        resume=args.resume,
     )
-    if not args.quiet:
-        print(
-            f"scored {summary['records']} records ({summary['strategy']}) -> {summary['output']}",
-            file=sys.stderr,
-        )
+    if not args.quiet and summary["rank"] == 0:
+        print(summary_line(f"scored ({summary['strategy']})", summary), file=sys.stderr)
     return 0

@@ -210,7 +210,8 @@ class BulkInference(pl.LightningModule):
 
     def on_predict_start(self) -> None:
         self.part = PartWriter(self.store.folder, self.global_rank)
-        self.batches, self.residues, self.started = 0, 0, time.monotonic()
+        self.batches, self.residues, self.busy = 0, 0, 0.0
+        self.started = time.monotonic()
         self.kill_after = os.environ.get(KILL_AFTER_ENV)
         self.bar = None
         if self.global_rank == 0:
@@ -250,13 +251,12 @@ class BulkInference(pl.LightningModule):
         if self.kill_after:
             self._die()
         self.part.close()
-        stats = torch.tensor(
-            [self.residues, self.batches, getattr(self, "busy", 0.0)],
-            dtype=torch.float64,
-            device=self.device,
-        )
-        stats = self.all_gather(stats).reshape(-1, 3).cpu()  # (world, 3)
-        self.trainer.strategy.barrier()
+        # (world, 3): residues, batches, busy seconds of every rank
+        stats = torch.zeros(self.trainer.world_size, 3, dtype=torch.float64, device=self.device)
+        stats[self.global_rank] = torch.tensor([self.residues, self.batches, self.busy])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)  # also the barrier before rank 0 merges
+        stats = stats.cpu()
         if self.global_rank != 0:
             return
         self._advance_bar()
@@ -307,20 +307,20 @@ def run_bulk(
     }
     module = BulkInference(model, task, scan, output, settings, resume)
     module.quiet = quiet
-    trainer = pl.Trainer(
-        accelerator=resolve_accelerator(accelerator, model),
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision="32-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
     started = time.monotonic()
     with _quiet_lightning():
+        trainer = pl.Trainer(
+            accelerator=resolve_accelerator(accelerator, model),
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision="32-true",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+        )
         trainer.predict(module, return_predictions=False)
     seconds = time.monotonic() - started
     ranks = trainer.callback_metrics.get("bulk_rank_residues")
@@ -353,6 +353,7 @@ class _quiet_lightning:
         warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers).*")
         warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*litlogger.*")
         return self
 
     def __exit__(self, *exc):
