@@ -57,20 +57,20 @@ def _values_and_grads(fn, q, k, v, upstream):
 
 
 @pytest.mark.parametrize("kernel, causal", CASES)
-@pytest.mark.parametrize("length, size", [(1, 4), (4, 4), (23, 4), (23, 1), (17, 5)])
+@pytest.mark.parametrize("length, size", [(1, 4), (24, 4), (23, 4), (23, 1)])
 @pytest.mark.parametrize("pattern", [None, "ragged", "first_block_padded"])
 def test_linear_time_paths_match_the_reference(kernel, causal, length, size, pattern):
     q, k, v, w = _inputs(length, kernel)
     mask = _mask(pattern, length, size)
     upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), dtype=q.dtype)
 
-    def fused(q, k, v):
+    def fast(q, k, v):
         return favor_attention(q, k, v, w, causal, kernel, mask, chunk_size=size, block_size=size)
 
     def reference(q, k, v):
         return naive_attention(q, k, v, w, causal, kernel, mask)
 
-    out, grads = _values_and_grads(fused, q, k, v, upstream)
+    out, grads = _values_and_grads(fast, q, k, v, upstream)
     ref, ref_grads = _values_and_grads(reference, q, k, v, upstream)
     torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-10)
     for name, got, want in zip("qkv", grads, ref_grads):
@@ -133,14 +133,14 @@ def test_bf16_autocast_matches_the_float64_reference(kernel, causal):
     mask[0, 15:] = False
     upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
 
-    def fused(q, k, v):
+    def fast(q, k, v):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return favor_attention(q, k, v, w, causal, kernel, mask, chunk_size=4, block_size=4)
 
     def reference(q, k, v):
         return naive_attention(q.double(), k.double(), v.double(), w.double(), causal, kernel, mask)
 
-    out, grads = _values_and_grads(fused, q, k, v, upstream)
+    out, grads = _values_and_grads(fast, q, k, v, upstream)
     ref, ref_grads = _values_and_grads(reference, q, k, v, upstream)
     assert out.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads)
     # bf16 keeps 8 bits: the only loss is rounding the float32 results (and q, k, v) to it.
