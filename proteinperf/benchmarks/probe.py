@@ -152,6 +152,14 @@ def mean_embeddings(model, seqs: list[str], max_residues: int, toks_per_batch: i
     return out
 
 
+def checkpoint_label(path: Path) -> str:
+    """<run>/best.ckpt for a training run's checkpoint, else the file name."""
+    path = Path(path)
+    return (
+        f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
+    )
+
+
 def find_checkpoint() -> Path | None:
     explicit = os.environ.get(CHECKPOINT_ENV)
     if explicit:
@@ -275,8 +283,8 @@ def probe(settings: Settings, work_dir: Path, checkpoint: Path | None) -> dict:
             start = time.process_time()
             x = mean_embeddings(m, seqs, settings.max_residues, settings.toks_per_batch)
             timings[name] = time.process_time() - start
-            label = f"{Path(checkpoint).parent.parent.name}/{Path(checkpoint).name}"
-            rows.append(evaluate(label if name == "model" else name, x, y, test, settings.seed))
+            label = checkpoint_label(checkpoint) if name == "model" else name
+            rows.append(evaluate(label, x, y, test, settings.seed))
     return {
         "rows": rows,
         "terms": terms,
@@ -328,5 +336,6 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     result["settings"] = dataclasses.asdict(settings)
     result["wall_s"] = time.monotonic() - start
     result["machine"] = machine_info()
+    result["load_average_end"] = os.getloadavg()
     result["markdown"] = _markdown(result, settings)
     return result
