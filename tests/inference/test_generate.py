@@ -1,0 +1,176 @@
+"""Recurrent decoding equals the full causal forward; sampling is valid and reproducible."""
+
+import pytest
+import torch
+
+from proteinperf.checkpoint import save_model
+from proteinperf.cli import main
+from proteinperf.data.alphabet import STANDARD_AMINO_ACIDS, get_alphabet
+from proteinperf.inference.generate import filter_logits, generate
+from proteinperf.inference.likelihood import causal_log_probs
+from proteinperf.model import ModelConfig, PerformerLM
+
+from .conftest import TINY, tiny_model, write_fasta
+
+ATTENTIONS = ("favor_softmax", "favor_relu", "softmax")
+LENGTH = 300  # crosses the causal FAVOR kernel's 128-position chunks twice
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Decoding runs many tiny ops: on shared cores, thread hand-offs would dominate."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def causal_model(attention: str, **overrides) -> PerformerLM:
+    torch.manual_seed(0)
+    model = PerformerLM(
+        ModelConfig(**{**TINY, "attention": attention, "causal": True, **overrides})
+    )
+    with torch.no_grad():  # larger weights: outputs depend visibly on every input
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(10.0)
+    return model.eval()
+
+
+def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, 24, (batch, length), generator=g)
+    tokens[:, 0] = get_alphabet().cls_idx
+    return tokens
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@torch.inference_mode()
+def test_incremental_logits_equal_full_forward(attention):
+    model = causal_model(attention)
+    tokens = random_tokens(2, LENGTH)
+    full = model(tokens)["logits"]
+
+    state, steps = None, []
+    for i in range(LENGTH):
+        logits, state = model.step(tokens[:, i : i + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+    assert int(state.positions[0]) == LENGTH
+
+    # A prompt in one chunked pass (chunks of 64 positions), then token by token.
+    prompt, state = model.step(tokens[:, :150], chunk_size=64)
+    rest = [prompt]
+    for i in range(150, LENGTH):
+        logits, state = model.step(tokens[:, i : i + 1], state)
+        rest.append(logits)
+    torch.testing.assert_close(torch.cat(rest, 1), full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@torch.inference_mode()
+def test_mixed_length_prompts_in_one_batch(attention):
+    """Right-padded prompts: each row continues at its own position, as if decoded alone."""
+    model = causal_model(attention)
+    tokens = random_tokens(2, 40, seed=1)
+    lengths = (40, 25)
+    mask = torch.arange(40)[None, :] < torch.tensor(lengths)[:, None]
+    padded = tokens.masked_fill(~mask, get_alphabet().padding_idx)
+    _, state = model.step(padded, padding_mask=mask)
+    nxt = torch.tensor([[5], [6]])
+    batched, _ = model.step(nxt, state)
+    for row, length in enumerate(lengths):
+        alone = torch.cat([tokens[row : row + 1, :length], nxt[row : row + 1]], 1)
+        expected = model(alone)["logits"][:, -1]
+        torch.testing.assert_close(batched[row], expected, atol=1e-4, rtol=0)
+
+
+def test_favor_state_is_constant_size_and_kv_cache_grows():
+    favor, exact = causal_model("favor_softmax"), causal_model("softmax")
+    with torch.inference_mode():
+        sizes = {
+            name: [model.step(random_tokens(1, n))[1].nbytes() for n in (10, 200)]
+            for name, model in (("favor", favor), ("exact", exact))
+        }
+    assert sizes["favor"][0] == sizes["favor"][1]
+    assert sizes["exact"][1] == 20 * sizes["exact"][0]
+
+
+def test_bidirectional_model_cannot_step():
+    with pytest.raises(ValueError, match="causal"):
+        tiny_model("favor_relu").step(random_tokens(1, 3))
+
+
+PROMPTS = ["MKTAYIAK", "", "GSHMLEDPVDAFQWW"]
+
+
+def test_samples_are_valid_and_reproducible():
+    model = causal_model("favor_softmax")
+    kwargs = dict(n=3, max_length=30, min_length=12, seed=7, batch_size=4)
+    samples = generate(model, PROMPTS, **kwargs)
+    assert len(samples) == 9
+    for s in samples:
+        assert s.sequence.startswith(PROMPTS[s.prompt_index])
+        assert 12 <= len(s.sequence) <= 30
+        assert set(s.sequence[len(PROMPTS[s.prompt_index]) :]) <= set(STANDARD_AMINO_ACIDS)
+        assert s.stopped == ("length" if len(s.sequence) == 30 else "eos")
+    again = generate(model, PROMPTS, **kwargs)
+    assert [s.sequence for s in again] == [s.sequence for s in samples]
+    # A sample does not depend on its batch (here: one sample per batch, no padding).
+    alone = generate(model, PROMPTS, **{**kwargs, "batch_size": 1})
+    assert [s.sequence for s in alone] == [s.sequence for s in samples]
+    other = generate(model, PROMPTS, **{**kwargs, "seed": 8})
+    assert [s.sequence for s in other] != [s.sequence for s in samples]
+
+
+def test_mean_log_likelihood_matches_the_full_forward():
+    model = causal_model("favor_relu")
+    samples = generate(model, ["MKT", ""], n=2, max_length=25, seed=3)
+    sequences = [s.sequence for s in samples]
+    expected = [float(lp.mean()) for lp in causal_log_probs(model, sequences)]
+    assert [s.mean_log_likelihood for s in samples] == pytest.approx(expected, abs=1e-4)
+
+
+def test_greedy_is_deterministic_across_seeds():
+    model = causal_model("softmax")
+    a = generate(model, ["MK"], n=2, max_length=20, temperature=0, seed=1)
+    b = generate(model, ["MK"], n=1, max_length=20, temperature=0, seed=2)
+    assert a[0].sequence == a[1].sequence == b[0].sequence
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_logits(logits, 1.0, 2, None)).tolist() == [
+        [True, True, False, False]
+    ]
+    assert torch.isfinite(filter_logits(logits, 1.0, None, 0.7)).tolist() == [
+        [True, True, False, False]
+    ]
+    assert torch.isfinite(filter_logits(logits, 1.0, None, 0.4)).sum() == 1
+
+
+def test_rotary_model_generates_past_training_length_learned_one_errors():
+    learned = causal_model("favor_relu", positional="learned", max_len=16)
+    with pytest.raises(ValueError, match="learned positions"):
+        generate(learned, [""], max_length=40)
+    samples = generate(causal_model("favor_relu"), [""], max_length=40, min_length=40)
+    assert len(samples[0].sequence) == 40
+
+
+def test_cli_writes_fasta_and_fails_cleanly(tmp_path, capsys):
+    checkpoint = save_model(tmp_path / "causal.pt", causal_model("favor_softmax"))
+    out = tmp_path / "samples.fasta"
+    prompts = write_fasta(tmp_path / "prompts.fasta", {"p1": "MKT", "p2": "GSHM"})
+    argv = [str(checkpoint), str(out), "--num-samples", "2", "--prompt-fasta", prompts]
+    assert main(["generate", *argv, "--max-length", "20", "--seed", "5", "--quiet"]) == 0
+    lines = out.read_text().splitlines()
+    headers = [line for line in lines if line.startswith(">")]
+    assert len(headers) == 4 and "seed=5" in headers[0] and "mean_log_likelihood=" in headers[0]
+    assert headers[2].startswith(">sample_2 index=2 prompt=1")
+
+    bad = tmp_path / "bad.fasta"
+    assert main(["generate", str(checkpoint), str(bad), "--num-samples", "1", "--prompt", "MK1"])
+    assert "not an amino-acid letter" in capsys.readouterr().err and not bad.exists()
+    masked = save_model(tmp_path / "masked.pt", tiny_model("favor_relu"))
+    assert main(["generate", str(masked), str(bad), "--num-samples", "1", "--quiet"]) == 2
+    assert "bidirectional" in capsys.readouterr().err and not bad.exists()
