@@ -128,6 +128,9 @@ def favor_step(
 def _chunk(state, phi_q, phi_k, log_scale, v_ext):
     """One chunk: [numerator, denominator] (B, H, C, d_v + 1) and the state after it."""
     size = phi_q.shape[-2]
+    if size == 1:  # one token: it joins the state, then reads it (shift E_i = M_i)
+        state = _absorb(state, phi_k, log_scale, v_ext)
+        return phi_q @ state.context, state
     future = torch.ones(size, size, dtype=torch.bool, device=phi_q.device).triu(1)
     scores = phi_q @ phi_k.transpose(-1, -2)  # (B, H, C, C)
     if log_scale is None:
