@@ -38,28 +38,22 @@ def _query_features(q_blk, w, kernel):
     return proj.exp_(), None
 
 
-def _key_logits(k_blk, w, kernel, keep_blk):
-    """softmax: Wk̂ − |k̂|²/2 with padded keys at MASKED_LOG_SCALE; relu: Wk̂."""
+def _key_logits(k_blk, w, kernel, keep_blk, fill=-torch.inf):
+    """softmax: Wk̂ − |k̂|²/2 with padded keys at ``fill``; relu: Wk̂."""
     proj = k_blk @ w.T
     if kernel == "relu":
         return proj
     proj = proj.sub_(k_blk.pow(2).sum(-1, keepdim=True).mul_(0.5))
     if keep_blk is not None:
-        proj = proj.masked_fill_(~keep_blk.unsqueeze(-1), MASKED_LOG_SCALE)
+        proj = proj.masked_fill_(~keep_blk.unsqueeze(-1), fill)
     return proj
 
 
 def _key_features(logits, kernel, shift, keep_blk):
-    """κ̃ = exp(t − shift) ≤ 1 (softmax) or ReLU(t) + ε (relu), zero for padded keys.
-
-    shift broadcasts against logits (BH, rows, m): (BH, 1, 1) or (BH, rows, 1). A padded key
-    needs the keep mask even for softmax: where nothing real was seen, shift = its logit.
-    """
     if kernel == "relu":
         phi = torch.relu(logits).add_(RELU_EPSILON)
-    else:
-        phi = (logits - shift).exp_()
-    return phi if keep_blk is None else phi.mul_(keep_blk.unsqueeze(-1))
+        return phi if keep_blk is None else phi.mul_(keep_blk.unsqueeze(-1))
+    return (logits - shift).exp_()  # padded: exp(-inf) = 0, no mask pass needed
 
 
 class BidirectionalFavor(torch.autograd.Function):
@@ -70,18 +64,21 @@ class BidirectionalFavor(torch.autograd.Function):
         bh, length, _ = q.shape
         m, e = w.shape[0], v_ext.shape[-1]
         context = q.new_zeros(bh, m, e)
-        # Padded keys sit at MASKED_LOG_SCALE, below every real logit: before the first real
-        # key the context is zero, and the first real block rescales it by exp(-huge) = 0.
-        shift = q.new_full((bh, 1, 1), MASKED_LOG_SCALE)
+        top = q.new_full((bh, 1, 1), -torch.inf)  # largest key logit so far; -inf: none yet
+        shift = torch.zeros_like(top)  # top, or 0 while every key so far was padded
         for lo in range(0, length, rows):
             sl = slice(lo, lo + rows)
             keep_blk = None if keep is None else keep[:, sl]
             logits = _key_logits(k[:, sl], w, kernel, keep_blk)
             if kernel != "relu":
-                # Online max (as in streaming softmax): rescale what is summed so far.
-                new_shift = torch.maximum(shift, logits.amax((1, 2), keepdim=True))
-                context.mul_(torch.exp(shift - new_shift))
-                shift = new_shift
+                # Online max (as in streaming softmax): rescale what is summed so far. Before
+                # the first real key the context is zero: factor exp(-inf − shift) = 0, and
+                # the shift then jumps to the real max (a fixed 0 would underflow logits far
+                # below 0: an all-padded first block once returned zeros).
+                new_top = torch.maximum(top, logits.amax((1, 2), keepdim=True))
+                shift = torch.where(torch.isinf(new_top), 0.0, new_top)
+                context.mul_(torch.exp(top - shift))
+                top = new_top
             kappa = _key_features(logits, kernel, shift, keep_blk)
             context.baddbmm_(kappa.transpose(1, 2), v_ext[:, sl])
         out_ext = torch.empty(bh, length, e, dtype=q.dtype, device=q.device)
@@ -161,14 +158,18 @@ def bidirectional_favor(q, k, v, features, kernel, key_padding_mask, block_size=
     )
 
 
-_causal_key_logits = _key_logits  # both directions share them; names kept for importers
+def _causal_key_logits(k_blk, w, kernel, keep_blk):
+    """As ``_key_logits``, padded keys at MASKED_LOG_SCALE (the running max's floor)."""
+    return _key_logits(k_blk, w, kernel, keep_blk, MASKED_LOG_SCALE)
 
 
 def _causal_key_features(logits, kernel, running, keep_blk):
     """κ̃_j = exp(t_j − M_j) ≤ 1 (softmax) or ReLU(t_j) + ε (relu), zero for padded keys."""
-    return _key_features(
-        logits, kernel, None if running is None else running.unsqueeze(-1), keep_blk
-    )
+    if kernel == "relu":
+        phi = torch.relu(logits).add_(RELU_EPSILON)
+    else:
+        phi = (logits - running.unsqueeze(-1)).exp_()
+    return phi if keep_blk is None else phi.mul_(keep_blk.unsqueeze(-1))
 
 
 def _pair_decay(running, future):
