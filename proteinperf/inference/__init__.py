@@ -5,12 +5,14 @@ Library functions take a loaded model (``proteinperf.load_model``) and paths; th
 """
 
 from .embed import embed_fasta, embed_sequences, resolve_layers
+from .generate import generate  # the function; `from .generate import ...` still works
 from .mutations import parse_mutant, score_mutations_csv, score_variants
 from .score import score_fasta
 
 __all__ = [
     "embed_fasta",
     "embed_sequences",
+    "generate",
     "parse_mutant",
     "resolve_layers",
     "score_fasta",
