@@ -206,6 +206,19 @@ def build_model(
     return model
 
 
+def checkpoint_metadata(path) -> dict:
+    """What a checkpoint says besides its weights: a model file's extra keys, or the
+    ``proteinperf`` entry of a Lightning checkpoint (model_config, objective, and from
+    training runs ``unigram_log_probs``: the training split's residue log-frequencies)."""
+    obj = read_checkpoint(path, map_location="cpu")
+    kind = _kind(obj)
+    if kind == "model":
+        return {k: v for k, v in obj.items() if k not in ("state_dict", "format", "alphabet")}
+    if kind == "lightning":
+        return dict(obj[LIGHTNING_KEY])
+    return {}
+
+
 def load_model(
     path, device="cpu", overrides: dict | None = None, feature_seed: int = 0
 ) -> tuple[PerformerLM, object]:
@@ -225,6 +238,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "build_model",
+    "checkpoint_metadata",
     "load_model",
     "model_config_from_checkpoint",
     "model_state_from_checkpoint",

@@ -244,6 +244,9 @@ class ProteinLM(pl.LightningModule):
             "objective": self.hparams.objective,
             "format_version": FORMAT_VERSION,
         }
+        if self.unigram_log_probs.numel():
+            # `proteinperf evaluate` compares any data with this baseline by default.
+            checkpoint["proteinperf"]["unigram_log_probs"] = self.unigram_log_probs.tolist()
         # Dropout draws from the global generator; restoring it makes resumed losses equal
         # to the uninterrupted run's (all DDP ranks start from the same seed, hence rank 0's).
         rng = {"torch": torch.get_rng_state()}

@@ -56,8 +56,12 @@ def parse_block(
     valid_fraction=0.01,
     test_fraction=0.01,
     seed=0,
+    clusters=None,
 ) -> dict:
     """Parse whole FASTA records in `data` (bytes starting with '>') into per-split arrays.
+
+    With `clusters` (a cluster.ClusterMap), a record is split by its cluster representative's
+    key, and the representative's id becomes its `cluster_id`.
 
     Returns {"error": None, "newlines", "stats", "id_hashes", "tokens", "lengths", "meta"} with
     one token array, int64 length array and Arrow table per split; or, with invalid="error" and
@@ -102,6 +106,9 @@ def parse_block(
     dropped |= short | long
 
     key_hash = k.hash_ranges(titles, rec[k.KEY_S], rec[k.KEY_E], np.uint64(seed))
+    cluster_index = None
+    if clusters is not None:
+        cluster_index, key_hash = clusters.lookup(key_hash)
     split = split_of_hash(key_hash, valid_fraction, test_fraction)
     split[dropped] = DROPPED
     id_hash = k.hash_ranges(titles, rec[k.H0], rec[k.ID_END], np.uint64(ID_HASH_SEED))
@@ -122,7 +129,11 @@ def parse_block(
         else:
             out["tokens"].append(k.gather_tokens(tokens, rec[k.TOK_S], lengths, rows))
         out["lengths"].append(lengths[rows].copy())
-        out["meta"].append(_meta(titles, rec, rows, ints))
+        meta = _meta(titles, rec, rows, ints)
+        if cluster_index is not None:
+            reps = pc.cast(clusters.representative_ids(cluster_index[rows]), pa.string())
+            meta = meta.set_column(meta.schema.get_field_index("cluster_id"), "cluster_id", reps)
+        out["meta"].append(meta)
     return out
 
 

@@ -43,7 +43,8 @@ class _Examples(Dataset):
     def _targets(self, tokens, epoch, index):
         if self.objective == "clm":
             return clm_example(tokens)
-        return mlm_example(tokens, _rng(self.seed, epoch, index, 1), self.mask_prob)
+        rng = _rng(self.seed, epoch, index, 1)
+        return mlm_example(tokens, rng, self.mask_prob, corrupt=self.train)
 
     def __getitem__(self, keys):
         if isinstance(keys, tuple):
@@ -178,6 +179,16 @@ def ensure_corpus(data_path: str | Path, cache_dir: str | None = None, **options
     return out
 
 
+def _cluster_options(identity: float | None, clusters_file: str | None) -> dict:
+    """prepare() options for a homology-aware split (none: the plain hash split)."""
+    options = {}
+    if identity is not None:
+        options["cluster_identity"] = float(identity)
+    if clusters_file is not None:
+        options["clusters_file"] = str(Path(clusters_file).resolve())
+    return options
+
+
 class ProteinDataModule(pl.LightningDataModule):
     """Batches: tokens (B, L) framed and padded, padding_mask (True = real), targets (-100: none).
 
@@ -201,6 +212,8 @@ class ProteinDataModule(pl.LightningDataModule):
         test_fraction: float = 0.05,
         min_length: int = 1,
         max_residues: int | None = None,
+        cluster_identity: float | None = None,
+        clusters_file: str | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
     ):
@@ -221,6 +234,7 @@ class ProteinDataModule(pl.LightningDataModule):
             min_length=h.min_length,
             max_length=h.max_residues,
             seed=h.seed,
+            **_cluster_options(h.cluster_identity, h.clusters_file),
         )
 
     def prepare_data(self) -> None:

@@ -64,8 +64,20 @@ def prepare(
     block_size=BLOCK_SIZE,
     progress=True,
     command=None,
+    cluster_identity=None,
+    cluster_method="cluster",
+    cluster_coverage=0.8,
+    clusters_file=None,
 ) -> dict:
-    """Build the corpus directory `out` from FASTA `inputs`; returns the manifest."""
+    """Build the corpus directory `out` from FASTA `inputs`; returns the manifest.
+
+    With `cluster_identity` F the records are clustered with MMseqs2 (identity >= F, members
+    covered >= `cluster_coverage` by their representative) and whole clusters are assigned to
+    splits, so no valid/test record has a relative of >= F identity in train. UniRef input is
+    already clustered: its cluster ids are the split keys, and no clustering runs.
+    `clusters_file` instead takes a finished clustering (MMseqs2's `representative<TAB>member`
+    TSV, e.g. from `mmseqs createtsv`); records it does not list are clusters of their own.
+    """
     if invalid not in INVALID_POLICIES:
         raise DataError(f"--invalid must be one of {', '.join(INVALID_POLICIES)}")
     if not 0 <= valid_fraction + test_fraction < 1:
@@ -89,7 +101,25 @@ def prepare(
     )
     workers = workers or min(os.cpu_count() or 1, 8)
     try:
-        manifest = _build(inputs, tmp, options, workers, block_size, progress)
+        clusters, clustering = None, None
+        if cluster_identity is not None and clusters_file is not None:
+            raise DataError("give either a cluster identity or a clusters file, not both")
+        if clusters_file is not None:
+            clusters, clustering = _clusters_from_file(clusters_file, seed)
+        elif cluster_identity is not None:
+            clusters, clustering = _clusters(
+                inputs,
+                tmp,
+                cluster_identity,
+                cluster_method,
+                cluster_coverage,
+                seed,
+                workers,
+                progress,
+            )
+        manifest = _build(inputs, tmp, options, workers, block_size, progress, clusters)
+        if clustering is not None:
+            manifest["clustering"] = clustering
         manifest["command"] = command or " ".join(sys.argv)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         _replace_dir(tmp, out)
@@ -99,6 +129,38 @@ def prepare(
     if progress:
         print(summary(manifest), file=sys.stderr)
     return manifest
+
+
+def _is_uniref(path: Path) -> bool:
+    with open_binary(path) as f:
+        head = f.read(64).lstrip()
+    return head.startswith(b">UniRef")
+
+
+def _clusters(inputs, tmp, identity, method, coverage, seed, workers, progress):
+    """(ClusterMap or None, the manifest's "clustering" entry)."""
+    from .cluster import ClusterMap, cluster_fasta
+
+    entry = {"identity": identity, "coverage": coverage, "method": method}
+    if all(_is_uniref(p) for p in inputs):
+        entry["method"] = "uniref"  # UniRefNN_X records: X is already the cluster
+        return None, entry
+    if progress:
+        print(f"clustering at {identity:.0%} identity with MMseqs2 ({method})", file=sys.stderr)
+    t0 = time.monotonic()
+    work = tmp / ".mmseqs"
+    table = cluster_fasta(inputs, identity, work, coverage=coverage, method=method, threads=workers)
+    shutil.rmtree(work, ignore_errors=True)
+    clusters = ClusterMap.from_table(table, seed)
+    entry.update(clusters=clusters.clusters, seconds=round(time.monotonic() - t0, 3))
+    return clusters, entry
+
+
+def _clusters_from_file(path, seed):
+    from .cluster import ClusterMap, read_cluster_tsv
+
+    clusters = ClusterMap.from_table(read_cluster_tsv(path), seed)
+    return clusters, {"method": "file", "file": str(path), "clusters": clusters.clusters}
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -157,7 +219,7 @@ class _Writer:
                 )
 
 
-def _build(inputs, tmp, options, workers, block_size, progress) -> dict:
+def _build(inputs, tmp, options, workers, block_size, progress, clusters=None) -> dict:
     from tqdm import tqdm
 
     writer = _Writer(tmp)
@@ -181,7 +243,8 @@ def _build(inputs, tmp, options, workers, block_size, progress) -> dict:
         for path in inputs:
             digest = hashlib.sha256()
             lines = 0
-            for r, n_in in _parsed_blocks(path, options, pool, block_size, workers):
+            parse_options = dict(options, clusters=clusters)
+            for r, n_in in _parsed_blocks(path, parse_options, pool, block_size, workers):
                 if r["error"] is not None:
                     line, rec_id, char = r["error"]
                     what = f"invalid character {char!r}" if char else "invalid character"
@@ -401,6 +464,18 @@ def summary(m: dict) -> str:
     )
     if m["records_with_unk"]:
         text += f"; {m['records_with_unk']:,} records with <unk>"
+    clustering = m.get("clustering")
+    if clustering:
+        if clustering["method"] == "uniref":
+            how = "UniRef clusters"
+        elif clustering["method"] == "file":
+            how = f"{clustering['clusters']:,} clusters from {clustering['file']}"
+        else:
+            how = (
+                f"{clustering['clusters']:,} MMseqs2 clusters at "
+                f"{clustering['identity']:.0%} identity"
+            )
+        text += f"; split by {how}"
     if m["duplicate_ids"]:
         text += f"; warning: {m['duplicate_ids']:,} duplicate ids (all kept)"
     return text
@@ -425,6 +500,32 @@ def add_prepare_parser(subparsers):
         default="error",
         help="characters outside the alphabet: fail, map to <unk>, or skip the record",
     )
+    p.add_argument(
+        "--cluster-identity",
+        type=float,
+        default=None,
+        metavar="F",
+        help="cluster with MMseqs2 at this sequence identity (e.g. 0.5, as UniRef50) and split "
+        "whole clusters, so no valid/test record has a relative of >= F identity in train",
+    )
+    p.add_argument(
+        "--cluster-method",
+        choices=("cluster", "linclust"),
+        default="cluster",
+        help="MMseqs2 cascaded clustering (sensitive, default) or linclust (linear time)",
+    )
+    p.add_argument(
+        "--cluster-coverage",
+        type=float,
+        default=0.8,
+        help="share of a member that must align to its representative (UniRef: 0.8)",
+    )
+    p.add_argument(
+        "--clusters",
+        default=None,
+        metavar="TSV",
+        help="split by a finished clustering: MMseqs2's representative<TAB>member TSV",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run_prepare)
     return p
@@ -443,6 +544,10 @@ def run_prepare(args) -> dict:
         invalid=args.invalid,
         progress=not getattr(args, "quiet", False),
         command="proteinperf prepare " + " ".join(sys.argv[2:]),
+        cluster_identity=args.cluster_identity,
+        cluster_method=args.cluster_method,
+        cluster_coverage=args.cluster_coverage,
+        clusters_file=args.clusters,
     )
 
 

@@ -47,6 +47,23 @@ def test_mlm_batches_and_masking_statistics(cache):
     assert abs(randomised / selected - 0.1) < 0.02
 
 
+def test_evaluation_masks_every_target(cache):
+    """Validation/test inputs hide every target (nothing to copy); the same targets each time."""
+    a = get_alphabet()
+    dm = _dm(cache, batch_size=16, max_length=256)
+    first = list(dm.val_dataloader())
+    selected = 0
+    for batch in first:
+        t, y = batch["tokens"], batch["targets"]
+        sel = y != -100
+        selected += int(sel.sum())
+        assert (t[sel] == a.mask_idx).all()
+        assert not ((t == a.mask_idx) & ~sel).any()
+    assert selected > 100
+    again = list(dm.val_dataloader())
+    assert all(torch.equal(b1["targets"], b2["targets"]) for b1, b2 in zip(first, again))
+
+
 def test_clm_targets_are_next_tokens(cache):
     dm = _dm(cache, objective="clm", batch_size=4, max_length=64)
     b = next(iter(dm.val_dataloader()))
