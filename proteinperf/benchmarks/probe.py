@@ -6,9 +6,10 @@ clusters go to train or test, so no test protein has a relative (>= ``identity``
 regression per term (standardised features) is fitted on train and scored on test:
 macro ROC-AUC over terms, and CAFA's protein-centric Fmax over the same terms. Features:
 
-- the model: mean over residues of the last layer (the checkpoint from
-  $PROTEINPERF_PROBE_CHECKPOINT, else the newest outputs/train/runs/*/checkpoints/best.ckpt);
-- untrained: the same config freshly initialised (what architecture alone gives);
+- each model: mean over residues of the last layer (checkpoints from
+  $PROTEINPERF_PROBE_CHECKPOINT, several joined by ':', else the newest
+  outputs/train/runs/*/checkpoints/best.ckpt);
+- untrained: each model's config freshly initialised (what the architecture alone gives);
 - composition: amino-acid (20) + dipeptide (400) frequencies;
 - naive: every protein gets each term's train frequency (CAFA's naive baseline; AUC 0.5).
 """
@@ -160,14 +161,17 @@ def checkpoint_label(path: Path) -> str:
     )
 
 
-def find_checkpoint() -> Path | None:
+def find_checkpoints() -> list[Path]:
+    """$PROTEINPERF_PROBE_CHECKPOINT (several joined by os.pathsep), else the newest run's."""
     explicit = os.environ.get(CHECKPOINT_ENV)
     if explicit:
-        if not Path(explicit).is_file():
-            raise FileNotFoundError(f"{CHECKPOINT_ENV}={explicit}: no such file")
-        return Path(explicit)
+        paths = [Path(p) for p in explicit.split(os.pathsep) if p]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{CHECKPOINT_ENV}: no such file {', '.join(missing)}")
+        return paths
     runs = sorted(glob.glob(RUNS_GLOB), key=os.path.getmtime)
-    return Path(runs[-1]) if runs else None
+    return [Path(runs[-1])] if runs else []
 
 
 # ----------------------------------------------------------------------------- probe, metrics
@@ -253,9 +257,9 @@ def evaluate(name: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: in
 # ----------------------------------------------------------------------------- benchmark
 
 
-def probe(settings: Settings, work_dir: Path, checkpoint: Path | None) -> dict:
+def probe(settings: Settings, work_dir: Path, checkpoints: list[Path]) -> dict:
     from proteinperf.analysis.attention_maps import untrained_control
-    from proteinperf.checkpoint import load_model
+    from proteinperf.checkpoint import load_model, read_checkpoint
 
     ids, seqs, labels = read_proteins(data_file(FASTA), data_file(LABELS), settings.n_proteins)
     clusters = clusters_of(ids, seqs, settings.identity, work_dir, settings.cluster_method)
@@ -273,18 +277,26 @@ def probe(settings: Settings, work_dir: Path, checkpoint: Path | None) -> dict:
         }
     )
     rows.append(evaluate("composition (AA + dipeptide)", composition(seqs), y, test, settings.seed))
-    model_info = None
-    if checkpoint is not None:
+    models, controls = [], {}
+    for checkpoint in checkpoints:
         model, _ = load_model(checkpoint)
         config = model.config
-        models = {"model": model, "untrained (same config)": untrained_control(config, seed=1)}
-        model_info = {"checkpoint": str(checkpoint), **dataclasses.asdict(config)}
-        for name, m in models.items():
-            start = time.process_time()
-            x = mean_embeddings(m, seqs, settings.max_residues, settings.toks_per_batch)
-            timings[name] = time.process_time() - start
-            label = checkpoint_label(checkpoint) if name == "model" else name
-            rows.append(evaluate(label, x, y, test, settings.seed))
+        step = read_checkpoint(checkpoint).get("global_step")  # Lightning checkpoints
+        info = {"checkpoint": str(checkpoint), "step": step, **dataclasses.asdict(config)}
+        models.append((checkpoint_label(checkpoint), model, info))
+        kind = "causal" if config.causal else "bidirectional"
+        name = f"untrained ({config.attention}, d={config.d_model} x {config.n_layers}, {kind})"
+        if name not in controls:  # one control per distinct shape
+            controls[name] = (
+                name,
+                untrained_control(config, seed=1),
+                {"control_of": str(checkpoint)},
+            )
+    for label, model, _ in [*models, *controls.values()]:
+        start = time.process_time()
+        x = mean_embeddings(model, seqs, settings.max_residues, settings.toks_per_batch)
+        timings[label] = time.process_time() - start
+        rows.append(evaluate(label, x, y, test, settings.seed))
     return {
         "rows": rows,
         "terms": terms,
@@ -294,8 +306,17 @@ def probe(settings: Settings, work_dir: Path, checkpoint: Path | None) -> dict:
         "n_clusters": len(set(clusters.values())),
         "test_positives_per_term": y[test].sum(0).tolist(),
         "embed_cpu_s": timings,
-        "model": model_info,
+        "models": [info for _, _, info in models],
     }
+
+
+def _describe(m: dict) -> str:
+    kind = "causal" if m["causal"] else "masked"
+    steps = "" if m["step"] is None else f", {m['step']} steps"
+    return (
+        f"`{checkpoint_label(m['checkpoint'])}` = `{m['checkpoint']}` ({m['attention']}, "
+        f"d={m['d_model']} x {m['n_layers']} layers, {kind} LM{steps})"
+    )
 
 
 def _markdown(result: dict, settings: Settings) -> str:
@@ -309,19 +330,15 @@ def _markdown(result: dict, settings: Settings) -> str:
         for r in result["rows"]
     ]
     table = markdown_table(["features", "dim", "macro ROC-AUC", "Fmax"], rows)
-    model = result["model"]
-    what = (
-        f"model: `{model['checkpoint']}` ({model['attention']}, d={model['d_model']} x "
-        f"{model['n_layers']} layers, {'causal' if model['causal'] else 'masked'} LM)"
-        if model
-        else "no checkpoint found: set PROTEINPERF_PROBE_CHECKPOINT (model rows missing)"
+    what = "; ".join(_describe(m) for m in result["models"]) or (
+        "no checkpoint found: set PROTEINPERF_PROBE_CHECKPOINT (model rows missing)"
     )
     return (
-        f"{table}\n\n{result['n_proteins']} proteins, {result['n_clusters']} MMseqs2 "
-        f"{settings.cluster_method} clusters at {settings.identity:.0%} identity (80% coverage); "
+        f"{table}\n\n{result['n_proteins']} proteins, {result['n_clusters']} MMseqs2 clusters "
+        f"(`{settings.cluster_method}`) at {settings.identity:.0%} identity, 80% coverage; "
         f"{result['n_train']} train / {result['n_test']} test "
         f"(whole clusters); the {len(result['terms'])} most frequent GO BP terms in train; "
-        f"mean of the last layer over the first {settings.max_residues} residues; {what}."
+        f"mean of the last layer over the first {settings.max_residues} residues; models: {what}."
     )
 
 
@@ -329,10 +346,10 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks/results")) -> dict
     import tempfile
 
     settings = QUICK if quick else FULL
-    checkpoint = find_checkpoint()
+    checkpoints = find_checkpoints()
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="probe-") as work:
-        result = probe(settings, Path(work), checkpoint)
+        result = probe(settings, Path(work), checkpoints)
     result["settings"] = dataclasses.asdict(settings)
     result["wall_s"] = time.monotonic() - start
     result["machine"] = machine_info()

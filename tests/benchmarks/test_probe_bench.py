@@ -63,12 +63,13 @@ def test_probe_end_to_end_tiny(tmp_path, monkeypatch):
     checkpoint = save_model(tmp_path / "tiny.ckpt", PerformerLM(config))
     monkeypatch.setenv(probe.CHECKPOINT_ENV, str(checkpoint))
     settings = dataclasses.replace(probe.QUICK, n_proteins=120, n_terms=3, max_residues=64)
-    result = probe.probe(settings, tmp_path / "work", probe.find_checkpoint())
+    result = probe.probe(settings, tmp_path / "work", probe.find_checkpoints())
     assert result["n_train"] + result["n_test"] == 120 and result["n_test"] > 0
     assert len(result["terms"]) == 3
     names = [r["features"] for r in result["rows"]]
     assert names[:2] == ["naive (train term frequency)", "composition (AA + dipeptide)"]
-    assert names[3] == "untrained (same config)" and len(names) == 4
+    assert names[2] == "tiny.ckpt" and len(names) == 4
+    assert names[3] == "untrained (favor_relu, d=16 x 1, bidirectional)"
     assert [r["dim"] for r in result["rows"]] == [0, 420, 16, 16]
     for row in result["rows"]:
         assert 0.0 <= row["fmax"] <= 1.0
