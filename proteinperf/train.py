@@ -198,18 +198,15 @@ def _first(results: list[dict] | None) -> dict[str, float]:
 
 def summary(val: dict[str, float], test: dict[str, float], checkpoint: str | None) -> str:
     """The table printed at the end of a run."""
-    rows = [("model (val)", "val/loss", "val/ppl", "val/acc")]
-    if "val/unigram_loss" in val:
-        rows.append(("unigram (val)", "val/unigram_loss", "val/unigram_ppl", "val/unigram_acc"))
     lines = [f"{'':16}{'loss':>9}{'perplexity':>12}{'accuracy':>10}"]
-    for label, loss, ppl, acc in rows:
-        if loss in val:
-            lines.append(f"{label:16}{val[loss]:9.4f}{val[ppl]:12.3f}{val[acc]:10.4f}")
-    if "test/loss" in test:
-        t = test
-        lines.append(
-            f"{'model (test)':16}{t['test/loss']:9.4f}{t['test/ppl']:12.3f}{t['test/acc']:10.4f}"
-        )
+    for stage, metrics in (("val", val), ("test", test)):
+        for label, prefix in (
+            (f"model ({stage})", f"{stage}/"),
+            (f"unigram ({stage})", f"{stage}/unigram_"),
+        ):
+            if f"{prefix}loss" in metrics:
+                loss, ppl, acc = (metrics[f"{prefix}{k}"] for k in ("loss", "ppl", "acc"))
+                lines.append(f"{label:16}{loss:9.4f}{ppl:12.3f}{acc:10.4f}")
     lines.append(f"checkpoint: {checkpoint or '(none saved)'}")
     return "\n".join(lines)
 

@@ -171,7 +171,7 @@ class ProteinLM(pl.LightningModule):
             return loss
         getattr(self, f"{stage}_loss").update(loss.detach(), n)
         getattr(self, f"{stage}_acc").update(acc, n)
-        if stage == "val" and self.unigram_log_probs.numel() and n:
+        if self.unigram_log_probs.numel() and n:
             log_p = self.unigram_log_probs
             self.unigram_loss.update(-log_p[targets].mean(), n)
             self.unigram_acc.update((targets == log_p.argmax()).float().mean(), n)
@@ -188,8 +188,8 @@ class ProteinLM(pl.LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         pairs = [(stage, getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc"))]
-        if stage == "val" and self.unigram_log_probs.numel():
-            pairs.append(("val/unigram", self.unigram_loss, self.unigram_acc))
+        if self.unigram_log_probs.numel():
+            pairs.append((f"{stage}/unigram", self.unigram_loss, self.unigram_acc))
         for prefix, loss_metric, acc_metric in pairs:
             if not loss_metric.update_called:
                 continue

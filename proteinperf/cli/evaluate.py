@@ -74,12 +74,6 @@ def run(args: argparse.Namespace) -> int:
         stored = checkpoint_metadata(args.checkpoint).get("unigram_log_probs")
         unigram = torch.tensor(stored) if stored is not None else None
         unigram_source = "checkpoint" if stored is not None else None
-        if unigram is None:
-            print(
-                "note: the checkpoint carries no unigram frequencies; give --unigram-from "
-                "for the baseline",
-                file=sys.stderr,
-            )
     result = evaluate(
         model,
         args.data,
@@ -98,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
         unigram_source=unigram_source,
     )
     print(format_table(result))
+    if unigram is None:
+        print(
+            "note: the checkpoint carries no unigram frequencies; give --unigram-from "
+            "for the baseline",
+            file=sys.stderr,
+        )
     if args.out:
         with atomic_output(args.out) as tmp:
             tmp.write_text(json.dumps(result, indent=1) + "\n")
