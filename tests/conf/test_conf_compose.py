@@ -45,7 +45,8 @@ def test_defaults():
     cfg, hydra_node = compose_train()
     config = check_model(cfg)
     assert (config.attention, config.causal) == ("favor_relu", False)
-    assert cfg.data.data_path.endswith("data/sample_proteins.fasta")
+    assert cfg.data.data_path.endswith("data/swissprot_20k.fasta.gz")  # diverse, clustered
+    assert cfg.data.clusters_file.endswith("data/swissprot_20k.clusters50.tsv.gz")
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.gradient_clip_val == 0.5
     assert cfg.optim.name == "adamw" and list(cfg.optim.betas) == [0.9, 0.98]
     assert cfg.optim.eps == 1e-9 and cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 0.1

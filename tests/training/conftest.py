@@ -37,6 +37,7 @@ def compose_train(tmp: Path, cache: Path, overrides: list[str]) -> DictConfig:
                 f"paths.log_dir={tmp}/logs",
                 f"paths.output_dir={tmp}/run",
                 f"paths.cache_dir={cache}",
+                "data=sample",  # the small fixture; the default corpus is for real runs
                 *overrides,
             ],
         )
