@@ -276,7 +276,8 @@ def corpus_case(fasta: Path, checkpoint: Path, processes: int, s: Settings, work
     cmd = [sys.executable, "-m", "proteinperf.cli", "embed", str(checkpoint), str(fasta),
            str(out), "--device", "cpu", "--devices", str(processes), "--quiet",
            "--toks-per-batch", str(s.corpus_toks_per_batch)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // processes))}
+    threads = max(1, 2 // processes)  # the machine's 2 cores, split between the processes
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     peak_total = peak_one = 0
     cpu: dict[int, float] = {}
     started = time.monotonic()
@@ -299,6 +300,7 @@ def corpus_case(fasta: Path, checkpoint: Path, processes: int, s: Settings, work
     return {
         "status": "ok",
         "processes": processes,
+        "threads": threads,
         "records": records,
         "wall_s": wall,
         "cpu_s": sum(cpu.values()),  # sampled every 0.5 s: a slight undercount
@@ -341,10 +343,11 @@ def corpus_markdown(results: list[dict], s: Settings) -> str:
     rows = []
     for r in results:
         if r["status"] != "ok":
-            rows.append([r["processes"], "–", "–", "–", "–", "–", "–", r["status"]])
+            rows.append([r["processes"], "–", "–", "–", "–", "–", "–", "–", r["status"]])
             continue
         rows.append([
-            r["processes"], f"{r['records']:,}", f"{r['residues']:,}", f"{r['wall_s']:.0f}",
+            r["processes"], r.get("threads", max(1, 2 // r["processes"])), f"{r['records']:,}",
+            f"{r['residues']:,}", f"{r['wall_s']:.0f}",
             f"{r['residues_per_s']:,.0f}", f"{r['cpu_s']:.0f}",
             f"{r['peak_total_gib']:.2f} / {r['peak_process_gib']:.2f}",
             "–" if r["other_cpus"] is None else f"{r['other_cpus']:.2f}",
@@ -356,7 +359,7 @@ def corpus_markdown(results: list[dict], s: Settings) -> str:
         f"m={shape['nb_features']}, mean of the last layer to h5, "
         f"--toks-per-batch {s.corpus_toks_per_batch}; 2 cores shared by all processes)",
         markdown_table(
-            ["processes", "records", "residues", "wall s", "residues/s", "CPU s",
+            ["processes", "threads each", "records", "residues", "wall s", "residues/s", "CPU s",
              "peak RSS GiB (all / largest process)", "CPUs used by other work"],
             rows,
         ),

@@ -24,4 +24,5 @@ def test_corpus_rows_run_the_cli_and_measure(tmp_path, monkeypatch):
     assert 0.05 < row["peak_total_gib"] < 8 and row["peak_process_gib"] <= row["peak_total_gib"]
     table = embedding.corpus_markdown([row, {"status": "error", "processes": 2}], settings)
     lines = table.splitlines()
-    assert lines[-2].startswith("| 1 | 3 | 26 |") and lines[-1].startswith("| 2 | –")
+    assert row["threads"] == 2 and lines[-2].startswith("| 1 | 2 | 3 | 26 |")
+    assert lines[-1].startswith("| 2 | –")
