@@ -1,8 +1,10 @@
 """proteinperf: Performer (FAVOR+) protein language models."""
 
+from proteinperf.errors import ProteinperfError
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "ProteinperfError"]
 
 
 def __getattr__(name):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from proteinperf.errors import ProteinperfError
 from proteinperf.model import ModelConfig, PerformerLM
 
 FORMAT = "proteinperf-model"
@@ -39,7 +40,7 @@ FEATURE_FIELDS = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ProteinperfError, ValueError):
     """A checkpoint that is missing, unreadable, foreign or inconsistent (one line, names it)."""
 
 

@@ -13,6 +13,7 @@ import os
 import sys
 
 from proteinperf import __version__
+from proteinperf.errors import ProteinperfError
 
 # Order of appearance in --help.
 COMMAND_MODULES = (
@@ -31,23 +32,15 @@ COMMAND_MODULES = (
 )
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
+class CommandError(ProteinperfError):
+    """A user-facing failure of a command's own checks: printed as one line, exit status 2."""
 
 
-# Exceptions that describe bad input or environment: one line, exit 2 (PROTEINPERF_DEBUG=1
-# shows the traceback). Anything else is a bug and keeps its traceback.
-USER_ERRORS = (
-    CommandError,
-    ValueError,
-    FileNotFoundError,
-    IsADirectoryError,
-    PermissionError,
-    KeyError,
-    OSError,
-    EOFError,
-    RuntimeError,
-)
+# Bad input or environment: one line, exit 2 (PROTEINPERF_DEBUG=1 shows the traceback). Every
+# check on user input raises a ProteinperfError; OSError covers missing, unreadable and
+# unwritable paths. Anything else (ValueError, KeyError, RuntimeError, ...) is a bug and keeps
+# its traceback.
+USER_ERRORS = (ProteinperfError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,11 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("PROTEINPERF_DEBUG"):
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, KeyError):
-            message = f"missing key {message}"
-        print(f"proteinperf {args.command}: error: {message}", file=sys.stderr)
+        print(f"proteinperf {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
+
+
+def error_line(err: BaseException) -> str:
+    """The one line printed for a user error: its message's first line (an OSError without a
+    file name in its message gets one)."""
+    text = str(err).strip()
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":

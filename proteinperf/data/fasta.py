@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from proteinperf.errors import ProteinperfError
+
 from .alphabet import GAPS, RESIDUES
 
 INVALID_POLICIES = ("error", "unk", "skip-record")
@@ -28,7 +30,7 @@ _valid_chars = frozenset(RESIDUES + GAPS)
 _strip_ws = str.maketrans("", "", " \t\r\n\v\f")
 
 
-class DataError(ValueError):
+class DataError(ProteinperfError, ValueError):
     """Bad input for the data pipeline; its message is one line, ready for `error: ...`."""
 
 
@@ -124,7 +126,7 @@ def read_fasta(path: str | Path, invalid: str = "error") -> Iterator[FastaRecord
     'unk' keeps it (Alphabet.encode maps it to <unk>), 'skip-record' drops the record.
     """
     if invalid not in INVALID_POLICIES:
-        raise ValueError(f"invalid must be one of {INVALID_POLICIES}, got {invalid!r}")
+        raise DataError(f"invalid must be one of {INVALID_POLICIES}, got {invalid!r}")
     with open_binary(path) as f:
         try:
             yield from _records(f, str(path), invalid)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.checkpoint import save_model
+from proteinperf.errors import ProteinperfError
 from proteinperf.model import ModelConfig, PerformerLM, rotary_inv_freq
 
 ESM_PREFIXES = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
@@ -26,7 +27,7 @@ CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias"
 VOCAB_SIZE = 33  # ESM-1b alphabet, also ESM-2's
 
 
-class ESMConversionError(ValueError):
+class ESMConversionError(ProteinperfError, ValueError):
     """An ESM checkpoint that cannot be converted (one line, names the file)."""
 
 

@@ -1,0 +1,24 @@
+"""The errors proteinperf raises for bad input: the CLI prints them as one line, exit status 2.
+
+Anything else that escapes a command (a plain ValueError, KeyError, RuntimeError, ...) is a bug
+and keeps its traceback. The data, checkpoint and conversion errors live beside their code
+(fasta.DataError, checkpoint.CheckpointError, interop.esm.ESMConversionError,
+cli.CommandError) and all derive from ProteinperfError; the two below are for the rest.
+Both are also ValueErrors, as the checks they replace were.
+
+No imports: `import proteinperf` (the CLI's --version, --help) stays free of torch.
+"""
+
+
+class ProteinperfError(Exception):
+    """A failure the user can fix; its message is one line that names the file, record or
+    option at fault."""
+
+
+class InputError(ProteinperfError, ValueError):
+    """The content of an input (a CSV, a sequence, a prompt) is malformed or cannot be used."""
+
+
+class ConfigError(ProteinperfError, ValueError):
+    """An option or configuration value is out of range, unknown or inconsistent with the
+    model (e.g. --device cuda without a GPU, a model config that does not validate)."""
