@@ -17,6 +17,7 @@ import torch
 
 from proteinperf.data.alphabet import get_alphabet
 from proteinperf.data.fasta import DataError, FastaRecord, read_fasta
+from proteinperf.errors import ConfigError, InputError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -33,11 +34,11 @@ WINDOW_RECORDS = 1 << 16
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
     if name not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+        raise ConfigError(f"device must be one of {DEVICES}, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
 
 
@@ -48,7 +49,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def autocast(device: torch.device, precision: str):
     """bf16 autocast (matmuls in bfloat16, reductions and FAVOR features stay float32)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -64,7 +65,7 @@ def read_records(
     keeps it as <unk>, 'skip-record' drops the record), truncated to the first ``truncate``
     residues if given; an empty file or an empty record is an error."""
     if truncate is not None and truncate < 1:
-        raise ValueError(f"--truncate must be a positive number of residues, got {truncate}")
+        raise ConfigError(f"--truncate must be a positive number of residues, got {truncate}")
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such file")
     for record in read_fasta(path, invalid=invalid):
@@ -81,7 +82,7 @@ def check_length(model, n_residues: int, what: str) -> None:
     """Learned positions stop at max_len tokens; rotary/sinusoidal models have no limit."""
     config = model.config
     if config.positional == "learned" and n_residues + 2 > config.max_len:
-        raise ValueError(
+        raise InputError(
             f"{what}: {n_residues} residues + <cls>/<eos> exceed the model's max_len "
             f"{config.max_len} (learned positions); use --truncate {config.max_len - 2}"
         )
@@ -109,7 +110,7 @@ def plan_batches(lengths: Sequence[int], toks_per_batch: int, extra: int = 2) ->
     """Indices grouped longest first so that each batch's padded size (n · (max_len + extra))
     stays within ``toks_per_batch``; a sequence longer than the budget gets a batch alone."""
     if toks_per_batch < 1:
-        raise ValueError(f"--toks-per-batch must be positive, got {toks_per_batch}")
+        raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     for i in order:
@@ -147,7 +148,7 @@ def atomic_output(path, directory: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and path.is_dir() != directory:
         kind = "a directory" if path.is_dir() else "a file"
-        raise ValueError(f"output {path} exists and is {kind}")
+        raise InputError(f"output {path} exists and is {kind}")
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.tmp-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) if directory else None

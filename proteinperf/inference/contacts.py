@@ -17,8 +17,9 @@ import torch
 
 from proteinperf.analysis.attention_maps import attention_inputs, frame_sequence
 from proteinperf.attention import favor_attention_weights, softmax_attention_weights
-from proteinperf.checkpoint import read_checkpoint
+from proteinperf.checkpoint import CheckpointError, read_checkpoint
 from proteinperf.data.alphabet import get_alphabet
+from proteinperf.errors import ConfigError, InputError
 
 from .common import atomic_output, check_length, model_device, progress, read_records
 from .writers import INDEX_FILE, NameAllocator
@@ -32,7 +33,7 @@ def read_contact_regression(path) -> dict:
     obj = read_checkpoint(path)
     regression = obj.get("contact_regression")
     if not isinstance(regression, dict) or not {"weight", "bias"} <= set(regression):
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path}: no contact head (contact_regression); convert an ESM-2 model "
             "with `proteinperf convert-esm`, which keeps it, or borrow one with --contact-head"
         )
@@ -42,7 +43,7 @@ def read_contact_regression(path) -> dict:
 def check_regression(model, regression: dict, where: str = "contact head") -> None:
     n = model.config.n_layers * model.config.n_heads
     if regression["weight"].numel() != n:
-        raise ValueError(
+        raise InputError(
             f"{where}: {regression['weight'].numel()} regression weights, but the model has "
             f"{model.config.n_layers} layers x {model.config.n_heads} heads = {n} maps"
         )
@@ -130,11 +131,11 @@ def write_contacts(
     import pandas as pd
 
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"--format must be one of {FORMATS}, got {fmt!r}")
     check_regression(model, regression)
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / INDEX_FILE).exists():
-        raise ValueError(
+        raise InputError(
             f"output {out_dir} is a non-empty directory that is not an earlier contacts output "
             f"(no {INDEX_FILE}); choose another path"
         )

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from proteinperf.data.fasta import DataError
+from proteinperf.errors import ConfigError, InputError
 
 from .common import WINDOW_RECORDS, WINDOW_RESIDUES, plan_batches, progress, read_records
 from .shards import JournalTail, PartWriter, ShardStore, shard_dir
@@ -93,7 +94,7 @@ def scan_fasta(fasta, truncate=None, invalid="error", on_duplicate="error", chec
     occurrence to ``<id>_2`` (``_3``, ... if taken), 'skip' keeps only the first.
     """
     if on_duplicate not in DUPLICATE_POLICIES:
-        raise ValueError(f"on_duplicate must be one of {DUPLICATE_POLICIES}, got {on_duplicate!r}")
+        raise ConfigError(f"on_duplicate must be one of {DUPLICATE_POLICIES}, got {on_duplicate!r}")
     scan = Scan(str(fasta), truncate, invalid)
     first_line: dict[str, int] = {}
     for position, record in enumerate(read_records(fasta, truncate, invalid)):
@@ -210,7 +211,7 @@ class BulkInference(pl.LightningModule):
         self.done = self.store.done()
         for index, entry in self.done.items():
             if index >= len(self.scan.ids) or entry.id != self.scan.ids[index]:
-                raise ValueError(f"{self.store.folder}: shards do not match the input; delete it")
+                raise InputError(f"{self.store.folder}: shards do not match the input; delete it")
 
     def predict_dataloader(self):
         stream = BatchStream(

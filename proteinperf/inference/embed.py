@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from proteinperf.errors import ConfigError
+
 from .common import (
     DEFAULT_TOKS_PER_BATCH,
     atomic_output,
@@ -37,7 +39,7 @@ def resolve_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     resolved: list[int] = []
     for layer in layers:
         if not -(n_layers + 1) <= layer <= n_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"layer {layer} does not exist: this model has layers 0..{n_layers} (0 = token "
                 f"embeddings) or -{n_layers + 1}..-1 counted from the end"
             )
@@ -50,7 +52,7 @@ def resolve_layers(layers: Sequence[int], n_layers: int) -> list[int]:
 def check_include(include: Sequence[str]) -> list[str]:
     unknown = sorted(set(include) - set(INCLUDES))
     if unknown or not include:
-        raise ValueError(
+        raise ConfigError(
             f"--include takes one or more of {', '.join(INCLUDES)}, got "
             f"{', '.join(unknown) or 'nothing'}"
         )
@@ -185,14 +187,14 @@ def embed_fasta(
     from .distributed import run_bulk, scan_fasta
 
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
     layers = resolve_layers(layers, model.config.n_layers)
     include = check_include(include)
     output = Path(output)
     if fmt == "pt-dir":
         check_replaceable_dir(output)
     if toks_per_batch < 1:
-        raise ValueError(f"--toks-per-batch must be positive, got {toks_per_batch}")
+        raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
     metadata = {"layers": layers, "include": include, **(metadata or {})}
 
     def check(record) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.data.alphabet import RESIDUES, STANDARD_AMINO_ACIDS, get_alphabet
+from proteinperf.errors import ConfigError, InputError
 from proteinperf.model import mix_seed
 
 from .common import atomic_output, model_device
@@ -37,12 +38,12 @@ def check_generative(model, max_length: int) -> None:
     """A causal model whose positions reach ``max_length`` residues (one-line errors)."""
     config = model.config
     if not config.causal:
-        raise ValueError(
+        raise ConfigError(
             "this is a bidirectional (masked) model: generation needs a causal model "
             "(trained with model=performer_causal or causal=true)"
         )
     if config.positional == "learned" and max_length + 1 > config.max_len:
-        raise ValueError(
+        raise ConfigError(
             f"max length {max_length} residues needs {max_length + 1} positions but the model "
             f"has learned positions for {config.max_len} (use a max length <= "
             f"{config.max_len - 1})"
@@ -83,7 +84,7 @@ def _encode_prompts(prompts: Sequence[str]) -> list[list[int]]:
     for i, prompt in enumerate(prompts):
         bad = next((c for c in prompt.upper() if c not in RESIDUES), None)
         if bad is not None:
-            raise ValueError(f"prompt {i + 1}: {bad!r} is not an amino-acid letter")
+            raise InputError(f"prompt {i + 1}: {bad!r} is not an amino-acid letter")
         encoded.append([alphabet.cls_idx, *alphabet.encode(prompt)])
     return encoded
 
@@ -109,21 +110,21 @@ def generate(
     (a tqdm-like object) is advanced once per finished sample.
     """
     if n < 1 or batch_size < 1:
-        raise ValueError(f"n and batch_size must be positive, got {n} and {batch_size}")
+        raise ConfigError(f"n and batch_size must be positive, got {n} and {batch_size}")
     if max_length < 1 or not 0 <= min_length <= max_length:
-        raise ValueError(
+        raise ConfigError(
             f"need 1 <= max length and 0 <= min length <= max length, got {min_length}, "
             f"{max_length}"
         )
     if temperature < 0 or (top_k is not None and top_k < 1):
-        raise ValueError(f"temperature must be >= 0 and top-k >= 1, got {temperature}, {top_k}")
+        raise ConfigError(f"temperature must be >= 0 and top-k >= 1, got {temperature}, {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top-p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"top-p must be in (0, 1], got {top_p}")
     check_generative(model, max_length)
     encoded = _encode_prompts(prompts)
     for i, ids in enumerate(encoded):
         if len(ids) - 1 > max_length:
-            raise ValueError(
+            raise InputError(
                 f"prompt {i + 1} has {len(ids) - 1} residues, more than max length {max_length}"
             )
     jobs = [(p, i) for p in range(len(encoded)) for i in range(n)]

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.data.alphabet import GAPS, RESIDUES, get_alphabet
+from proteinperf.errors import ConfigError, InputError
 
 from .common import (
     DEFAULT_TOKS_PER_BATCH,
@@ -62,14 +63,14 @@ def resolve_strategy(strategy: str | None, causal: bool) -> str:
     if strategy is None:
         return "log-likelihood-ratio" if causal else "masked-marginals"
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if causal and strategy in BIDIRECTIONAL:
-        raise ValueError(
+        raise ConfigError(
             f"strategy {strategy!r} needs a bidirectional model; this checkpoint is "
             "causal: use log-likelihood-ratio"
         )
     if not causal and strategy == "log-likelihood-ratio":
-        raise ValueError(
+        raise ConfigError(
             "log-likelihood-ratio needs a causal model; for this bidirectional one "
             "use masked-marginals, wt-marginals or pseudo-ppl"
         )
@@ -86,26 +87,26 @@ def parse_mutant(text: str, sequence: str, offset: int = 1, where: str = "") -> 
     for part in text.split(":"):
         match = _mutation_re.fullmatch(part.strip())
         if match is None:
-            raise ValueError(
+            raise InputError(
                 f"{prefix}cannot parse mutation {part.strip()!r} (expected e.g. "
                 "H24C; multi-mutants joined by ':', e.g. H24C:K30R)"
             )
         wt, number, mt = match.group(1), int(match.group(2)), match.group(3)
         index = number - offset
         if not 0 <= index < len(sequence):
-            raise ValueError(
+            raise InputError(
                 f"{prefix}mutation {part} is outside the sequence: positions run from {offset} "
                 f"to {offset + len(sequence) - 1} (--offset {offset})"
             )
         if sequence[index] != wt:
-            raise ValueError(
+            raise InputError(
                 f"{prefix}mutation {part}: wild type {wt} does not match the sequence, which has "
                 f"{sequence[index]} at position {number} (--offset {offset})"
             )
         if mt not in RESIDUES + GAPS:
-            raise ValueError(f"{prefix}mutation {part}: {mt!r} is not an amino acid")
+            raise InputError(f"{prefix}mutation {part}: {mt!r} is not an amino acid")
         if index in seen:
-            raise ValueError(f"{prefix}position {number} is mutated twice in {text!r}")
+            raise InputError(f"{prefix}position {number} is mutated twice in {text!r}")
         seen.add(index)
         mutations.append(Mutation(wt, index, mt))
     return tuple(mutations)
@@ -125,7 +126,7 @@ def resolve_window(model, window: int | str | None = "auto") -> int | None:
         return ESM_WINDOW if model.config.favor_kernel is None else None
     window = int(window or 0)
     if window < 0:
-        raise ValueError(f"--window must be >= 0 residues (0 = whole sequence), got {window}")
+        raise ConfigError(f"--window must be >= 0 residues (0 = whole sequence), got {window}")
     return window or None
 
 
@@ -146,16 +147,16 @@ def wild_type_from_mutants(mutants: Sequence[str], mutated: Sequence[str], where
         for part in text.split(":"):
             match = _mutation_re.fullmatch(part.strip())
             if match is None:
-                raise ValueError(f"{where}:{row + 2}: cannot parse mutation {part.strip()!r}")
+                raise InputError(f"{where}:{row + 2}: cannot parse mutation {part.strip()!r}")
             index = int(match.group(2)) - 1
             if not 0 <= index < len(residues):
-                raise ValueError(
+                raise InputError(
                     f"{where}:{row + 2}: mutation {part} is outside {MUTATED_SEQUENCE} "
                     f"({len(residues)} residues)"
                 )
             residues[index] = match.group(1)
         return "".join(residues)
-    raise ValueError(f"{where}: no rows to recover the wild type from")
+    raise InputError(f"{where}: no rows to recover the wild type from")
 
 
 def _marginal_scores(rows: dict[int, torch.Tensor], variants) -> list[float]:
@@ -270,16 +271,16 @@ def read_mutations_table(path, mutation_col: str, score_col: str):
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from err
+        raise InputError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from err
     if mutation_col not in table.columns:
-        raise ValueError(
+        raise InputError(
             f"{path}: no column {mutation_col!r} (columns: "
             f"{', '.join(map(str, table.columns))}); set --mutation-col"
         )
     if score_col in table.columns:
-        raise ValueError(f"{path}: already has a column {score_col!r}; choose --score-col")
+        raise InputError(f"{path}: already has a column {score_col!r}; choose --score-col")
     if table.empty:
-        raise ValueError(f"{path}: no mutations (the CSV has a header only)")
+        raise InputError(f"{path}: no mutations (the CSV has a header only)")
     return table
 
 
@@ -310,19 +311,19 @@ def score_mutations_csv(
     has_mutated = MUTATED_SEQUENCE in table.columns
     if sequence is None:
         if not has_mutated:
-            raise ValueError(
+            raise InputError(
                 f"{path}: no wild type: give --sequence/--fasta, or a {MUTATED_SEQUENCE!r} "
                 "column (ProteinGym layout)"
             )
         if offset != 1:
-            raise ValueError(f"{path}: {MUTATED_SEQUENCE} numbers residues from 1, not {offset}")
+            raise ConfigError(f"{path}: {MUTATED_SEQUENCE} numbers residues from 1, not {offset}")
         sequence = wild_type_from_mutants(table[mutation_col], table[MUTATED_SEQUENCE], str(path))
     sequence = sequence.strip().upper()
     if not sequence:
-        raise ValueError("the wild-type sequence is empty")
+        raise InputError("the wild-type sequence is empty")
     bad = sorted(set(sequence) - set(RESIDUES + GAPS))
     if bad:
-        raise ValueError(f"the wild-type sequence has invalid residues: {''.join(bad)}")
+        raise InputError(f"the wild-type sequence has invalid residues: {''.join(bad)}")
     strategy = resolve_strategy(strategy, model.config.causal)
     window = resolve_window(model, window)
     # Data row r (0-based) is on line r + 2 when no cell spans lines: that is what editors show.
@@ -333,7 +334,7 @@ def score_mutations_csv(
     if has_mutated and offset == 1:
         for row, (variant, given) in enumerate(zip(variants, table[MUTATED_SEQUENCE])):
             if apply(sequence, variant) != given.strip().upper():
-                raise ValueError(
+                raise InputError(
                     f"{path}:{row + 2}: {MUTATED_SEQUENCE} is not the wild type with "
                     f"{table[mutation_col].iloc[row]} applied"
                 )

@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from proteinperf.errors import InputError
+
 from .common import atomic_output, progress
 from .mutations import dms_metrics, score_mutations_csv
 
@@ -28,14 +30,14 @@ def read_reference(path) -> list[dict]:
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in REFERENCE_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: not a ProteinGym reference file (no {', '.join(missing)})")
+        raise InputError(f"{path}: not a ProteinGym reference file (no {', '.join(missing)})")
     ids = table["DMS_id"].tolist()
     duplicate = next((i for i in ids if ids.count(i) > 1), None)
     if duplicate is not None:
-        raise ValueError(f"{path}: DMS_id {duplicate!r} is listed twice")
+        raise InputError(f"{path}: DMS_id {duplicate!r} is listed twice")
     for row, dms_id in enumerate(ids):
         if not dms_id or "/" in dms_id or dms_id.startswith("."):
-            raise ValueError(f"{path}:{row + 2}: DMS_id {dms_id!r} cannot name a file")
+            raise InputError(f"{path}:{row + 2}: DMS_id {dms_id!r} cannot name a file")
     return table[list(REFERENCE_COLUMNS)].to_dict("records")
 
 
@@ -64,7 +66,7 @@ def score_reference(
     assays = read_reference(reference_csv)
     dms_dir, out_dir = Path(dms_dir), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output {out_dir} exists and is a file; give a directory")
+        raise InputError(f"output {out_dir} exists and is a file; give a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], 0
     with progress(quiet, "assays", unit="assay", total=len(assays)) as bar:
@@ -73,7 +75,7 @@ def score_reference(
             if target.exists():
                 table = pd.read_csv(target, dtype=str, keep_default_na=False)
                 if score_col not in table.columns:
-                    raise ValueError(
+                    raise InputError(
                         f"{target}: an earlier output without column {score_col!r}; "
                         "use another output directory or --score-col"
                     )

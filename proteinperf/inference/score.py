@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from proteinperf.errors import ConfigError
+
 from .common import (
     DEFAULT_TOKS_PER_BATCH,
     atomic_output,
@@ -30,14 +32,14 @@ def resolve_strategy(strategy: str | None, causal: bool) -> str:
     if strategy is None:
         return "log-likelihood" if causal else "pseudo-log-likelihood"
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if causal and strategy != "log-likelihood":
-        raise ValueError(
+        raise ConfigError(
             f"strategy {strategy!r} needs a bidirectional model; this checkpoint is "
             "causal: use log-likelihood (its exact likelihood)"
         )
     if not causal and strategy == "log-likelihood":
-        raise ValueError(
+        raise ConfigError(
             "a bidirectional model has no exact log-likelihood; use "
             "pseudo-log-likelihood or wt-marginals"
         )
@@ -147,7 +149,7 @@ def score_fasta(
 
     strategy = resolve_strategy(strategy, model.config.causal)
     if toks_per_batch < 1:
-        raise ValueError(f"--toks-per-batch must be positive, got {toks_per_batch}")
+        raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
 
     def check(record) -> None:
         check_length(model, len(record.sequence), f"record '{record.id}'")

@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from proteinperf.errors import InputError
+
 RUN_FILE = "run.json"
 
 
@@ -52,17 +54,17 @@ class ShardStore:
         if not self.folder.exists():
             return
         if not resume:
-            raise ValueError(
+            raise InputError(
                 f"{self.folder} holds the shards of an interrupted run: add --resume to "
                 "continue it, or delete that folder to start over"
             )
         path = self.folder / RUN_FILE
         if not path.exists():
-            raise ValueError(f"{self.folder} is not a shard folder ({RUN_FILE} is missing)")
+            raise InputError(f"{self.folder} is not a shard folder ({RUN_FILE} is missing)")
         old = json.loads(path.read_text())
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:
-            raise ValueError(
+            raise InputError(
                 f"--resume: the shards in {self.folder} were made with other settings "
                 f"({', '.join(changed)} differ); rerun with the same ones or delete that folder"
             )

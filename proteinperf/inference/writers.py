@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from proteinperf.errors import InputError
+
 FORMATS = ("h5", "npz", "pt-dir")
 INDEX_KEY = "_index"  # h5 group / npz prefix of the id index; never given to a record
 INDEX_FILE = "index.csv"  # pt-dir: id -> file
@@ -164,7 +166,7 @@ WRITERS = {"h5": H5Writer, "npz": NpzWriter, "pt-dir": PtDirWriter}
 def check_replaceable_dir(path: Path) -> None:
     """Only an earlier pt-dir output (it has index.csv) or an empty folder may be replaced."""
     if path.is_dir() and any(path.iterdir()) and not (path / INDEX_FILE).exists():
-        raise ValueError(
+        raise InputError(
             f"output {path} is a non-empty directory that is not a pt-dir embedding output "
             f"(no {INDEX_FILE}); choose another path"
         )
