@@ -21,6 +21,7 @@ from proteinperf.attention import (
     recurrent,
     softmax_attention,
 )
+from proteinperf.errors import ConfigError, InputError
 
 ATTENTIONS = ("softmax", *(f"favor_{kernel}" for kernel in KERNELS))
 POSITIONALS = ("learned", "sinusoidal", "rotary")
@@ -73,14 +74,14 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
         config = cls(**values)
         config.validate()
         return config
 
     def validate(self) -> None:
         def fail(message: str) -> None:
-            raise ValueError(f"invalid model config: {message}")
+            raise ConfigError(f"invalid model config: {message}")
 
         if self.attention not in ATTENTIONS:
             fail(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
@@ -406,7 +407,7 @@ class PerformerLM(nn.Module):
         length = tokens.shape[1]
         if config.positional == "learned":
             if length > config.max_len:
-                raise ValueError(f"sequence length {length} exceeds max_len {config.max_len}")
+                raise InputError(f"sequence length {length} exceeds max_len {config.max_len}")
             x = x + self.embed_positions.weight[:length]
         elif config.positional == "sinusoidal":
             x = x + sinusoidal_embedding(length, config.d_model, tokens.device).to(x.dtype)

@@ -20,6 +20,7 @@ from proteinperf.attention import (
     favor_attention_weights,
     softmax_attention_weights,
 )
+from proteinperf.errors import ConfigError
 from proteinperf.model import ModelConfig, PerformerLM
 
 # Keeps the relative Frobenius error finite for an all-zero reference (never met in practice).
@@ -59,7 +60,7 @@ def select(indices: Sequence[int] | None, n: int, what: str) -> list[int]:
     chosen = [int(i) for i in indices]
     bad = [i for i in chosen if not 0 <= i < n]
     if bad or not chosen:
-        raise ValueError(f"{what} must be in 0..{n - 1}, got {list(indices)}")
+        raise ConfigError(f"{what} must be in 0..{n - 1}, got {list(indices)}")
     return chosen
 
 

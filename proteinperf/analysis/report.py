@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from proteinperf.errors import ConfigError, InputError
+
 from . import plots
 from .attention_maps import approximation_error, attention_maps, frame_sequence, select
 from .similarity import (
@@ -68,7 +70,7 @@ def analyse_model(
             for name, value in approximation_error(maps.favor, maps.exact).items():
                 error_sums[name] += value.double().numpy()
     if stats.n_sequences == 0:
-        raise ValueError("no sequences to analyse")
+        raise InputError("no sequences to analyse")
     errors = None
     if exact_stats is not None:
         errors = {name: total / stats.n_sequences for name, total in error_sums.items()}
@@ -118,7 +120,7 @@ def pick_record(records: Iterable, protein: str | None):
     for record in records:
         if protein is None or _matches(record.id, protein):
             return record
-    raise ValueError(f"protein {protein!r} not found" if protein else "no sequences")
+    raise InputError(f"protein {protein!r} not found" if protein else "no sequences")
 
 
 def _matrices(model_a: ModelAnalysis, control_a: ModelAnalysis, blosum) -> dict:
@@ -211,7 +213,7 @@ def _publish(tmp: Path, outdir: Path, overwrite: bool) -> None:
     """Rename the finished temp dir into place (replacing an old report only if asked)."""
     if outdir.exists() and not (outdir.is_dir() and not any(outdir.iterdir())):
         if not overwrite:
-            raise ValueError(f"{outdir} exists and is not empty (use --overwrite to replace it)")
+            raise InputError(f"{outdir} exists and is not empty (use --overwrite to replace it)")
         trash = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old.", dir=outdir.parent))
         outdir.rename(trash / "old")
         tmp.rename(outdir)
@@ -244,21 +246,21 @@ def write_attention_report(
     from .attention_maps import untrained_control
 
     if max_seqs < 1 or max_length < 1:
-        raise ValueError(f"max_seqs and max_length must be positive, got {max_seqs}, {max_length}")
+        raise ConfigError(f"max_seqs and max_length must be positive, got {max_seqs}, {max_length}")
     if threshold < 0 or threshold >= 1:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
-        raise ValueError(f"{outdir} exists and is not a directory")
+        raise InputError(f"{outdir} exists and is not a directory")
     model, alphabet = load_model(checkpoint, device=device)
     control = untrained_control(model.config, seed).to(device)
     records = list(itertools.islice(read_fasta(fasta), max_seqs))
     if not records:
-        raise ValueError(f"{fasta}: no sequences")
+        raise InputError(f"{fasta}: no sequences")
     try:
         record = pick_record(itertools.chain(records, read_fasta(fasta)), protein)
     except ValueError as err:
-        raise ValueError(f"{fasta}: {err}") from None
+        raise InputError(f"{fasta}: {err}") from None
     blosum = blosum62()
     options = dict(layers=layers, heads=heads, threshold=threshold, max_length=max_length)
     sequences = [r.sequence for r in records]

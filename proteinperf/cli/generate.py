@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from proteinperf.cli import CommandError
 from proteinperf.cli._inference import load, positive_int
 from proteinperf.inference.common import DEVICES
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from proteinperf.inference.generate import check_generative, generate, write_samples
 
     if args.min_length < 0 or args.min_length > args.max_length:
-        raise ValueError(
+        raise CommandError(
             f"--min-length must be between 0 and --max-length ({args.max_length}), "
             f"got {args.min_length}"
         )

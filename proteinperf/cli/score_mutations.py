@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from proteinperf.cli import CommandError
 from proteinperf.cli._inference import add_run_options, load
 
 
@@ -89,7 +90,9 @@ def wild_type(args: argparse.Namespace) -> str | None:
 
     records = list(read_records(args.fasta))
     if len(records) != 1:
-        raise ValueError(f"{args.fasta}: expected one record (the wild type), found {len(records)}")
+        raise CommandError(
+            f"{args.fasta}: expected one record (the wild type), found {len(records)}"
+        )
     return records[0].sequence
 
 
@@ -99,7 +102,7 @@ def _window(text: str):
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"--window must be a number of residues or auto, got {text!r}") from None
+        raise CommandError(f"--window must be a number of residues or auto, got {text!r}") from None
 
 
 def _fmt(value) -> str:
@@ -112,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.reference is not None:
         if args.dms_dir is None:
-            raise ValueError("--reference needs --dms-dir (the folder of the assay CSV files)")
+            raise CommandError("--reference needs --dms-dir (the folder of the assay CSV files)")
         if args.sequence is not None or args.fasta is not None:
-            raise ValueError("--reference takes each wild type from target_seq, not --sequence")
+            raise CommandError("--reference takes each wild type from target_seq, not --sequence")
     window = _window(args.window)
     model, _ = load(args.checkpoint, args.device)
     strategy = resolve_strategy(args.strategy, model.config.causal)

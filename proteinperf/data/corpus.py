@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .alphabet import get_alphabet
+from .fasta import DataError
 from .prepare import FORMAT_VERSION
 
 
@@ -28,12 +29,12 @@ class ProteinCorpus:
             raise FileNotFoundError(f"{self.path}: not a prepared corpus (no manifest.json)")
         self.manifest = json.loads(manifest_file.read_text())
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise DataError(
                 f"{self.path}: corpus format {self.manifest.get('format_version')}, "
                 f"expected {FORMAT_VERSION}; run `proteinperf prepare` again"
             )
         if split not in self.manifest["splits"]:
-            raise ValueError(f"split must be one of {list(self.manifest['splits'])}, got {split!r}")
+            raise DataError(f"split must be one of {list(self.manifest['splits'])}, got {split!r}")
         self.split = split
         self._tokens = _memmap(self.path / f"{split}.tokens.bin", np.uint8)
         self.offsets = _memmap(self.path / f"{split}.offsets.bin", np.int64)
