@@ -6,4 +6,4 @@ Each benchmark is a submodule ``proteinperf.benchmarks.<name>`` exposing
 ``<out_dir>/<name>.md``. Shared measuring helpers live in ``proteinperf.benchmarks._measure``.
 """
 
-BENCHMARKS = ("attention", "data", "training", "embedding", "esm", "generation", "probe")
+BENCHMARKS = ("attention", "data", "training", "embedding", "esm", "generation", "probe", "heldout")
