@@ -64,8 +64,9 @@ def parse_block(
     key, and the representative's id becomes its `cluster_id`.
 
     Returns {"error": None, "newlines", "stats", "id_hashes", "tokens", "lengths", "meta"} with
-    one token array, int64 length array and Arrow table per split; or, with invalid="error" and
-    a character outside the alphabet, {"error": (line in block, record id, char), "newlines"}.
+    one token array, int64 length array and Arrow table per split; or, on bad input, {"error":
+    (line in block, record id, what is wrong), "newlines"}: with invalid="error" a character
+    outside the alphabet, or an integer header field (n=, TaxID=, OX=) that is not a number.
     """
     from . import kernels as k  # numba is imported (and the kernels loaded) on first use only
 
@@ -79,8 +80,8 @@ def parse_block(
         byte = int(a[error_at])
         char = chr(byte) if 32 < byte < 127 else f"\\x{byte:02x}"
         line = int(np.count_nonzero(a[:error_at] == 10)) + 1
-        rec_id = bytes(titles[rec[k.H0, -1] : rec[k.ID_END, -1]]).decode("utf-8", "replace")
-        return {"error": (line, rec_id, char), "newlines": int(np.count_nonzero(a == 10))}
+        what = f"invalid character {char!r} (use --invalid unk or skip-record to accept it)"
+        return _error(a, titles, rec, n - 1, line, what)
 
     lengths = rec[k.TOK_N]
     bad = rec[k.BAD] != 0
@@ -121,7 +122,16 @@ def parse_block(
         "lengths": [],
         "meta": [],
     }
-    ints = {name: _int_column(titles, rec, name) for name in INT_FIELDS}
+    ints = {}
+    for name in INT_FIELDS:
+        ints[name], bad_row = _int_column(titles, rec, name)
+        if bad_row is not None:
+            key = _marker_of(name)
+            i = MARKERS.index(key)
+            value = bytes(titles[rec[k.FIELD_S + i, bad_row] : rec[k.FIELD_E + i, bad_row]])
+            what = f"{key}={value.decode('utf-8', 'replace')!r} is not a whole number"
+            line = int(np.count_nonzero(a[: max(rec[k.SEQ_S, bad_row] - 1, 0)] == 10)) + 1
+            return _error(a, titles, rec, bad_row, line, what)
     for s in range(3):
         rows = np.flatnonzero(split == s)
         if rows.size == n and n:  # the whole block: the token buffer is already in order
@@ -135,6 +145,13 @@ def parse_block(
             meta = meta.set_column(meta.schema.get_field_index("cluster_id"), "cluster_id", reps)
         out["meta"].append(meta)
     return out
+
+
+def _error(a, titles, rec, row, line, what) -> dict:
+    from . import kernels as k
+
+    rec_id = bytes(titles[rec[k.H0, row] : rec[k.ID_END, row]]).decode("utf-8", "replace")
+    return {"error": (line, rec_id, what), "newlines": int(np.count_nonzero(a == 10))}
 
 
 def _meta(h, rec, rows, ints) -> pa.Table:
@@ -158,19 +175,40 @@ def _meta(h, rec, rows, ints) -> pa.Table:
     return pa.table(cols)
 
 
+def _marker_of(name: str) -> str:
+    return next(m for m in MARKERS if m.lower() == name)
+
+
 def _int_column(h, rec, name):
-    """(values, present) of an integer header field over the whole block."""
+    """((values, present), None) of an integer header field over the whole block, or
+    (None, row) with the first row whose value is not a number."""
     from . import kernels as k
 
-    i = MARKERS.index(next(m for m in MARKERS if m.lower() == name))
+    i = MARKERS.index(_marker_of(name))
     starts, ends = rec[k.FIELD_S + i], rec[k.FIELD_E + i]
     rows = np.arange(starts.size)
     values, ok = k.parse_ints(h, starts, ends, rows)
-    if not ok:  # not plain decimal: let Arrow's parser decide (and word the error) as it did
+    if not ok:  # not plain decimal (e.g. 19 digits, '+7'): Arrow's parser decides
         col = _strings(h, starts, ends, rows, nullable=True)
-        cast = pc.cast(col, pa.int64(), safe=False)
-        values = cast.fill_null(0).to_numpy()
-    return values, starts >= 0
+        try:
+            values = pc.cast(col, pa.int64(), safe=False).fill_null(0).to_numpy()
+        except pa.ArrowInvalid:
+            return None, _first_uncastable(col)
+    return (values, starts >= 0), None
+
+
+def _first_uncastable(col: pa.Array) -> int:
+    """Index of the first value of `col` (which does not cast as a whole) that Arrow cannot
+    cast to int64: bisection over prefixes, O(n) in all."""
+    lo, hi = 0, len(col)  # col[:lo] casts, col[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            pc.cast(col.slice(0, mid), pa.int64(), safe=False)
+            lo = mid
+        except pa.ArrowInvalid:
+            hi = mid
+    return hi - 1
 
 
 def _array(typ, values, present) -> pa.Array:

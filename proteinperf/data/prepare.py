@@ -246,12 +246,8 @@ def _build(inputs, tmp, options, workers, block_size, progress, clusters=None) -
             parse_options = dict(options, clusters=clusters)
             for r, n_in in _parsed_blocks(path, parse_options, pool, block_size, workers):
                 if r["error"] is not None:
-                    line, rec_id, char = r["error"]
-                    what = f"invalid character {char!r}" if char else "invalid character"
-                    raise FastaFormatError(
-                        f"{path}:{lines + line}: record '{rec_id}': {what} "
-                        "(use --invalid unk or skip-record to accept it)"
-                    )
+                    line, rec_id, what = r["error"]
+                    raise FastaFormatError(f"{path}:{lines + line}: record '{rec_id}': {what}")
                 lines += r["newlines"]
                 digest.update(r["checksum"].to_bytes(4, "little"))
                 writer.add(r)
@@ -319,10 +315,30 @@ def _parsed_blocks(path, options, pool, block_size, workers):
 
 def _work(task, options) -> dict:
     if isinstance(task, tuple):
-        path, start, stop = task
-        with open(path, "rb") as f, _mapped(f, start, stop) as data:
-            return _parse(data, options)
+        path, start, stop, planned = task
+        with open(path, "rb") as f:
+            _check_unchanged(f, path, planned)
+            with _mapped(f, start, stop, path) as data:
+                r = _parse(data, options)
+            _check_unchanged(f, path, planned)
+        return r
     return _parse(task, options)
+
+
+def _file_state(f) -> tuple[int, int]:
+    st = os.fstat(f.fileno())
+    return st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(f, path, planned: tuple[int, int]) -> None:
+    """A file that changed since its blocks were planned fails with one line. Checked before a
+    block is mapped (mapping past the end of a file that shrank, then touching those pages,
+    kills the process with SIGBUS) and again after it is parsed (a change during the parse).
+    A truncation inside that window still raises SIGBUS: it cannot be caught, only made rare."""
+    size, mtime = _file_state(f)
+    if (size, mtime) != planned:
+        what = f"size {planned[0]:,} -> {size:,} bytes" if size != planned[0] else "rewritten"
+        raise DataError(f"{path}: changed while being read ({what}); run prepare again")
 
 
 def _parse(data, options) -> dict:
@@ -332,11 +348,16 @@ def _parse(data, options) -> dict:
 
 
 @contextmanager
-def _mapped(f, start: int, stop: int):
+def _mapped(f, start: int, stop: int, path=None):
     """Bytes [start, stop) of an open file as a read-only memory map: no copy, about half the
     CPU time of read() (the block is parsed in place from the page cache)."""
     lo = start - start % mmap.ALLOCATIONGRANULARITY
-    m = mmap.mmap(f.fileno(), stop - lo, offset=lo, access=mmap.ACCESS_READ)
+    try:
+        m = mmap.mmap(f.fileno(), stop - lo, offset=lo, access=mmap.ACCESS_READ)
+    except ValueError:  # "mmap length is greater than file size": it shrank since planning
+        raise DataError(
+            f"{path}: changed while being read (now shorter); run prepare again"
+        ) from None
     view = memoryview(m)[start - lo :]
     try:
         yield view
@@ -364,11 +385,12 @@ def _block_tasks(path: Path, block_size: int):
 
 
 def _plain_ranges(path: Path, start: int, block_size: int):
-    size = path.stat().st_size
     with open(path, "rb") as f:
+        planned = _file_state(f)
+        size = planned[0]
         while start < size:
             stop = _next_record_start(f, start + block_size, size)
-            yield (str(path), start, stop), stop - start
+            yield (str(path), start, stop, planned), stop - start
             start = stop
 
 

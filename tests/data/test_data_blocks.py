@@ -92,9 +92,30 @@ def test_invalid_characters_against_reference():
     ours, r = _ours(data, invalid="skip-record")
     assert [i for i, _ in ours] == ["b", "d"] and r["stats"]["invalid_skipped"] == 2
     err = parse_block(b">ok\nMKV\n>bad one\nMK\nV\r\n  VJL\n>ok2\nAC\n")["error"]
-    assert err == (6, "bad", "J")
-    assert parse_block(b">s\nMK*V*\n")["error"] == (2, "s", "*")
-    assert parse_block(b">u\nMK\xc3\xa9\n")["error"] == (2, "u", "\\xc3")
+    assert err[:2] == (6, "bad") and err[2].startswith("invalid character 'J'")
+    hint = "(use --invalid unk or skip-record to accept it)"
+    assert parse_block(b">s\nMK*V*\n")["error"] == (2, "s", f"invalid character '*' {hint}")
+    assert parse_block(b">u\nMK\xc3\xa9\n")["error"] == (
+        2,
+        "u",
+        f"invalid character '\\\\xc3' {hint}",
+    )
+
+
+@pytest.mark.parametrize(
+    "header, field",
+    [("n=abc Tax=x", "n='abc'"), ("TaxID=12x3", "TaxID='12x3'"), ("OS=h OX= GN=g", "OX=''")],
+)
+def test_non_numeric_integer_field_names_its_record_and_line(header, field):
+    data = f">a n=1 TaxID=9\nMKV\n>b\nMK\nV\n>bad {header}\nMKV\n>c n=2\nAC\n".encode()
+    line, rec_id, what = parse_block(data)["error"]
+    assert (line, rec_id) == (6, "bad") and what == f"{field} is not a whole number"
+
+
+def test_integer_fields_beyond_the_fast_parser_still_cast():
+    data = b">a n=-7\nMKV\n>b n=1234567890123456789\nMK\n"
+    r = parse_block(data, valid_fraction=0, test_fraction=0)
+    assert r["error"] is None and r["meta"][0]["n"].to_pylist() == [-7, 1234567890123456789]
 
 
 def test_header_fields_equal_parse_header():

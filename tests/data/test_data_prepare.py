@@ -1,4 +1,5 @@
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ from conftest import SAMPLE, write
 
 from proteinperf.data import DataError, ProteinCorpus, prepare, read_fasta
 from proteinperf.data.prepare import add_prepare_parser, run_prepare
+
+prep = importlib.import_module("proteinperf.data.prepare")  # the package's `prepare` is a function
 
 
 def _files(d):
@@ -131,6 +134,39 @@ def test_bad_input_leaves_nothing(tmp_path, data, message):
         prepare([path], tmp_path / "out", progress=False, workers=1)
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.fa"]
+
+
+def test_non_numeric_integer_field_names_file_and_line(tmp_path):
+    records = "".join(f">r{k} n={k} TaxID=9\nMKV\nLL\n" for k in range(400))
+    path = write(tmp_path / "t.fa", records + ">odd n=1 TaxID=96O6\nMKV\n")
+    with pytest.raises(DataError, match=r"t.fa:1201: record 'odd': TaxID='96O6' is not a wh"):
+        prepare([path], tmp_path / "out", progress=False, workers=2, block_size=1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fa"]
+
+
+def test_file_truncated_while_mapped_is_an_error_line(tmp_path, monkeypatch):
+    path = write(tmp_path / "s.fa", SAMPLE.read_bytes())
+    tasks = [task for task, _ in prep._block_tasks(path, 20_000)]
+    assert len(tasks) > 3
+    os.truncate(path, tasks[2][1] + 10)  # shrinks below the third block's end after planning
+    with pytest.raises(DataError, match=r"s.fa: changed while being read \(size .* bytes\)"):
+        prep._work(tasks[3], {})  # mapped past the end, this would die of SIGBUS
+    with pytest.raises(DataError, match="changed while being read"):
+        prep._work(tasks[0], {})  # the size check also covers blocks that still fit
+
+    # A change while a block is parsed is caught afterwards (re-stat), and nothing is left.
+    path = write(tmp_path / "s.fa", SAMPLE.read_bytes())
+    parse = prep._parse
+
+    def parse_then_truncate(data, options):
+        r = parse(data, options)
+        os.truncate(path, 100)
+        return r
+
+    monkeypatch.setattr(prep, "_parse", parse_then_truncate)
+    with pytest.raises(DataError, match=r"s.fa: changed while being read"):
+        prepare([path], tmp_path / "out", progress=False, workers=1, block_size=20_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.fa"]
 
 
 def test_compressed_and_truncated(tmp_path):
