@@ -10,11 +10,13 @@ from .attention_maps import (
     frame_sequence,
     untrained_control,
 )
+from .blosum_study import blosum_study, shuffle_residues
 from .similarity import (
     AMINO_ACIDS,
     ResidueAttentionStats,
     amino_acid_similarity,
     blosum62,
+    bootstrap_vs_blosum,
     compare_with_blosum,
     pair_values,
 )
@@ -29,8 +31,11 @@ __all__ = [
     "attention_inputs",
     "attention_maps",
     "blosum62",
+    "blosum_study",
+    "bootstrap_vs_blosum",
     "compare_with_blosum",
     "frame_sequence",
     "pair_values",
+    "shuffle_residues",
     "untrained_control",
 ]

@@ -254,3 +254,64 @@ __all__ = [
     "matrix_panels",
     "save_figure",
 ]
+
+
+def _off_diagonal(matrix) -> np.ndarray:
+    m = _numpy(matrix).copy()
+    np.fill_diagonal(m, np.nan)
+    return m
+
+
+def _r_label(result: Mapping) -> str:
+    low, high = result.get("ci95") or (None, None)
+    r = result.get("pearson")
+    if r is None or not np.isfinite(r):
+        return "r undefined"
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f"r = {r:.2f}"
+    return f"r = {r:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def similarity_figure(matrices: Mapping[str, np.ndarray], study: Mapping) -> Figure:
+    """The paper's figure: the 20x20 attention-derived similarity of the trained model (and of
+    its two controls) next to BLOSUM62, same residue order, diagonals left blank; each title
+    gives r against BLOSUM62 with its bootstrap 95% interval."""
+    names = {"model": "trained model", "untrained": "untrained control", "shuffled": "shuffled"}
+    panels = {
+        f"{label}\n{_r_label(study.get(key, {}))}": _off_diagonal(matrices[key])
+        for key, label in names.items()
+        if key in matrices
+    }
+    panels["BLOSUM62"] = _off_diagonal(matrices["blosum62"])
+    return matrix_panels(
+        panels,
+        title=f"amino-acid similarity from attention (Vig et al.) vs BLOSUM62, "
+        f"{study.get('n_sequences', '?')} held-out proteins",
+    )
+
+
+def per_layer_figure(study: Mapping, statistic: str = "similarity") -> Figure:
+    """r against BLOSUM62 per layer with 95% intervals, model beside both controls."""
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for offset, (key, colour) in zip(
+        (-0.15, 0.0, 0.15),
+        (("model", "tab:blue"), ("untrained", "tab:grey"), ("shuffled", "tab:orange")),
+    ):
+        rows = study.get(key, {}).get("per_layer", [])
+        x = np.array([row["layer"] for row in rows], dtype=float) + offset
+        r = np.array([_nan(row[statistic]["pearson"]) for row in rows])
+        ci = np.array([[_nan(v) for v in row[statistic]["ci95"]] for row in rows]).reshape(-1, 2)
+        yerr = np.abs(np.stack([r - ci[:, 0], ci[:, 1] - r])) if len(rows) else None
+        ax.errorbar(x, r, yerr=yerr, fmt="o", ms=3, capsize=2, color=colour, label=key)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("layer (0-based)")
+    ax.set_ylabel("Pearson r vs BLOSUM62")
+    ax.set_title(f"{statistic} per layer, bootstrap 95% intervals over proteins", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _nan(value) -> float:
+    return float("nan") if value is None else float(value)

@@ -237,9 +237,14 @@ def write_attention_report(
     device: str = "cpu",
     seed: int = 0,
     overwrite: bool = False,
+    bootstrap: int = 0,
 ) -> Path:
     """Analyse ``checkpoint`` on the first ``max_seqs`` sequences of ``fasta`` beside an untrained
-    control of the same shape (seeded by ``seed``); write the report to ``outdir``."""
+    control of the same shape (seeded by ``seed``); write the report to ``outdir``.
+
+    ``bootstrap`` > 0 adds the BLOSUM62 study (blosum_study.json, similarity_vs_blosum62 with
+    both controls, per layer): that many bootstrap resamples over the sequences, all layers and
+    heads, the untrained and the shuffled-residue controls."""
     from proteinperf.checkpoint import load_model
     from proteinperf.data import read_fasta
 
@@ -292,6 +297,21 @@ def write_attention_report(
             "control": summarise(control_a, blosum),
         }
         (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+        if bootstrap > 0:
+            from .blosum_study import blosum_study, json_safe, write_figures
+
+            study, matrices = blosum_study(
+                model,
+                sequences,
+                alphabet,
+                n_resamples=bootstrap,
+                seed=seed,
+                max_length=max_length,
+                threshold=threshold,
+                return_matrices=True,
+            )
+            (tmp / "blosum_study.json").write_text(json.dumps(json_safe(study), indent=2) + "\n")
+            write_figures(study, matrices, tmp, prefix="study")
         _publish(tmp, outdir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,6 +10,7 @@ relative to uniform attention so sequences of different lengths are comparable.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +98,9 @@ def pair_attention_sums(
     return sums, counts
 
 
+SUFFICIENT_STATISTICS = ("mass", "total", "pair_sum", "pair_count")
+
+
 @dataclass
 class ResidueAttentionStats:
     """Running sums over sequences for one model's selected layers x heads (flattened)."""
@@ -110,12 +114,15 @@ class ResidueAttentionStats:
     pair_count: np.ndarray = field(init=False)
     n_sequences: int = 0
     n_residues: int = 0
+    keep_per_sequence: bool = False  # keep each sequence's sums too, for the bootstrap
+    per_sequence: dict[str, list[np.ndarray]] = field(init=False)
 
     def __post_init__(self):
         self.mass = np.zeros((self.n_heads, self.n_types))
         self.total = np.zeros(self.n_heads)
         self.pair_sum = np.zeros((self.n_types, self.n_types))
         self.pair_count = np.zeros((self.n_types, self.n_types))
+        self.per_sequence = {k: [] for k in SUFFICIENT_STATISTICS}
 
     def update(self, weights: torch.Tensor, tokens: torch.Tensor, alphabet, causal: bool) -> None:
         """Add one sequence: weights (..., L, L) with n_heads maps in front, tokens (L,)."""
@@ -125,12 +132,24 @@ class ResidueAttentionStats:
         index, positions = residue_index(tokens, alphabet), residue_mask(tokens, alphabet)
         mass, total = head_attention_mass(weights, index, positions, self.threshold, self.n_types)
         sums, counts = pair_attention_sums(weights, index, positions, causal, self.n_types)
-        self.mass += mass.double().numpy()
-        self.total += total.double().numpy()
-        self.pair_sum += sums.double().numpy()
-        self.pair_count += counts.double().numpy()
-        self.n_sequences += 1
+        self.add(
+            mass.double().numpy(),
+            total.double().numpy(),
+            sums.double().numpy(),
+            counts.double().numpy(),
+        )
         self.n_residues += int(positions.sum())
+
+    def add(self, mass, total, pair_sum, pair_count) -> None:
+        """Add one sequence's sufficient statistics (what ``update`` computes from attention)."""
+        self.mass += mass
+        self.total += total
+        self.pair_sum += pair_sum
+        self.pair_count += pair_count
+        self.n_sequences += 1
+        if self.keep_per_sequence:
+            for key, value in zip(SUFFICIENT_STATISTICS, (mass, total, pair_sum, pair_count)):
+                self.per_sequence[key].append(np.asarray(value, dtype=np.float64))
 
     def fractions(self) -> np.ndarray:
         return fractions(self.mass, self.total)
@@ -157,6 +176,8 @@ def amino_acid_similarity(head_fractions: np.ndarray) -> np.ndarray:
     else:
         centred = f - f.mean(0)
         norms = np.sqrt((centred**2).sum(0))
+        # Constant over heads up to rounding (e.g. uniform attention): no correlation defined.
+        norms[norms <= 1e-6 * np.sqrt((f**2).sum(0))] = np.nan
         with np.errstate(invalid="ignore", divide="ignore"):
             out = (centred.T @ centred) / np.outer(norms, norms)
     np.fill_diagonal(out, 1.0)
@@ -195,7 +216,8 @@ def compare_with_blosum(matrix: np.ndarray, blosum: np.ndarray | None = None) ->
         "spearman_p": math.nan,
         "n_pairs": int(keep.sum()),
     }
-    if x.size >= 3 and np.ptp(x) > 0:
+    # float32 attention: spreads at rounding level (uniform attention) are no variation.
+    if x.size >= 3 and np.ptp(x) > 1e-6 * max(np.abs(x).max(), 1e-300):
         pearson = stats.pearsonr(x, y)
         spearman = stats.spearmanr(x, y)
         result.update(
@@ -214,12 +236,102 @@ def pair_values(matrix: np.ndarray, pairs=NOTABLE_PAIRS, order: str = AMINO_ACID
     return {p: float(sym[order.index(p[0]), order.index(p[1])]) for p in pairs}
 
 
+def combine_heads(parts: Sequence[ResidueAttentionStats]) -> ResidueAttentionStats:
+    """One statistic over the heads of several (e.g. one per layer, same sequences): head
+    vectors side by side, pair sums added."""
+    out = ResidueAttentionStats(sum(p.n_heads for p in parts), parts[0].threshold)
+    out.keep_per_sequence = all(p.keep_per_sequence for p in parts)
+    for i in range(parts[0].n_sequences if out.keep_per_sequence else 0):
+        seq = [{k: p.per_sequence[k][i] for k in SUFFICIENT_STATISTICS} for p in parts]
+        out.add(
+            np.concatenate([s["mass"] for s in seq]),
+            np.concatenate([s["total"] for s in seq]),
+            sum(s["pair_sum"] for s in seq),
+            sum(s["pair_count"] for s in seq),
+        )
+    if not out.keep_per_sequence:
+        out.mass = np.concatenate([p.mass for p in parts])
+        out.total = np.concatenate([p.total for p in parts])
+        out.pair_sum = sum(p.pair_sum for p in parts)
+        out.pair_count = sum(p.pair_count for p in parts)
+        out.n_sequences = parts[0].n_sequences
+    out.n_residues = parts[0].n_residues
+    return out
+
+
+def _pearson(matrix: np.ndarray, blosum: np.ndarray) -> float:
+    """compare_with_blosum's Pearson r without the p-values (the bootstrap's inner loop)."""
+    x, y = off_diagonal_pairs(matrix), off_diagonal_pairs(blosum)
+    keep = ~np.isnan(x)
+    x, y = x[keep], y[keep]
+    if x.size < 3 or not np.ptp(x) > 1e-6 * max(np.abs(x).max(), 1e-300):
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def bootstrap_vs_blosum(
+    stats: ResidueAttentionStats,
+    blosum: np.ndarray | None = None,
+    n_resamples: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Both statistics against BLOSUM62 with a percentile bootstrap interval over sequences.
+
+    Each resample draws the sequences with replacement and recomputes the statistic from the
+    summed per-sequence sums (so a resample costs one weighted sum, not a forward pass).
+    Returns {"similarity": {...}, "pair_attention": {...}}, each with pearson, spearman,
+    n_pairs (the point estimate on all sequences) and ci95 [low, high] (NaN when undefined).
+    """
+    if not stats.keep_per_sequence or stats.n_sequences != len(stats.per_sequence["mass"]):
+        raise ValueError("the bootstrap needs ResidueAttentionStats(keep_per_sequence=True)")
+    blosum = blosum62() if blosum is None else blosum
+    n = stats.n_sequences
+    per = {k: np.stack(stats.per_sequence[k]).reshape(n, -1) for k in SUFFICIENT_STATISTICS}
+    h, t = stats.n_heads, stats.n_types
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+    sums = {k: counts @ v for k, v in per.items()}  # each (n_resamples, flattened statistic)
+    draws = {"similarity": [], "pair_attention": []}
+    for b in range(n_resamples):
+        f = fractions(sums["mass"][b].reshape(h, t), sums["total"][b])
+        draws["similarity"].append(_pearson(amino_acid_similarity(f), blosum))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pair_count = sums["pair_count"][b].reshape(t, t)
+            pair = np.where(pair_count > 0, sums["pair_sum"][b].reshape(t, t) / pair_count, np.nan)
+        draws["pair_attention"].append(_pearson(pair, blosum))
+    point = {
+        "similarity": compare_with_blosum(stats.similarity(), blosum),
+        "pair_attention": compare_with_blosum(stats.pair_attention(), blosum),
+    }
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for name, values in draws.items():
+        values = np.asarray(values)
+        defined = values[~np.isnan(values)]
+        ci = [math.nan, math.nan]
+        if defined.size:
+            ci = [float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))]
+        out[name] = {
+            "pearson": point[name]["pearson"],
+            "ci95": ci,
+            "spearman": point[name]["spearman"],
+            "n_pairs": point[name]["n_pairs"],
+            "n_resamples": n_resamples,
+            "undefined_resamples": int(values.size - defined.size),
+        }
+    return out
+
+
 __all__ = [
     "AMINO_ACIDS",
     "NOTABLE_PAIRS",
     "ResidueAttentionStats",
+    "SUFFICIENT_STATISTICS",
     "amino_acid_similarity",
     "blosum62",
+    "bootstrap_vs_blosum",
+    "combine_heads",
     "compare_with_blosum",
     "fractions",
     "head_attention_mass",

@@ -61,6 +61,15 @@ def register(subparsers) -> None:
         "--seed", type=int, default=0, help="seed of the untrained control model (default: 0)"
     )
     parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write the BLOSUM62 study (blosum_study.json, study_*.png): r with a bootstrap "
+        "95%% interval from N resamples over proteins, per layer, beside the untrained and the "
+        "shuffled-residue controls (e.g. 200; default 0: off)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty"
     )
     parser.set_defaults(func=lambda args: _run(args))
@@ -82,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         overwrite=args.overwrite,
+        bootstrap=args.bootstrap,
     )
     print(out)
     return 0

@@ -82,3 +82,22 @@ def test_attention_user_errors_are_one_line(tmp_path, tiny_checkpoint, sample, c
         assert not (tmp_path / "r").exists()
     assert main(["attention", str(tmp_path / "missing.pt"), str(sample), str(tmp_path / "r")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_attention_bootstrap_study(tmp_path, tiny_checkpoint, sample):
+    out = tmp_path / "report"
+    argv = ["attention", str(tiny_checkpoint), str(sample), str(out), "--max-seqs", "5"]
+    assert main([*argv, "--max-length", "30", "--bootstrap", "20"]) == 0
+    assert {"blosum_study.json", "study_vs_blosum62.png", "study_per_layer.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    study = json.loads((out / "blosum_study.json").read_text())
+    assert study["n_sequences"] == 5 and study["n_heads"] == 2 * 4
+    for condition in ("model", "untrained", "shuffled"):
+        result = study[condition]
+        assert set(result) >= {"pearson", "ci95", "pair_attention", "per_layer"}
+        assert len(result["ci95"]) == 2 and len(result["per_layer"]) == 2
+        low, high = result["ci95"]
+        if low is not None:
+            assert low <= high
+    assert isinstance(study["signal"], bool)
