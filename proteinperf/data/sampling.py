@@ -145,11 +145,18 @@ class BatchPlanSampler(DistributedSampler):
         self.rank, self.num_replicas = _dist_info(rank, num_replicas)
         self.drop_last = shuffle
         self.skip = 0  # batches already consumed in this epoch (mid-epoch resume)
+        self._plan_sizes: dict[tuple, int] = {}  # plan key -> batches in the whole plan
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def batches(self) -> list[np.ndarray]:
+    def _plan_key(self) -> tuple:
+        # Everything the plan depends on; the epoch only when shuffling.
+        epoch = self.epoch if self.shuffle else None
+        lengths = (id(self.lengths), self.lengths.size)
+        return (epoch, self.seed, self.shuffle, self.batch_size, self.tokens_per_batch, lengths)
+
+    def _full_plan(self) -> list[np.ndarray]:
         plan = plan_batches(
             self.lengths,
             batch_size=self.batch_size,
@@ -158,9 +165,25 @@ class BatchPlanSampler(DistributedSampler):
             seed=self.seed,
             epoch=self.epoch,
         )
-        if self.drop_last:
-            plan = plan[: len(plan) // self.num_replicas * self.num_replicas]
-        return plan[self.rank :: self.num_replicas]
+        self._plan_sizes[self._plan_key()] = len(plan)
+        return plan
+
+    def _plan_size(self) -> int:
+        """Batches in the whole plan, without building it again (Lightning asks for len()
+        several times an epoch; at UniRef scale a plan costs seconds)."""
+        if not self.tokens_per_batch:
+            return -(-self.lengths.size // self.batch_size)
+        key = self._plan_key()
+        if key not in self._plan_sizes:
+            self._full_plan()
+        return self._plan_sizes[key]
+
+    def _kept(self, total: int) -> int:
+        return total // self.num_replicas * self.num_replicas if self.drop_last else total
+
+    def batches(self) -> list[np.ndarray]:
+        plan = self._full_plan()
+        return plan[: self._kept(len(plan))][self.rank :: self.num_replicas]
 
     def __iter__(self):
         epoch = self.epoch if self.shuffle else _EVAL_EPOCH
@@ -169,4 +192,4 @@ class BatchPlanSampler(DistributedSampler):
             yield [(epoch, int(i)) for i in batch]
 
     def __len__(self) -> int:
-        return len(self.batches())
+        return len(range(self.rank, self._kept(self._plan_size()), self.num_replicas))
