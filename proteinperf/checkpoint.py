@@ -73,11 +73,20 @@ def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:
     return path
 
 
+def resolve_checkpoint(name_or_path) -> Path:
+    """The file of a checkpoint path or of a named pretrained model (see proteinperf.models);
+    CheckpointError listing the known names if it is neither."""
+    from proteinperf import models
+
+    path = models.resolve(name_or_path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {models.unknown_name_message(str(name_or_path))}")
+    return path
+
+
 def read_checkpoint(path, map_location="cpu") -> dict:
     """``torch.load(weights_only=True)`` with every failure turned into one CheckpointError."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+    path = resolve_checkpoint(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path}: is a directory, expected a file")
     try:
@@ -244,5 +253,6 @@ __all__ = [
     "model_config_from_checkpoint",
     "model_state_from_checkpoint",
     "read_checkpoint",
+    "resolve_checkpoint",
     "save_model",
 ]

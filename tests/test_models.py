@@ -1,0 +1,102 @@
+"""Named pretrained models: registry, export, and names accepted wherever a checkpoint is."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from proteinperf import load_model, models
+from proteinperf.checkpoint import (
+    CheckpointError,
+    checkpoint_metadata,
+    resolve_checkpoint,
+    save_model,
+)
+from proteinperf.cli import main
+from proteinperf.model import ModelConfig, PerformerLM
+
+TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, nb_features=16, attention="favor_relu")
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv(models.MODELS_DIR_ENV, str(folder))
+    monkeypatch.setattr(models, "PACKAGE_DIR", tmp_path / "no-shipped-models")
+    return folder
+
+
+@pytest.fixture
+def trained(tmp_path) -> tuple[Path, PerformerLM]:
+    torch.manual_seed(0)
+    model = PerformerLM(ModelConfig(**TINY)).eval()
+    unigram = torch.log_softmax(torch.randn(33), -1).tolist()
+    path = save_model(tmp_path / "trained.pt", model, extra={"unigram_log_probs": unigram})
+    return path, model
+
+
+def test_empty_registry(models_dir, capsys):
+    assert models.registry() == {} and models.list_models() == []
+    assert main(["models", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["models"]) == 0
+    assert "no named models" in capsys.readouterr().out
+
+
+def test_export_register_load_by_name(models_dir, trained, capsys):
+    path, model = trained
+    card = {"data": "sample", "steps": 3, "test": {"accuracy": 0.25, "perplexity": 17.0}}
+    out = models.export_model(path, models_dir / "tiny-bid.pt", card)
+    assert out.stat().st_size < path.stat().st_size  # fp16
+    assert models.registry() == {"tiny-bid": out}
+    assert resolve_checkpoint("tiny-bid") == out
+
+    loaded, _ = load_model("tiny-bid")
+    tokens = torch.randint(4, 24, (1, 12))
+    expected = model(tokens)["logits"]
+    got = loaded(tokens)["logits"]
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)  # fp16 weights
+    meta = checkpoint_metadata("tiny-bid")  # names resolve here too
+    assert meta["objective"] == "mlm" and len(meta["unigram_log_probs"]) == 33
+    assert meta["card"]["steps"] == 3
+
+    assert main(["models", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["name"] == "tiny-bid" and listed["path"] == str(out)
+    assert listed["objective"] == "mlm" and listed["attention"] == "favor_relu"
+    assert listed["test"]["accuracy"] == 0.25 and listed["size_mb"] > 0
+    assert main(["models"]) == 0
+    assert "tiny-bid" in capsys.readouterr().out
+
+
+def test_cli_commands_accept_a_name(models_dir, trained, tmp_path, capsys):
+    path, _ = trained
+    models.export_model(path, models_dir / "tiny-bid.pt")
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nMSDNELLKKAVE\n")
+    assert main(["evaluate", "tiny-bid", str(fasta)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_unknown_name_is_one_line_listing_known(models_dir, trained, capsys):
+    path, _ = trained
+    models.export_model(path, models_dir / "tiny-bid.pt")
+    with pytest.raises(CheckpointError, match=r"not-a-model.*known: tiny-bid"):
+        load_model("not-a-model")
+    assert main(["evaluate", "not-a-model", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no such file" in err and "tiny-bid" in err
+
+
+def test_export_refuses_oversized_files(models_dir, trained):
+    path, _ = trained
+    with pytest.raises(ValueError, match="MB"):
+        models.export_model(path, models_dir / "big.pt", max_mb=0.001)
+    assert not list(models_dir.iterdir())  # nothing half-written
+
+
+def test_package_data_ships_pretrained_files():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert "pretrained/*.pt" in text and "pretrained/*.json" in text
