@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from proteinperf.errors import InputError
+
 MODELS_DIR_ENV = "PROTEINPERF_MODELS_DIR"
 PACKAGE_DIR = Path(__file__).resolve().parent / "pretrained"
 MAX_SHIPPED_MB = 15.0
@@ -116,7 +118,7 @@ def export_model(
     size_mb = tmp.stat().st_size / 2**20
     if max_mb is not None and size_mb > max_mb:
         tmp.unlink()
-        raise ValueError(
+        raise InputError(
             f"{out}: {size_mb:.1f} MB in {dtype}, more than {max_mb} MB (a smaller model, "
             "or max_mb=None for a file not to be shipped)"
         )

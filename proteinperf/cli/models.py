@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from proteinperf.cli import CommandError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -41,7 +43,7 @@ def _card(text: str | None) -> dict:
         return {}
     card = json.loads(Path(text).read_text() if text.endswith(".json") else text)
     if not isinstance(card, dict):
-        raise ValueError(f"--card: expected a JSON object, got {type(card).__name__}")
+        raise CommandError(f"--card: expected a JSON object, got {type(card).__name__}")
     return card
 
 
@@ -50,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.export:
         if not args.out:
-            raise ValueError("--export needs --out FILE.pt")
+            raise CommandError("--export needs --out FILE.pt")
         print(models.export_model(args.export, args.out, _card(args.card)))
         return 0
     cards = models.list_models()

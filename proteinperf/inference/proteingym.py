@@ -27,7 +27,10 @@ def read_reference(path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from err
     missing = [c for c in REFERENCE_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(f"{path}: not a ProteinGym reference file (no {', '.join(missing)})")
