@@ -87,6 +87,11 @@ def prepare(
         if not p.is_file():
             raise DataError(f"{p}: no such file")
     out = Path(out)
+    if out.exists() and not _replaceable(out):
+        raise DataError(
+            f"{out}: exists and is not a corpus directory (no manifest.json); it would be "
+            "replaced, choose another --out"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -161,6 +166,11 @@ def _clusters_from_file(path, seed):
 
     clusters = ClusterMap.from_table(read_cluster_tsv(path), seed)
     return clusters, {"method": "file", "file": str(path), "clusters": clusters.clusters}
+
+
+def _replaceable(out: Path) -> bool:
+    """An earlier corpus or an empty folder may be replaced; anything else is the user's."""
+    return out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir()))
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

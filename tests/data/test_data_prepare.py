@@ -144,6 +144,21 @@ def test_non_numeric_integer_field_names_file_and_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.fa"]
 
 
+def test_out_that_is_not_a_corpus_is_never_replaced(tmp_path):
+    path = write(tmp_path / "s.fa", ">a\nMKV\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    (tmp_path / "notes.txt").write_text("y")
+    for out in (tmp_path / "mine", tmp_path / "notes.txt"):
+        with pytest.raises(DataError, match="exists and is not a corpus directory"):
+            prepare([path], out, progress=False, workers=1)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "x"
+    assert (tmp_path / "notes.txt").read_text() == "y"
+    (tmp_path / "empty").mkdir()
+    prepare([path], tmp_path / "empty", progress=False, workers=1)
+    prepare([path], tmp_path / "empty", progress=False, workers=1)  # a corpus: replaced
+
+
 def test_file_truncated_while_mapped_is_an_error_line(tmp_path, monkeypatch):
     path = write(tmp_path / "s.fa", SAMPLE.read_bytes())
     tasks = [task for task, _ in prep._block_tasks(path, 20_000)]
