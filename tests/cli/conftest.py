@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from proteinperf.checkpoint import save_model
+from proteinperf.model import ModelConfig, PerformerLM
+
+TINY = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, nb_features=8, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    """Tiny checkpoints and good and bad input files, keyed by name: {name: path string}."""
+    folder = tmp_path_factory.mktemp("cli_inputs")
+    torch.manual_seed(0)
+    paths = {
+        "bid": save_model(folder / "bid.pt", PerformerLM(ModelConfig(**TINY))),
+        "causal": save_model(folder / "causal.pt", PerformerLM(ModelConfig(**TINY, causal=True))),
+    }
+    files = {  # key: (file name, content)
+        "good": ("good.fa", ">a\nMKTAYIAKQR\n>b\nMADEF\n"),
+        "bad": ("bad.fa", ">a\nMKTAYIAKQR\n>b\nMA1DEF\n"),
+        "empty": ("empty.fa", ""),
+        "badint": ("badint.fa", ">a n=1\nMKV\n>b n=x\nMKV\n"),
+        "junk": ("junk.pt", "not a checkpoint"),
+        "muts": ("muts.csv", "mutant\nM1A\n"),
+        "badmuts": ("badmuts.csv", "mutant\nM1A\nX2A\n"),
+        "emptycsv": ("empty.csv", ""),
+        "notes": ("notes.txt", "mine"),
+    }
+    for key, (name, text) in files.items():
+        (folder / name).write_text(text)
+        paths[key] = folder / name
+    (folder / "full").mkdir()
+    (folder / "full" / "thesis.tex").write_text("mine")
+    paths["full"], paths["missing"] = folder / "full", folder / "missing"
+    return {name: str(path) for name, path in paths.items()}
