@@ -16,7 +16,7 @@ export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint bench data clean
+.PHONY: help install train test lint bench data clean reproduce
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ install: $(STAMP) ## create/refresh .venv with the package (editable) and its de
 # definitions (MAKEOVERRIDES, newest first, hence the reverse); `make train -- -m ...` brings
 # flags as goals. Both are handed to the Hydra entry point in the order typed.
 reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
-MAKE_VARS := PYTHON=% VENV=% TORCH=% EXTRAS=% DATASET=% ARGS=% PYTEST_ARGS=%
+MAKE_VARS := PYTHON=% VENV=% TORCH=% EXTRAS=% DATASET=% ARGS=% PYTEST_ARGS=% BUDGET=% CORPUS=% FAR=%
 HYDRA_OVERRIDES := $(call reverse,$(filter-out $(MAKE_VARS),$(MAKEOVERRIDES)))
 TRAIN_ARGS := $(filter-out train,$(MAKECMDGOALS)) $(HYDRA_OVERRIDES)
 train: $(STAMP) ## train a small bidirectional Performer on data/sample_proteins.fasta (Hydra overrides allowed)
@@ -52,6 +52,13 @@ bench: $(STAMP) ## run every benchmark; tables printed, JSON + PNG in benchmarks
 
 data: $(STAMP) ## download (unless DATASET=sample) and prepare a corpus: make data DATASET=uniref50
 	$(BIN)/python -m proteinperf.cli data $(DATASET) $(ARGS)
+
+# make reproduce BUDGET=5 CORPUS=<corpus dir or FASTA> [FAR=<fasta>] [ARGS="--preset gpu"]
+BUDGET ?= 5
+CORPUS ?=
+FAR ?=
+reproduce: $(STAMP) ## the paper's Table 2 + BLOSUM62 figure: 5 models x BUDGET minutes, results in benchmarks/results/
+	$(BIN)/python -m proteinperf.reproduce --budget $(BUDGET) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(FAR),--far $(FAR)) $(ARGS) $(foreach w,$(HYDRA_OVERRIDES),$(if $(findstring =,$(w)),$(w)))
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache outputs multirun .cache

@@ -1,0 +1,76 @@
+"""`make reproduce` end to end on the sample proteins: five tiny models, a second each."""
+
+import json
+
+import pytest
+
+from proteinperf import reproduce
+
+TINY = [
+    "model.d_model=16",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=32",
+    "model.nb_features=8",
+    "data.max_length=48",
+    "data.batch_size=4",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "optim.warmup_steps=2",
+    "+trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture
+def far(tmp_path):
+    path = tmp_path / "far.fasta"
+    path.write_text(">f1\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEV\n>f2\nMSDNELLKKAVEEGRLTPEQAEAW\n")
+    return path
+
+
+def test_reproduce_end_to_end(tmp_path, far):
+    out, work, exported = tmp_path / "results", tmp_path / "work", tmp_path / "pretrained"
+    argv = [
+        "--budget=0.02",  # 1 s per model
+        "--corpus=data/sample_proteins.fasta",
+        f"--far={far}",
+        f"--out={out}",
+        f"--work={work}",
+        f"--export-dir={exported}",
+        "--bootstrap=5",
+        "--analysis-seqs=3",
+        "--max-length=40",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *TINY,
+    ]
+    assert reproduce.main(argv) == 0
+    report = json.loads((out / "reproduce.json").read_text())
+    runs = report["runs"]
+    assert [(r["objective"], r["attention"]) for r in runs] == list(reproduce.RUNS.values())
+    for run in runs:
+        assert run["steps"] >= 1 and run["seconds"] > 0
+        for split in ("test", "far"):
+            assert 0 <= run[split]["accuracy"] <= 1 and run[split]["perplexity"] > 1
+        assert run["curve"] and {"step", "seconds", "accuracy"} <= set(run["curve"][0])
+    assert set(report["unigram"]) == {"accuracy", "perplexity"}
+    similarity = report["similarity"]
+    for condition in ("model", "untrained", "shuffled"):
+        assert {"pearson", "ci95", "per_layer"} <= set(similarity[condition])
+    assert similarity["analysed_run"] in {r["name"] for r in runs if r["objective"] == "mlm"}
+    table = (out / "reproduce.md").read_text()
+    assert table.count("| BID |") == 3 and table.count("| UNI |") == 2
+    assert "Empirical baseline (unigram" in table
+    for png in ("reproduce_curves", "reproduce_similarity_vs_blosum62"):
+        assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    names = {e["name"] for e in report["exported"]}
+    assert names <= {
+        f"swissprot-{f}-{k}" for f in ("performer", "transformer") for k in ("bid", "causal")
+    }
+    assert len(list(exported.glob("*.pt"))) == 2 and len(list(exported.glob("*.json"))) == 2
+
+
+def test_budget_as_lightning_max_time():
+    assert reproduce.max_time(5) == "00:00:05:00"
+    assert reproduce.max_time(0.2) == "00:00:00:12"
+    assert reproduce.max_time(90.5) == "00:01:30:30"
+    assert reproduce.max_time(0.001) == "00:00:00:01"
