@@ -16,7 +16,7 @@ class ProteinperfError(Exception):
 
 
 class InputError(ProteinperfError, ValueError):
-    """The content of an input (a CSV, a sequence, a prompt) is malformed or cannot be used."""
+    """An input (a CSV, a sequence, a prompt) is malformed, or an output path cannot be used."""
 
 
 class ConfigError(ProteinperfError, ValueError):

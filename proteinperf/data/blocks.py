@@ -188,7 +188,7 @@ def _int_column(h, rec, name):
     starts, ends = rec[k.FIELD_S + i], rec[k.FIELD_E + i]
     rows = np.arange(starts.size)
     values, ok = k.parse_ints(h, starts, ends, rows)
-    if not ok:  # not plain decimal (e.g. 19 digits, '+7'): Arrow's parser decides
+    if not ok:  # not plain decimal (e.g. 19 digits): Arrow's parser decides
         col = _strings(h, starts, ends, rows, nullable=True)
         try:
             values = pc.cast(col, pa.int64(), safe=False).fill_null(0).to_numpy()

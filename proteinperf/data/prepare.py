@@ -621,7 +621,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(["prepare", *(argv if argv is not None else sys.argv[1:])])
     try:
         args.func(args)
-    except DataError as e:
+    except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
