@@ -6,17 +6,8 @@ import argparse
 import json
 import sys
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from proteinperf.cli._inference import positive_int
+from proteinperf.inference.common import DEVICES
 
 
 def register(subparsers) -> None:
@@ -41,12 +32,12 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="masking seed (default: 0)")
     parser.add_argument(
         "--max-length",
-        type=_positive_int,
+        type=positive_int,
         default=1024,
         metavar="N",
         help="tokens per sequence incl. <cls>/<eos>; longer ones keep their start",
     )
-    parser.add_argument("--toks-per-batch", type=_positive_int, default=8192, metavar="N")
+    parser.add_argument("--toks-per-batch", type=positive_int, default=8192, metavar="N")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--unigram-from",
