@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from proteinperf.errors import InputError
+
 from .attention_maps import attention_inputs, frame_sequence, layer_attention, untrained_control
 from .similarity import ResidueAttentionStats, blosum62, bootstrap_vs_blosum, combine_heads
 
@@ -54,7 +56,7 @@ def layer_statistics(
             weights = exact if favor is None else favor  # (1, H, L, L): what the model uses
             stats[layer].update(weights[0].float().cpu(), tokens[0], alphabet, config.causal)
     if not stats or stats[0].n_sequences == 0:
-        raise ValueError("no sequences to analyse")
+        raise InputError("no sequences to analyse")
     return stats
 
 
@@ -114,7 +116,7 @@ def blosum_study(
     """
     sequences = list(sequences)
     if not sequences:
-        raise ValueError("no sequences to analyse")
+        raise InputError("no sequences to analyse")
     blosum = blosum62()
     device = next(model.parameters()).device
     control = untrained_control(model.config, seed).to(device)

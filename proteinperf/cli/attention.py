@@ -56,7 +56,9 @@ def register(subparsers) -> None:
         metavar="ID",
         help="sequence whose maps are drawn, e.g. HBA_HUMAN (default: the first)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="torch device (default: cpu)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the untrained control model (default: 0)"
     )

@@ -41,7 +41,10 @@ def _card(text: str | None) -> dict:
 
     if not text:
         return {}
-    card = json.loads(Path(text).read_text() if text.endswith(".json") else text)
+    try:
+        card = json.loads(Path(text).read_text() if text.endswith(".json") else text)
+    except json.JSONDecodeError as err:
+        raise CommandError(f"--card: not valid JSON ({err})") from None
     if not isinstance(card, dict):
         raise CommandError(f"--card: expected a JSON object, got {type(card).__name__}")
     return card

@@ -27,7 +27,10 @@ class ProteinCorpus:
         manifest_file = self.path / "manifest.json"
         if not manifest_file.is_file():
             raise FileNotFoundError(f"{self.path}: not a prepared corpus (no manifest.json)")
-        self.manifest = json.loads(manifest_file.read_text())
+        try:
+            self.manifest = json.loads(manifest_file.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{manifest_file}: corrupt manifest ({err}); prepare again") from None
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise DataError(
                 f"{self.path}: corpus format {self.manifest.get('format_version')}, "

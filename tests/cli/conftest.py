@@ -33,4 +33,7 @@ def inputs(tmp_path_factory):
     (folder / "full").mkdir()
     (folder / "full" / "thesis.tex").write_text("mine")
     paths["full"], paths["missing"] = folder / "full", folder / "missing"
+    (folder / "badcorpus").mkdir()
+    (folder / "badcorpus" / "manifest.json").write_text('{"format_version": ')  # cut short
+    paths["badcorpus"] = folder / "badcorpus"
     return {name: str(path) for name, path in paths.items()}

@@ -41,6 +41,8 @@ CASES = [
     ("convert-esm {missing}.pt {out}", "missing.pt: no such file"),
     ("convert-esm {bid} {out}", "not a fair-esm file"),
     ("models --export {bid}", "--export needs --out"),
+    ("models --export {bid} --out {out} --card {{oops", "--card: not valid JSON"),
+    ("evaluate {bid} {badcorpus} --quiet", "manifest.json: corrupt manifest"),
 ]  # fmt: skip
 
 
