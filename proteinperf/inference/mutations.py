@@ -261,17 +261,23 @@ def dms_metrics(table, score_col: str) -> dict | None:
     return metrics
 
 
-def read_mutations_table(path, mutation_col: str, score_col: str):
-    """The CSV as text cells (every column kept as is), checked for the columns we need."""
+def read_text_csv(path):
+    """A CSV as text cells (every column kept as it is); one-line errors for unreadable files."""
     import pandas as pd
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from err
+
+
+def read_mutations_table(path, mutation_col: str, score_col: str):
+    """The CSV as text cells (every column kept as is), checked for the columns we need."""
+    path = Path(path)
+    table = read_text_csv(path)
     if mutation_col not in table.columns:
         raise InputError(
             f"{path}: no column {mutation_col!r} (columns: "

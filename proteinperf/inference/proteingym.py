@@ -15,22 +15,15 @@ from pathlib import Path
 from proteinperf.errors import InputError
 
 from .common import atomic_output, progress
-from .mutations import dms_metrics, score_mutations_csv
+from .mutations import dms_metrics, read_text_csv, score_mutations_csv
 
 REFERENCE_COLUMNS = ("DMS_id", "DMS_filename", "target_seq")
 SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
 
 
 def read_reference(path) -> list[dict]:
-    import pandas as pd
-
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from err
+    table = read_text_csv(path)
     missing = [c for c in REFERENCE_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(f"{path}: not a ProteinGym reference file (no {', '.join(missing)})")
