@@ -179,6 +179,18 @@ def ensure_corpus(data_path: str | Path, cache_dir: str | None = None, **options
     return out
 
 
+def unigram_log_probs(corpus: ProteinCorpus, causal: bool) -> torch.Tensor:
+    """log p(token) from a corpus split's residue frequencies, add-one smoothed.
+
+    <eos> counts once per sequence for causal models (it is a target there), never for MLM.
+    """
+    counts = corpus.token_counts().astype(np.float64)
+    if causal:
+        counts[get_alphabet().eos_idx] += len(corpus)
+    counts += 1.0
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
+
+
 def _cluster_options(identity: float | None, clusters_file: str | None) -> dict:
     """prepare() options for a homology-aware split (none: the plain hash split)."""
     options = {}
@@ -290,14 +302,6 @@ class ProteinDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def unigram_log_probs(self) -> torch.Tensor:
-        """log p(token) from training-split frequencies (add-one smoothed), a loss baseline.
-
-        <eos> counts once per sequence for CLM (it is a target there), never for MLM.
-        """
+        """log p(token) from training-split frequencies (add-one smoothed), a loss baseline."""
         self.setup()
-        corpus = self.datasets["train"].corpus
-        counts = corpus.token_counts().astype(np.float64)
-        if self.hparams.objective == "clm":
-            counts[get_alphabet().eos_idx] += len(corpus)
-        counts += 1.0
-        return torch.from_numpy(np.log(counts / counts.sum())).float()
+        return unigram_log_probs(self.datasets["train"].corpus, self.hparams.objective == "clm")

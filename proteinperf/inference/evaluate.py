@@ -17,28 +17,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from proteinperf.data.alphabet import get_alphabet
 from proteinperf.data.corpus import ProteinCorpus
-from proteinperf.data.datamodule import SequenceDataset
+from proteinperf.data.datamodule import SequenceDataset, unigram_log_probs
 from proteinperf.data.fasta import DataError
 from proteinperf.data.sampling import IGNORE, BatchPlanSampler
 
 DEFAULT_TOKS_PER_BATCH = 8192
 
 
-def unigram_log_probs_from_counts(counts: np.ndarray, sequences: int, causal: bool) -> torch.Tensor:
-    """log p(token), add-one smoothed; <eos> is a target once per sequence for causal models."""
-    counts = np.asarray(counts, dtype=np.float64).copy()
-    if causal:
-        counts[get_alphabet().eos_idx] += sequences
-    counts += 1.0
-    return torch.from_numpy(np.log(counts / counts.sum())).float()
-
-
 def unigram_log_probs_from(path, causal: bool) -> torch.Tensor:
     """Unigram baseline from a FASTA file (all of it) or a corpus directory (its train split)."""
     with _corpus(path, "train") as corpus:
-        return unigram_log_probs_from_counts(corpus.token_counts(), len(corpus), causal)
+        return unigram_log_probs(corpus, causal)
 
 
 class _corpus:

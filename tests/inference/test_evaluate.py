@@ -14,7 +14,6 @@ from proteinperf.data.alphabet import get_alphabet
 from proteinperf.inference.evaluate import (
     evaluate,
     unigram_log_probs_from,
-    unigram_log_probs_from_counts,
 )
 
 from .conftest import SEQUENCES, tiny_model, write_fasta
@@ -41,10 +40,10 @@ def test_masked_and_causal_metrics_on_a_fasta(fasta):
 
 
 def test_unigram_baseline_and_max_length(fasta, tmp_path):
-    counts = torch.zeros(33).numpy()
     a = get_alphabet()
-    counts[a.tok_to_idx["L"]] = 100
-    log_p = unigram_log_probs_from_counts(counts, sequences=4, causal=False)
+    scores = torch.zeros(33)
+    scores[a.tok_to_idx["L"]] = 4.0  # a baseline that always predicts leucine
+    log_p = torch.log_softmax(scores, dim=0)
     result = evaluate(tiny_model("favor_relu"), fasta, unigram_log_probs=log_p, max_length=8)
     u = result["unigram"]
     assert u["loss"] > 0 and 0 <= u["accuracy"] <= 1
