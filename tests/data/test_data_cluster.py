@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proteinperf.data.cluster import MMseqsError, cluster_fasta, find_mmseqs, read_cluster_tsv
+from proteinperf.data.cluster import (
+    MMseqsError,
+    cluster_fasta,
+    find_mmseqs,
+    read_cluster_tsv,
+    search_hits,
+)
 from proteinperf.data.fasta import DataError
 from proteinperf.data.prepare import prepare
 
@@ -127,6 +133,20 @@ def test_clusters_file_gives_the_same_split(clustered, planted, tmp_path):
         a, b = corpus / f"{split}.tokens.bin", again / f"{split}.tokens.bin"
         assert a.read_bytes() == b.read_bytes()
     assert _splits_of(again) == _splits_of(corpus)
+
+
+def test_search_finds_relatives_and_not_strangers(planted, tmp_path):
+    """How the far-from-training set is chosen: a query with no hit has no detectable relative."""
+    families = _families()
+    targets = _write(tmp_path / "targets.fasta", {f: families[f] for f in list(families)[:10]})
+    queries = tmp_path / "queries.fasta"
+    stranger = "".join(AMINO[np.random.default_rng(7).integers(20, size=200)])
+    wt = families["FAM3"][0][1]
+    queries.write_text(f">FAM3_MUTX\n{wt[:60]}W{wt[61:]}\n>STRANGER\n{stranger}\n")
+    hits = search_hits(queries, targets, tmp_path / "work").to_pandas()
+    assert set(hits["query"]) == {"FAM3_MUTX"}
+    assert set(hits["target"]).issubset({m for m, _ in families["FAM3"]})
+    assert hits["identity"].max() > 0.95
 
 
 def test_uniref_input_uses_its_own_clusters(tmp_path, monkeypatch):
