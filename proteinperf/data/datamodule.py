@@ -21,8 +21,7 @@ from .sampling import (
     _rng,
     clm_example,
     collate,
-    crop,
-    frame,
+    crop_framed,
     mlm_example,
 )
 
@@ -53,7 +52,8 @@ class _Examples(Dataset):
 
 
 class SequenceDataset(_Examples):
-    """One framed sequence per example, cropped to max_length (random crop when training)."""
+    """One framed sequence per example, cropped to max_length tokens (random crop when training;
+    <cls>/<eos> only where the protein really starts/ends)."""
 
     def __init__(
         self,
@@ -76,7 +76,7 @@ class SequenceDataset(_Examples):
 
     def example(self, epoch, index):
         rng = _rng(self.seed, epoch, index, 0) if self.train else None
-        tokens = frame(crop(self.corpus.tokens(index), self.max_length - 2, rng))
+        tokens = crop_framed(self.corpus.tokens(index), self.max_length, rng)
         return self._targets(tokens, epoch, index)
 
 

@@ -26,13 +26,22 @@ def frame(residues: np.ndarray) -> np.ndarray:
     return np.concatenate([[a.cls_idx], residues.astype(np.int64), [a.eos_idx]])
 
 
-def crop(residues: np.ndarray, max_residues: int, rng: np.random.Generator | None) -> np.ndarray:
-    """A window of at most max_residues: random start when rng is given, else the start."""
-    extra = residues.size - max_residues
+def crop_framed(
+    residues: np.ndarray, max_length: int, rng: np.random.Generator | None
+) -> np.ndarray:
+    """A window of at most max_length tokens of the framed sequence <cls> residues <eos>:
+    random start when rng is given, else the start.
+
+    The window is cut from the framed sequence, so <cls> appears only where the protein really
+    starts and <eos> only where it really ends. (Framing each crop instead taught causal models
+    that every protein ends after max_length - 2 residues.)
+    """
+    framed = frame(residues)
+    extra = framed.size - max_length
     if extra <= 0:
-        return residues
+        return framed
     start = int(rng.integers(extra + 1)) if rng is not None else 0
-    return residues[start : start + max_residues]
+    return framed[start : start + max_length]
 
 
 def mlm_example(

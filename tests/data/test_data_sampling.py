@@ -39,3 +39,27 @@ def test_len_builds_the_plan_at_most_once_per_epoch(monkeypatch):
     fixed = BatchPlanSampler(lengths, batch_size=64, rank=0, num_replicas=2)
     calls.clear()
     assert len(fixed) == (-(-lengths.size // 64)) // 2 and calls == []  # counted, not planned
+
+
+def test_crop_framed_marks_only_true_ends():
+    """<cls> only where the protein starts, <eos> only where it ends (issue 12's crop bug)."""
+    from proteinperf.data.alphabet import get_alphabet
+
+    a = get_alphabet()
+    ids = np.asarray(a.residue_token_ids, dtype=np.int64)
+    residues = ids[np.random.default_rng(1).integers(20, size=60)]  # every 32-window unique
+    short = sampling.crop_framed(residues[:10], 32, np.random.default_rng(0))
+    assert short.tolist() == [a.cls_idx, *residues[:10].tolist(), a.eos_idx]
+    first = sampling.crop_framed(residues, 32, None)
+    assert first[0] == a.cls_idx and a.eos_idx not in first
+    assert first[1:].tolist() == residues[:31].tolist()
+    framed = [a.cls_idx, *residues.tolist(), a.eos_idx]
+    starts, ends = set(), set()
+    for seed in range(400):
+        w = sampling.crop_framed(residues, 32, np.random.default_rng(seed)).tolist()
+        assert len(w) == 32
+        start = next(s for s in range(len(framed) - 31) if framed[s : s + 32] == w)
+        assert (w[0] == a.cls_idx) == (start == 0) and (w[-1] == a.eos_idx) == (start == 30)
+        assert w.count(a.cls_idx) + w.count(a.eos_idx) <= 1
+        starts.add(start)
+    assert starts == set(range(31))  # every window, both ends included, is drawn
