@@ -26,7 +26,12 @@ from proteinperf.model import ModelConfig, PerformerLM
 FORMAT = "proteinperf-model"
 FORMAT_VERSION = 1
 ALPHABET = "ESM-1b"
+# A Lightning checkpoint of proteinperf.lightning_module.ProteinLM carries
+# checkpoint[LIGHTNING_KEY] = lightning_metadata(...), and for exact resumption the RNG state
+# and the optimizer step its random features were drawn at.
 LIGHTNING_KEY = "proteinperf"
+LIGHTNING_RNG_KEY = "proteinperf_rng"
+LIGHTNING_DRAWN_AT_KEY = "proteinperf_drawn_at"
 LIGHTNING_PREFIX = "model."
 RESERVED_KEYS = ("format", "format_version", "model_config", "state_dict", "alphabet")
 # Changing these gives a different set of feature buffers; the checkpoint's are then not used.
@@ -42,6 +47,20 @@ FEATURE_FIELDS = (
 
 class CheckpointError(ProteinperfError, ValueError):
     """A checkpoint that is missing, unreadable, foreign or inconsistent (one line, names it)."""
+
+
+def lightning_metadata(
+    config: ModelConfig, objective: str, unigram_log_probs: list[float] | None = None
+) -> dict:
+    """The ``checkpoint[LIGHTNING_KEY]`` entry a training checkpoint carries."""
+    meta = {
+        "model_config": dataclasses.asdict(config),
+        "objective": objective,
+        "format_version": FORMAT_VERSION,
+    }
+    if unigram_log_probs is not None:
+        meta["unigram_log_probs"] = unigram_log_probs
+    return meta
 
 
 def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:
@@ -164,7 +183,7 @@ def model_state_from_checkpoint(obj: dict, where: str = "checkpoint") -> dict:
     return state
 
 
-def build_model(
+def model_with_weights(
     config: dict | ModelConfig,
     state_dict: dict,
     overrides: dict | None = None,
@@ -239,18 +258,24 @@ def load_model(
     obj = read_checkpoint(path, map_location="cpu")
     config = model_config_from_checkpoint(obj, where)
     state = model_state_from_checkpoint(obj, where)
-    model = build_model(config, state, overrides, feature_seed=feature_seed, where=where)
+    model = model_with_weights(config, state, overrides, feature_seed=feature_seed, where=where)
     return model.to(device).eval(), get_alphabet()
+
+
+build_model = model_with_weights  # the old name, kept for callers
 
 
 __all__ = [
     "CheckpointError",
     "FORMAT",
     "FORMAT_VERSION",
+    "LIGHTNING_KEY",
     "build_model",
     "checkpoint_metadata",
+    "lightning_metadata",
     "load_model",
     "model_config_from_checkpoint",
+    "model_with_weights",
     "model_state_from_checkpoint",
     "read_checkpoint",
     "resolve_checkpoint",

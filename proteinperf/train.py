@@ -1,7 +1,7 @@
 """Hydra entry point of `make train`: python -m proteinperf.train [overrides] (see conf/README.md).
 
 Thin on purpose: it composes the config, instantiates the DataModule, the LightningModule
-(proteinperf.training), callbacks, loggers and the Trainer, trains, evaluates the best
+(proteinperf.lightning_module), callbacks, loggers and the Trainer, trains, evaluates the best
 checkpoint and prints a summary. The only subtle part is where each run writes:
 
 - Every run (or multirun job) gets its own folder, ``${paths.log_dir}/${task_name}/runs/<id>``.
@@ -67,7 +67,11 @@ def run_id(parent: str = "") -> str:
 
 
 def register_resolvers() -> None:
-    """${project_root:} and ${run_id:parent}; cached, so a process agrees with itself."""
+    """${project_root:} and ${run_id:parent} (cached, so a process agrees with itself), and
+    the structured configs conf/ builds on (proteinperf.config): call before composing."""
+    from proteinperf.config import register_configs
+
+    register_configs()
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("run_id"):
@@ -196,7 +200,7 @@ def _first(results: list[dict] | None) -> dict[str, float]:
     return {k: float(v) for k, v in (results or [{}])[0].items()} if results else {}
 
 
-def summary(val: dict[str, float], test: dict[str, float], checkpoint: str | None) -> str:
+def metrics_table(val: dict[str, float], test: dict[str, float], checkpoint: str | None) -> str:
     """The table printed at the end of a run."""
     lines = [f"{'':16}{'loss':>9}{'perplexity':>12}{'accuracy':>10}"]
     for stage, metrics in (("val", val), ("test", test)):
@@ -215,8 +219,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and checkpoint path."""
     import pytorch_lightning as pl
 
-    from proteinperf.training import ProteinLM
-
     pl.seed_everything(cfg.seed, workers=True)
     _default_wandb_offline(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -227,15 +229,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     if cfg.get("overfit_batches"):
         datamodule = _overfit(datamodule, int(cfg.overfit_batches))
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    objective, init_from = model_cfg.pop("objective"), model_cfg.pop("init_from", None)
-    module = ProteinLM(
-        model=model_cfg,
-        objective=objective,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        seed=cfg.seed,
-        init_from=init_from,
-    )
+    module = hydra.utils.instantiate(cfg.module, _convert_="all")
     callbacks = [
         hydra.utils.instantiate(c, _convert_="all") for c in _entries(cfg.get("callbacks"))
     ]
@@ -261,7 +255,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             test = _first(
                 trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
             )
-    _say("\n" + summary(val, test, checkpoint))
+    _say("\n" + metrics_table(val, test, checkpoint))
     return {
         "val": val,
         "test": test,

@@ -7,9 +7,9 @@ import torch
 import proteinperf
 from proteinperf.checkpoint import (
     CheckpointError,
-    build_model,
     load_model,
     model_config_from_checkpoint,
+    model_with_weights,
     read_checkpoint,
     save_model,
 )
@@ -135,7 +135,7 @@ def test_bad_files_raise_one_clear_error(tmp_path, model, name, make, match):
     assert isinstance(info.value, ValueError)
 
 
-def test_read_checkpoint_and_build_model(tmp_path, model):
+def test_read_checkpoint_and_model_with_weights(tmp_path, model):
     obj = read_checkpoint(save_model(tmp_path / "m.pt", model))
-    rebuilt = build_model(obj["model_config"], obj["state_dict"])
+    rebuilt = model_with_weights(obj["model_config"], obj["state_dict"])
     assert same_outputs(model, rebuilt)

@@ -120,3 +120,40 @@ def test_run_ids_are_unique_and_shared_by_external_ranks(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_STEP_ID", "0")
     assert run_id(str(tmp_path)) == "slurm-42-0"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("model.d_modle=3", "d_modle"), ("optim.lrr=1", "lrr"), ("+model.d_modle=3", "d_modle")],
+)
+def test_misspelt_keys_fail_naming_the_key(override, key):
+    with pytest.raises(Exception) as info:  # `+` forces the key in; the module refuses it
+        cfg, _ = compose_train(override)
+        hydra.utils.instantiate(cfg.module, _convert_="all")
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__
+    assert key in "\n".join(chain)
+
+
+def test_module_is_built_from_config(tmp_path):
+    from proteinperf.lightning_module import ProteinLM
+    from proteinperf.optim import OptimConfig
+
+    cfg, _ = compose_train("model=tiny", "model=performer_causal", "optim.lr=3e-4", tmp=tmp_path)
+    module = hydra.utils.instantiate(cfg.module, _convert_="all")
+    assert isinstance(module, ProteinLM) and module.hparams.objective == "clm"
+    assert module.hparams.optim["lr"] == 3e-4
+    # conf/optim/default.yaml states only what differs from OptimConfig's defaults
+    defaults = OptimConfig()
+    assert cfg.optim.warmup_steps == 50 and defaults.warmup_steps == 0
+    assert (cfg.optim.name, list(cfg.optim.betas)) == (defaults.name, defaults.betas)
+
+
+def test_old_training_imports_still_work():
+    from proteinperf import lightning_module, optim, training
+
+    assert training.ProteinLM is lightning_module.ProteinLM
+    assert training.LRSchedule is optim.LRSchedule and training.DEFAULT_OPTIM == optim.DEFAULT_OPTIM
+    assert training.build_model is lightning_module.initial_model

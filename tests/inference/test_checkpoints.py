@@ -13,7 +13,7 @@ from .conftest import SEQUENCES, TINY
 
 @pytest.fixture(scope="module")
 def lightning_ckpt(tmp_path_factory):
-    training = pytest.importorskip("proteinperf.training")
+    training = pytest.importorskip("proteinperf.lightning_module")
     from proteinperf.model import ModelConfig
 
     config = dataclasses.asdict(ModelConfig(**TINY, attention="favor_relu"))

@@ -18,11 +18,10 @@ def test_experiment_requires_init_from():
     assert cfg.model.attention == "favor_softmax" and cfg.optim.lr == 1e-4
     assert cfg.optim.warmup_steps > 0
     assert cfg.model.init_from.startswith("REQUIRED: model.init_from=")
-    pytest.importorskip("proteinperf.training")
-    from proteinperf.training import build_model
+    from proteinperf.lightning_module import initial_model
 
     with pytest.raises(ValueError, match="REQUIRED: model.init_from=.*no such file"):
-        build_model({"attention": "favor_softmax"}, cfg.model.init_from)
+        initial_model({"attention": "favor_softmax"}, cfg.model.init_from)
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from proteinperf.training import LRSchedule, ProteinLM
+from proteinperf.lightning_module import ProteinLM
+from proteinperf.optim import LRSchedule
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, nb_features=16, dropout=0.0)
 

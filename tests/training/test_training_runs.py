@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from proteinperf.lightning_module import ProteinLM
 from proteinperf.train import train
-from proteinperf.training import ProteinLM
 
 from .conftest import CONF, TINY_MODEL
 
