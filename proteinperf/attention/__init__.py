@@ -4,7 +4,8 @@ from .blockwise import FUSED_KERNELS
 from .exact import softmax_attention, softmax_attention_weights
 from .favor import favor_attention, favor_attention_weights
 from .features import draw_features
-from .kernels import (
+from .naive import naive_attention, naive_attention_weights
+from .phi import (
     KERNELS,
     MASKED_LOG_SCALE,
     RELU_EPSILON,
@@ -12,7 +13,6 @@ from .kernels import (
     feature_maps,
     optimal_positive_parameter,
 )
-from .naive import naive_attention, naive_attention_weights
 
 __all__ = [
     "FUSED_KERNELS",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
+from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
 
 FUSED_KERNELS = ("softmax", "relu")
 _BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}  # feature entries per block

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .blockwise import FUSED_KERNELS, bidirectional_favor, causal_favor
-from .kernels import DENOMINATOR_EPS, MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
 from .naive import naive_attention_weights
+from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
 
 DEFAULT_CHUNK = 128  # measured fastest on CPU for m=256, d=64 (64: +6%, 256: +18%)
 

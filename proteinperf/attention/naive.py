@@ -1,7 +1,7 @@
 """The plain quadratic FAVOR estimator: the (L, L) matrix φ(Q)φ(K)ᵀ written out, masked, normalised.
 
 The reference the linear-time paths (favor.py, blockwise.py) are tested against, and the source
-of ``favor_attention_weights``. Same feature maps and stabilisers as production (kernels.py),
+of ``favor_attention_weights``. Same feature maps and stabilisers as production (phi.py),
 no chunks, no blocks, no carried state: O(L²) time and memory, for analysis and small inputs.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .exact import _allowed
-from .kernels import DENOMINATOR_EPS, check_kernel_for_causal, feature_maps
+from .phi import DENOMINATOR_EPS, check_kernel_for_causal, feature_maps
 
 
 def naive_attention_weights(

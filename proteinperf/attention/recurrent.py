@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .favor import DEFAULT_CHUNK, DENOMINATOR_EPS
-from .kernels import MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
+from .phi import MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
 
 
 class FavorState(NamedTuple):

@@ -106,7 +106,9 @@ def windows(
 # ----------------------------------------------------------------------------- batching
 
 
-def plan_batches(lengths: Sequence[int], toks_per_batch: int, extra: int = 2) -> list[list[int]]:
+def length_sorted_batches(
+    lengths: Sequence[int], toks_per_batch: int, extra: int = 2
+) -> list[list[int]]:
     """Indices grouped longest first so that each batch's padded size (n · (max_len + extra))
     stays within ``toks_per_batch``; a sequence longer than the budget gets a batch alone."""
     if toks_per_batch < 1:
@@ -120,6 +122,9 @@ def plan_batches(lengths: Sequence[int], toks_per_batch: int, extra: int = 2) ->
         else:
             batches.append([i])
     return batches
+
+
+plan_batches = length_sorted_batches  # the old name (data.sampling.plan_batches is another)
 
 
 def encode_batch(

@@ -2,9 +2,9 @@
 
 Every process (rank) reads the FASTA file itself and makes the same plan: records are read in
 windows, sorted by length inside a window and batched under the token budget
-(``common.plan_batches``); each batch goes to the rank with the least work so far. A batch's
-members do not depend on the number of ranks or on what a previous attempt finished, so its
-numbers do not either: a resumed or differently sharded run computes the same values.
+(``common.length_sorted_batches``); each batch goes to the rank with the least work so far. A
+batch's members do not depend on the number of ranks or on what a previous attempt finished, so
+its numbers do not either: a resumed or differently sharded run computes the same values.
 
 Each rank appends its results to its own shard (``shards.py``); rank 0 merges the shards into
 the requested output in input order, atomically, and removes them. What is computed and how it
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from proteinperf.data.fasta import DataError
 from proteinperf.errors import ConfigError, InputError
 
-from .common import WINDOW_RECORDS, WINDOW_RESIDUES, plan_batches, progress, read_records
+from .common import WINDOW_RECORDS, WINDOW_RESIDUES, length_sorted_batches, progress, read_records
 from .shards import JournalTail, PartWriter, ShardStore, shard_dir
 
 DUPLICATE_POLICIES = ("error", "suffix", "skip")
@@ -145,7 +145,7 @@ def assign_batches(lengths, toks_per_batch, cost, world, done=frozenset()):
     for start, end in window_bounds(lengths):
         window = lengths[start:end]
         plan = []
-        for batch in plan_batches(window, toks_per_batch):
+        for batch in length_sorted_batches(window, toks_per_batch):
             indices = [start + i for i in batch]
             if all(i in done for i in indices):
                 continue

@@ -34,7 +34,7 @@ from .common import (
     DEFAULT_TOKS_PER_BATCH,
     atomic_output,
     check_length,
-    plan_batches,
+    length_sorted_batches,
     progress,
 )
 from .likelihood import (
@@ -59,7 +59,7 @@ class Mutation:
     mt: str
 
 
-def resolve_strategy(strategy: str | None, causal: bool) -> str:
+def resolve_mutation_strategy(strategy: str | None, causal: bool) -> str:
     if strategy is None:
         return "log-likelihood-ratio" if causal else "masked-marginals"
     if strategy not in STRATEGIES:
@@ -177,7 +177,7 @@ def _sequence_scores(model, sequence, variants, strategy, toks_per_batch, precis
             totals[seq] = float(pseudo_log_probs(model, seq, toks_per_batch, precision).sum())
             bar.update(1)
     else:
-        for batch in plan_batches([len(s) for s in mutants], toks_per_batch):
+        for batch in length_sorted_batches([len(s) for s in mutants], toks_per_batch):
             seqs = [mutants[i] for i in batch]
             for seq, terms in zip(seqs, causal_log_probs(model, seqs, precision)):
                 totals[seq] = float(terms.double().sum())
@@ -201,7 +201,7 @@ def score_variants(
 
     ``window``: residues per scoring window of the marginal strategies (None = whole sequence).
     """
-    strategy = resolve_strategy(strategy, model.config.causal)
+    strategy = resolve_mutation_strategy(strategy, model.config.causal)
     if strategy in ("pseudo-ppl", "log-likelihood-ratio"):
         check_length(model, len(sequence), "sequence")
         with progress(quiet, strategy, unit="seq") as bar:
@@ -330,7 +330,7 @@ def score_mutations_csv(
     bad = sorted(set(sequence) - set(RESIDUES + GAPS))
     if bad:
         raise InputError(f"the wild-type sequence has invalid residues: {''.join(bad)}")
-    strategy = resolve_strategy(strategy, model.config.causal)
+    strategy = resolve_mutation_strategy(strategy, model.config.causal)
     window = resolve_window(model, window)
     # Data row r (0-based) is on line r + 2 when no cell spans lines: that is what editors show.
     variants = [
@@ -366,3 +366,6 @@ def score_mutations_csv(
         "output": str(output),
         "metrics": dms_metrics(table, score_col),
     }
+
+
+resolve_strategy = resolve_mutation_strategy  # the old name, kept for callers

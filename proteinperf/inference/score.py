@@ -19,7 +19,7 @@ from .common import (
     DEFAULT_TOKS_PER_BATCH,
     atomic_output,
     check_length,
-    plan_batches,
+    length_sorted_batches,
 )
 from .likelihood import causal_log_probs, pseudo_log_probs, wt_marginal_log_probs
 
@@ -27,7 +27,7 @@ STRATEGIES = ("log-likelihood", "pseudo-log-likelihood", "wt-marginals")
 COLUMNS = ("id", "length", "log_likelihood", "mean_log_likelihood", "perplexity")
 
 
-def resolve_strategy(strategy: str | None, causal: bool) -> str:
+def resolve_score_strategy(strategy: str | None, causal: bool) -> str:
     """The default for the model's direction, or ``strategy`` if the model supports it."""
     if strategy is None:
         return "log-likelihood" if causal else "pseudo-log-likelihood"
@@ -71,7 +71,7 @@ def score_window(
         return [pseudo_log_probs(model, seq, toks_per_batch, precision, bar) for seq in sequences]
     one_pass = causal_log_probs if strategy == "log-likelihood" else wt_marginal_log_probs
     terms: list = [None] * len(sequences)
-    for batch in plan_batches([len(s) for s in sequences], toks_per_batch):
+    for batch in length_sorted_batches([len(s) for s in sequences], toks_per_batch):
         for i, t in zip(batch, one_pass(model, [sequences[i] for i in batch], precision)):
             terms[i] = t
         bar.update(sum(len(sequences[i]) for i in batch))
@@ -147,7 +147,7 @@ def score_fasta(
     """
     from .distributed import run_bulk, scan_fasta
 
-    strategy = resolve_strategy(strategy, model.config.causal)
+    strategy = resolve_score_strategy(strategy, model.config.causal)
     if toks_per_batch < 1:
         raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
 
@@ -168,3 +168,6 @@ def score_fasta(
         quiet=quiet,
     )
     return {**summary, "strategy": strategy}
+
+
+resolve_strategy = resolve_score_strategy  # the old name, kept for callers

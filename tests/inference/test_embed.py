@@ -8,7 +8,7 @@ import torch
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
-from proteinperf.inference.common import plan_batches
+from proteinperf.inference.common import length_sorted_batches
 from proteinperf.inference.embed import embed_fasta, embed_sequences, resolve_layers
 from proteinperf.inference.writers import NameAllocator
 
@@ -17,7 +17,7 @@ from .conftest import SEQUENCES, tiny_model, write_fasta
 
 def test_plan_batches_respects_budget_and_covers_all():
     lengths = [5, 100, 7, 30, 30, 2, 250]
-    batches = plan_batches(lengths, toks_per_batch=70)
+    batches = length_sorted_batches(lengths, toks_per_batch=70)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for batch in batches:
         width = max(lengths[i] for i in batch) + 2

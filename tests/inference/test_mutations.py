@@ -12,7 +12,7 @@ from proteinperf.inference.mutations import (
     Mutation,
     apply,
     parse_mutant,
-    resolve_strategy,
+    resolve_mutation_strategy,
     resolve_window,
     score_variants,
 )
@@ -54,12 +54,12 @@ def test_parse_mutant_errors(text, message):
 
 
 def test_strategy_defaults():
-    assert resolve_strategy(None, causal=False) == "masked-marginals"
-    assert resolve_strategy(None, causal=True) == "log-likelihood-ratio"
+    assert resolve_mutation_strategy(None, causal=False) == "masked-marginals"
+    assert resolve_mutation_strategy(None, causal=True) == "log-likelihood-ratio"
     with pytest.raises(ValueError, match="causal"):
-        resolve_strategy("masked-marginals", causal=True)
+        resolve_mutation_strategy("masked-marginals", causal=True)
     with pytest.raises(ValueError, match="needs a causal model"):
-        resolve_strategy("log-likelihood-ratio", causal=False)
+        resolve_mutation_strategy("log-likelihood-ratio", causal=False)
 
 
 def test_masked_marginals_and_multi_mutants_sum_singles():

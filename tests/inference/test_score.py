@@ -7,7 +7,7 @@ from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
 from proteinperf.inference.likelihood import pseudo_log_probs
-from proteinperf.inference.score import COLUMNS, resolve_strategy, score_fasta
+from proteinperf.inference.score import COLUMNS, resolve_score_strategy, score_fasta
 
 from .conftest import SEQUENCES, tiny_model
 
@@ -37,12 +37,12 @@ def naive_pll(model, seq):
 
 
 def test_strategies_follow_the_model():
-    assert resolve_strategy(None, causal=True) == "log-likelihood"
-    assert resolve_strategy(None, causal=False) == "pseudo-log-likelihood"
+    assert resolve_score_strategy(None, causal=True) == "log-likelihood"
+    assert resolve_score_strategy(None, causal=False) == "pseudo-log-likelihood"
     with pytest.raises(ValueError, match="bidirectional model has no exact"):
-        resolve_strategy("log-likelihood", causal=False)
+        resolve_score_strategy("log-likelihood", causal=False)
     with pytest.raises(ValueError, match="causal"):
-        resolve_strategy("wt-marginals", causal=True)
+        resolve_score_strategy("wt-marginals", causal=True)
 
 
 def test_pll_matches_one_mask_at_a_time():
