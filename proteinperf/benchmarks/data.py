@@ -1,7 +1,7 @@
 """Data benchmark: `proteinperf prepare` end to end vs Biopython + NumPy, on a UniRef50-style FASTA.
 
 Generates a ~1 GB FASTA (quick: ~50 MB) with realistic headers and 60-column lines in a
-temporary directory, runs `python -m proteinperf.data.prepare` as a subprocess (peak RSS of it
+temporary directory, runs `python -m proteinperf.cli prepare` as a subprocess (peak RSS of it
 and its workers), then the single-process baseline, and checks both token streams are equal.
 """
 
@@ -147,7 +147,8 @@ def run(quick: bool = False, out_dir: Path | None = None, workers: int | None = 
         cmd = [
             sys.executable,
             "-m",
-            "proteinperf.data.prepare",
+            "proteinperf.cli",
+            "prepare",
             str(fasta),
             "--out",
             str(out),

@@ -63,8 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv[1:2]):
+        # Hydra's own flags (-m, --cfg job) look like options to argparse: hand them over as is.
+        from proteinperf.cli import train
+
+        args = argparse.Namespace(command="train", func=train.run, overrides=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from proteinperf.inference.common import DEFAULT_TOKS_PER_BATCH, DEVICES, PRECISIONS
+from proteinperf.constants import (
+    DEFAULT_TOKS_PER_BATCH,
+    DEVICES,
+    DUPLICATE_POLICIES,
+    INVALID_POLICIES,
+    PRECISIONS,
+)
 
 
 def positive_int(text: str) -> int:
@@ -61,7 +67,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--invalid",
-        choices=("error", "unk", "skip-record"),
+        choices=INVALID_POLICIES,
         default="error",
         help="a character outside the alphabet: stop with an error naming "
         "file:line, read it as <unk>, or skip the record (default: error)",
@@ -102,7 +108,7 @@ def add_parallel_options(parser: argparse.ArgumentParser, strategy_flags=("--str
     )
     group.add_argument(
         "--on-duplicate",
-        choices=("error", "suffix", "skip"),
+        choices=DUPLICATE_POLICIES,
         default="error",
         help="a FASTA id seen before: stop naming both lines, rename it <id>_2 (_3, ...), or "
         "keep only the first (default: error)",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from proteinperf.cli._inference import add_input_options, load, positive_int
-from proteinperf.inference.common import DEVICES
+from proteinperf.constants import CONTACT_FORMATS, DEVICES
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--format",
         dest="fmt",
-        choices=("npz", "csv"),
+        choices=CONTACT_FORMATS,
         default="npz",
         help="npz: array 'probabilities' (L, L) and 'sequence'; csv: L rows of L values "
         "(default: npz)",

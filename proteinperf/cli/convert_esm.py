@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-ATTENTION_CHOICES = (
-    "softmax",
-    "favor_softmax",
-    "favor_relu",
-    "favor_softmax_hyp",
-    "favor_softmax_opt",
-    "favor_trig",
-)
+from proteinperf.constants import ATTENTIONS
 
 
 def register(subparsers) -> None:
@@ -34,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("output", metavar="OUTPUT.ckpt")
     parser.add_argument(
         "--attention",
-        choices=ATTENTION_CHOICES,
+        choices=ATTENTIONS,
         default="softmax",
         help="attention of the converted model (default: softmax = exact ESM-2)",
     )

@@ -1,11 +1,22 @@
 """`proteinperf data DATASET`: download a UniProt release (unless sample) and prepare it."""
 
-import importlib
+from __future__ import annotations
 
-# The package re-exports a function named `prepare`, which shadows the module attribute.
-_prepare = importlib.import_module("proteinperf.data.prepare")
+import argparse
+
+from proteinperf.constants import DATASETS
 
 
 def register(subparsers) -> None:
-    parser = _prepare.add_data_parser(subparsers)
-    parser.set_defaults(func=lambda args: (_prepare.run_data(args), 0)[1])
+    p = subparsers.add_parser("data", help="download (unless sample) and prepare a corpus")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--root", default="data/corpora", help="where corpora and downloads go")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from proteinperf.data.prepare import prepare_dataset
+
+    prepare_dataset(args.dataset, args.root, workers=args.workers)
+    return 0

@@ -12,6 +12,7 @@ from proteinperf.cli._inference import (
     add_run_options,
     load,
 )
+from proteinperf.constants import EMBED_FORMATS, EMBED_INCLUDES
 
 
 def register(subparsers) -> None:
@@ -39,13 +40,13 @@ def register(subparsers) -> None:
         "--include",
         nargs="+",
         default=["mean"],
-        choices=("mean", "per-token", "bos"),
+        choices=EMBED_INCLUDES,
         help="what to store per layer (default: mean)",
     )
     parser.add_argument(
         "--format",
         dest="fmt",
-        choices=("h5", "npz", "pt-dir"),
+        choices=EMBED_FORMATS,
         default="h5",
         help="h5: one file, a group per record id; npz: one zip of arrays; "
         "pt-dir: one .pt per record (esm-extract layout) + index.csv "

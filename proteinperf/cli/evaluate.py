@@ -7,7 +7,7 @@ import json
 import sys
 
 from proteinperf.cli._inference import positive_int
-from proteinperf.inference.common import DEVICES
+from proteinperf.constants import DEVICES, SPLITS
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("data", metavar="FASTA", help="a FASTA file or a prepared corpus dir")
     parser.add_argument(
         "--split",
-        choices=("train", "valid", "test"),
+        choices=SPLITS,
         default=None,
         help="split of a corpus directory (default: test)",
     )

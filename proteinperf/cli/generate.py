@@ -7,7 +7,7 @@ import sys
 
 from proteinperf.cli import CommandError
 from proteinperf.cli._inference import load, positive_int
-from proteinperf.inference.common import DEVICES
+from proteinperf.constants import DEVICES
 
 
 def _probability(text: str) -> float:

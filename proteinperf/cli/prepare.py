@@ -1,11 +1,77 @@
 """`proteinperf prepare INPUT [INPUT ...] --out DIR`: FASTA -> memory-mapped corpus."""
 
-import importlib
+from __future__ import annotations
 
-# The package re-exports a function named `prepare`, which shadows the module attribute.
-_prepare = importlib.import_module("proteinperf.data.prepare")
+import argparse
+import sys
+
+from proteinperf.constants import CLUSTER_METHODS, INVALID_POLICIES
 
 
 def register(subparsers) -> None:
-    parser = _prepare.add_prepare_parser(subparsers)
-    parser.set_defaults(func=lambda args: (_prepare.run_prepare(args), 0)[1])
+    p = subparsers.add_parser("prepare", help="FASTA -> tokenized, memory-mapped corpus directory")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA files (.gz/.bz2/.xz too)")
+    p.add_argument("--out", required=True, help="corpus directory to write")
+    p.add_argument("--valid-fraction", type=float, default=0.01)
+    p.add_argument("--test-fraction", type=float, default=0.01)
+    p.add_argument("--min-length", type=int, default=1, help="skip shorter sequences")
+    p.add_argument("--max-length", type=int, default=None, help="skip longer sequences")
+    p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
+    p.add_argument(
+        "--invalid",
+        choices=INVALID_POLICIES,
+        default="error",
+        help="characters outside the alphabet: fail, map to <unk>, or skip the record",
+    )
+    p.add_argument(
+        "--cluster-identity",
+        type=float,
+        default=None,
+        metavar="F",
+        help="cluster with MMseqs2 at this sequence identity (e.g. 0.5, as UniRef50) and split "
+        "whole clusters, so no valid/test record has a relative of >= F identity in train",
+    )
+    p.add_argument(
+        "--cluster-method",
+        choices=CLUSTER_METHODS,
+        default="cluster",
+        help="MMseqs2 cascaded clustering (sensitive, default) or linclust (linear time)",
+    )
+    p.add_argument(
+        "--cluster-coverage",
+        type=float,
+        default=0.8,
+        help="share of a member that must align to its representative (UniRef: 0.8)",
+    )
+    p.add_argument(
+        "--clusters",
+        default=None,
+        metavar="TSV",
+        help="split by a finished clustering: MMseqs2's representative<TAB>member TSV",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from proteinperf.data.prepare import prepare
+
+    prepare(
+        args.inputs,
+        args.out,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        min_length=args.min_length,
+        max_length=args.max_length,
+        workers=args.workers,
+        seed=args.seed,
+        invalid=args.invalid,
+        progress=not args.quiet,
+        command="proteinperf prepare " + " ".join(sys.argv[2:]),
+        cluster_identity=args.cluster_identity,
+        cluster_method=args.cluster_method,
+        cluster_coverage=args.cluster_coverage,
+        clusters_file=args.clusters,
+    )
+    return 0

@@ -12,6 +12,7 @@ from proteinperf.cli._inference import (
     add_run_options,
     load,
 )
+from proteinperf.constants import SCORE_STRATEGIES
 
 
 def register(subparsers) -> None:
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--strategy",
         default=None,
-        choices=("log-likelihood", "pseudo-log-likelihood", "wt-marginals"),
+        choices=SCORE_STRATEGIES,
         help="default: log-likelihood for causal models, pseudo-log-likelihood "
         "for bidirectional ones",
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from proteinperf.cli import CommandError
 from proteinperf.cli._inference import add_run_options, load
+from proteinperf.constants import MUTATION_STRATEGIES
 
 
 def register(subparsers) -> None:
@@ -68,7 +69,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--strategy",
         default=None,
-        choices=("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood-ratio"),
+        choices=MUTATION_STRATEGIES,
         help="default: masked-marginals (bidirectional), log-likelihood-ratio (causal)",
     )
     parser.add_argument(

@@ -11,11 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from proteinperf.constants import SPLITS  # noqa: F401  (re-exported: blocks.SPLITS)
+
 from .alphabet import get_alphabet
 from .fasta import HEADER_FIELDS, INT_FIELDS, INVALID_POLICIES, MARKERS, UNIREF_PREFIX
 
 TRAIN, VALID, TEST, DROPPED = 0, 1, 2, 3
-SPLITS = ("train", "valid", "test")
 DROP, STAR = 254, 253  # lut values: whitespace (removed) and '*' (removed when trailing)
 NUM_TOKENS = 33
 ID_HASH_SEED = 0x1D

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from proteinperf.constants import INVALID_POLICIES
 from proteinperf.errors import ProteinperfError
 
 from .alphabet import GAPS, RESIDUES
-
-INVALID_POLICIES = ("error", "unk", "skip-record")
 
 # "KEY=" fields of UniRef (n Tax TaxID RepID) and UniProtKB (OS OX GN PE SV) title lines. A field
 # starts at " KEY=" and runs to the next such marker; the description is the text before the first.

@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from proteinperf.constants import DATASETS
+
 from .alphabet import get_alphabet
 from .blocks import SPLITS, parse_block
 from .fasta import (
@@ -47,7 +49,6 @@ _DICTIONARY_COLUMNS = ["description", "n", "tax", "taxid", "os", "ox", "gn"]
 _PARQUET_OPTIONS = dict(
     compression="snappy", use_dictionary=_DICTIONARY_COLUMNS, write_statistics=False
 )
-DATASETS = ("sample", "uniref50", "uniref90", "swissprot", "trembl")
 
 
 def prepare(
@@ -513,119 +514,18 @@ def summary(m: dict) -> str:
     return text
 
 
-# --- command line (wired into proteinperf.cli by the lead) --------------------------------
+def prepare_dataset(dataset: str, root, *, workers=None) -> dict:
+    """`proteinperf data DATASET`: the shipped sample, or a UniProt release downloaded into
+    root/downloads, prepared into root/DATASET."""
+    if dataset not in DATASETS:
+        raise DataError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    root = Path(root)
+    if dataset == "sample":
+        from proteinperf.resources import data_dir
 
-
-def add_prepare_parser(subparsers):
-    p = subparsers.add_parser("prepare", help="FASTA -> tokenized, memory-mapped corpus directory")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA files (.gz/.bz2/.xz too)")
-    p.add_argument("--out", required=True, help="corpus directory to write")
-    p.add_argument("--valid-fraction", type=float, default=0.01)
-    p.add_argument("--test-fraction", type=float, default=0.01)
-    p.add_argument("--min-length", type=int, default=1, help="skip shorter sequences")
-    p.add_argument("--max-length", type=int, default=None, help="skip longer sequences")
-    p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split hash")
-    p.add_argument(
-        "--invalid",
-        choices=INVALID_POLICIES,
-        default="error",
-        help="characters outside the alphabet: fail, map to <unk>, or skip the record",
-    )
-    p.add_argument(
-        "--cluster-identity",
-        type=float,
-        default=None,
-        metavar="F",
-        help="cluster with MMseqs2 at this sequence identity (e.g. 0.5, as UniRef50) and split "
-        "whole clusters, so no valid/test record has a relative of >= F identity in train",
-    )
-    p.add_argument(
-        "--cluster-method",
-        choices=("cluster", "linclust"),
-        default="cluster",
-        help="MMseqs2 cascaded clustering (sensitive, default) or linclust (linear time)",
-    )
-    p.add_argument(
-        "--cluster-coverage",
-        type=float,
-        default=0.8,
-        help="share of a member that must align to its representative (UniRef: 0.8)",
-    )
-    p.add_argument(
-        "--clusters",
-        default=None,
-        metavar="TSV",
-        help="split by a finished clustering: MMseqs2's representative<TAB>member TSV",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.set_defaults(func=run_prepare)
-    return p
-
-
-def run_prepare(args) -> dict:
-    return prepare(
-        args.inputs,
-        args.out,
-        valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction,
-        min_length=args.min_length,
-        max_length=args.max_length,
-        workers=args.workers,
-        seed=args.seed,
-        invalid=args.invalid,
-        progress=not getattr(args, "quiet", False),
-        command="proteinperf prepare " + " ".join(sys.argv[2:]),
-        cluster_identity=args.cluster_identity,
-        cluster_method=args.cluster_method,
-        cluster_coverage=args.cluster_coverage,
-        clusters_file=args.clusters,
-    )
-
-
-def add_data_parser(subparsers):
-    p = subparsers.add_parser("data", help="download (unless sample) and prepare a corpus")
-    p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("--root", default="data/corpora", help="where corpora and downloads go")
-    p.add_argument("--workers", type=int, default=None)
-    p.set_defaults(func=run_data)
-    return p
-
-
-def run_data(args) -> dict:
-    root = Path(args.root)
-    if args.dataset == "sample":
-        source = Path(__file__).resolve().parents[2] / "data" / "sample_proteins.fasta"
-        if not source.is_file():
-            source = Path("data/sample_proteins.fasta")
+        source = data_dir() / "sample_proteins.fasta"
     else:
         from .download import download_dataset
 
-        source = download_dataset(args.dataset, root / "downloads")
-    return prepare(
-        [source],
-        root / args.dataset,
-        workers=args.workers,
-        command=f"proteinperf data {args.dataset}",
-    )
-
-
-def main(argv=None) -> int:
-    """`python -m proteinperf.data.prepare INPUT ... --out DIR` (used by the benchmark)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="proteinperf")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_prepare_parser(sub)
-    add_data_parser(sub)
-    args = parser.parse_args(["prepare", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        args.func(args)
-    except (DataError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        source = download_dataset(dataset, root / "downloads")
+    return prepare([source], root / dataset, workers=workers, command=f"proteinperf data {dataset}")

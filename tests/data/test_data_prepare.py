@@ -1,4 +1,3 @@
-import argparse
 import importlib
 import json
 import os
@@ -13,7 +12,6 @@ import pytest
 from conftest import SAMPLE, write
 
 from proteinperf.data import DataError, ProteinCorpus, prepare, read_fasta
-from proteinperf.data.prepare import add_prepare_parser, run_prepare
 
 prep = importlib.import_module("proteinperf.data.prepare")  # the package's `prepare` is a function
 
@@ -206,7 +204,7 @@ def test_compressed_and_truncated(tmp_path):
 def test_interrupted_run_leaves_nothing_complete_and_rerun_works(tmp_path):
     big = write(tmp_path / "big.fa", SAMPLE.read_bytes() * 80)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "proteinperf.data.prepare", str(big), "--out", str(out),
+    cmd = [sys.executable, "-m", "proteinperf.cli", "prepare", str(big), "--out", str(out),
            "--workers", "1", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -221,22 +219,12 @@ def test_interrupted_run_leaves_nothing_complete_and_rerun_works(tmp_path):
     assert subprocess.run(cmd).returncode == 0  # rerun over a finished corpus
 
 
-def test_cli_functions(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_prepare_parser(parser.add_subparsers())
-    args = parser.parse_args(
-        [
-            "prepare",
-            str(SAMPLE),
-            "--out",
-            str(tmp_path / "o"),
-            "--valid-fraction",
-            "0.1",
-            "--workers",
-            "1",
-            "--quiet",
-        ]
-    )
-    m = run_prepare(args)
+def test_cli_prepare(tmp_path):
+    from proteinperf.cli import main
+
+    out = tmp_path / "o"
+    argv = ["prepare", str(SAMPLE), "--out", str(out), "--valid-fraction", "0.1"]
+    assert main([*argv, "--workers", "1", "--quiet"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
     assert m["splits"]["valid"]["records"] > 50
-    assert pd.read_parquet(tmp_path / "o" / "valid.meta.parquet").shape[0] > 50
+    assert pd.read_parquet(out / "valid.meta.parquet").shape[0] > 50

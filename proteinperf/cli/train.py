@@ -1,0 +1,43 @@
+"""`proteinperf train [Hydra overrides]`: what `make train` does, for a pip-installed package.
+
+Everything after `train` goes to the Hydra entry point verbatim (`model=tiny`, `-m ...`,
+`--cfg job`, `--hydra-help`): the command replaces itself with `python -m proteinperf.train`,
+so multirun, Lightning's DDP re-launch and exit codes behave exactly as with `make train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ENTRY_MODULE = "proteinperf.train"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model (Hydra overrides, as `make train`)",
+        description="Train and evaluate a model with the Hydra config tree (conf/ of a "
+        "checkout, else the copy shipped in the package): `proteinperf train "
+        "model=performer_causal trainer.max_steps=200`, `proteinperf train -m "
+        "seed=0,1,2`. `proteinperf train --hydra-help` lists the config groups; "
+        "`--cfg job` prints the composed config without training.",
+        usage="proteinperf train [OVERRIDE ...]",
+    )
+    parser.add_argument(
+        "overrides", nargs=argparse.REMAINDER, metavar="OVERRIDE", help="Hydra overrides"
+    )
+    parser.set_defaults(func=run)
+
+
+def entry_argv(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", ENTRY_MODULE, *overrides]
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = entry_argv(args.overrides)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)  # does not return
+    return 0
