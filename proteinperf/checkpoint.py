@@ -13,13 +13,12 @@ weights in ``state_dict`` under the ``model.`` prefix.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
+from proteinperf.atomic import atomic_output
 from proteinperf.errors import ProteinperfError
 from proteinperf.model import ModelConfig, PerformerLM
 
@@ -64,7 +63,7 @@ def lightning_metadata(
 
 
 def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically (temp file in the same folder + os.replace)."""
+    """Write ``model`` to ``path`` atomically (proteinperf.atomic.atomic_output)."""
     path = Path(path)
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(RESERVED_KEYS))
@@ -78,17 +77,8 @@ def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:
         "alphabet": ALPHABET,
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, fsync=True) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

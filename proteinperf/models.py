@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from proteinperf.atomic import atomic_output
 from proteinperf.errors import InputError
 
 MODELS_DIR_ENV = "PROTEINPERF_MODELS_DIR"
@@ -112,21 +113,17 @@ def export_model(
     extra = {"card": card, "objective": card["objective"]}
     if meta.get("unigram_log_probs") is not None:
         extra["unigram_log_probs"] = list(meta["unigram_log_probs"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.export")
-    save_model(tmp, model, extra=extra)
-    size_mb = tmp.stat().st_size / 2**20
-    if max_mb is not None and size_mb > max_mb:
-        tmp.unlink()
-        raise InputError(
-            f"{out}: {size_mb:.1f} MB in {dtype}, more than {max_mb} MB (a smaller model, "
-            "or max_mb=None for a file not to be shipped)"
-        )
-    card["size_mb"] = round(size_mb, 2)
-    card_tmp = out.with_name(f".{out.stem}.json.export")
-    card_tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, out)
-    os.replace(card_tmp, out.with_suffix(".json"))
+    # Both files or neither: the card is renamed into place just before the model.
+    with atomic_output(out) as tmp, atomic_output(out.with_suffix(".json")) as card_tmp:
+        save_model(tmp, model, extra=extra)
+        size_mb = tmp.stat().st_size / 2**20
+        if max_mb is not None and size_mb > max_mb:
+            raise InputError(
+                f"{out}: {size_mb:.1f} MB in {dtype}, more than {max_mb} MB (a smaller model, "
+                "or max_mb=None for a file not to be shipped)"
+            )
+        card["size_mb"] = round(size_mb, 2)
+        card_tmp.write_text(json.dumps(card, indent=2) + "\n")
     return out
 
 

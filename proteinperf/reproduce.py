@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from proteinperf.atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 DEFAULT_FAR = ROOT / "data" / "far_proteins.fasta.gz"
@@ -258,13 +260,6 @@ def curves_figure(runs: list[dict]):
     return fig
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def export_models(report: dict, models: dict, out_dir: Path) -> list[dict]:
     """Best bidirectional and best causal run as named models (fp16, <= 15 MB) in out_dir."""
     from proteinperf.checkpoint import save_model
@@ -344,8 +339,8 @@ def reproduce(args) -> dict:
         report["exported"] = export_models(report, models, Path(args.export_dir))
     for run in runs:
         run.pop("_unigram", None)
-    _write_atomic(out / "reproduce.json", json.dumps(json_safe(report), indent=2) + "\n")
-    _write_atomic(out / "reproduce.md", table(report))
+    write_text_atomic(out / "reproduce.json", json.dumps(json_safe(report), indent=2) + "\n")
+    write_text_atomic(out / "reproduce.md", table(report))
     print(table(report))
     return report
 

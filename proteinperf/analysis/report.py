@@ -7,14 +7,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from proteinperf.atomic import atomic_output
 from proteinperf.errors import ConfigError, InputError
 
 from . import plots
@@ -209,21 +208,6 @@ def _figures(model, control, record, model_a, control_a, blosum, alphabet, max_l
     )
 
 
-def _publish(tmp: Path, outdir: Path, overwrite: bool) -> None:
-    """Rename the finished temp dir into place (replacing an old report only if asked)."""
-    if outdir.exists() and not (outdir.is_dir() and not any(outdir.iterdir())):
-        if not overwrite:
-            raise InputError(f"{outdir} exists and is not empty (use --overwrite to replace it)")
-        trash = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old.", dir=outdir.parent))
-        outdir.rename(trash / "old")
-        tmp.rename(outdir)
-        shutil.rmtree(trash, ignore_errors=True)
-        return
-    if outdir.exists():
-        outdir.rmdir()
-    tmp.rename(outdir)
-
-
 def write_attention_report(
     checkpoint,
     fasta,
@@ -257,6 +241,8 @@ def write_attention_report(
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir} exists and is not a directory")
+    if outdir.is_dir() and any(outdir.iterdir()) and not overwrite:
+        raise InputError(f"{outdir} exists and is not empty (use --overwrite to replace it)")
     model, alphabet = load_model(checkpoint, device=device)
     control = untrained_control(model.config, seed).to(device)
     records = list(itertools.islice(read_fasta(fasta), max_seqs))
@@ -272,10 +258,7 @@ def write_attention_report(
     model_a = analyse_model(model, sequences, alphabet, **options)
     control_a = analyse_model(control, sequences, alphabet, **options)
 
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp.", dir=outdir.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would otherwise become the report's permissions
-    try:
+    with atomic_output(outdir, directory=True) as tmp:
         for file_name, fig in _figures(
             model, control, record, model_a, control_a, blosum, alphabet, max_length
         ):
@@ -312,10 +295,6 @@ def write_attention_report(
             )
             (tmp / "blosum_study.json").write_text(json.dumps(json_safe(study), indent=2) + "\n")
             write_figures(study, matrices, tmp, prefix="study")
-        _publish(tmp, outdir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return outdir
 
 

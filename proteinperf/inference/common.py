@@ -7,14 +7,12 @@ on it.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
+from proteinperf.atomic import atomic_output  # noqa: F401 (its old home; embed, score, ...)
 from proteinperf.data.alphabet import get_alphabet
 from proteinperf.data.fasta import DataError, FastaRecord, read_fasta
 from proteinperf.errors import ConfigError, InputError
@@ -141,48 +139,6 @@ def encode_batch(
 
 
 # ----------------------------------------------------------------------------- output
-
-
-@contextlib.contextmanager
-def atomic_output(path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
-
-    An interrupted or failed run leaves nothing that looks like a finished output. For a
-    directory, an existing ``path`` is replaced only after the new one is complete.
-    """
-    path = Path(path)
-    if path.exists() and path.is_dir() != directory:
-        kind = "a directory" if path.is_dir() else "a file"
-        raise InputError(f"output {path} exists and is {kind}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) if directory else None
-    if tmp is None:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, _default_mode(directory))  # mkstemp/mkdtemp make them private
-        if directory and path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "out")
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
-
-
-def _default_mode(directory: bool) -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
 
 
 def progress(quiet: bool, desc: str, unit: str = "res", total: int | None = None):

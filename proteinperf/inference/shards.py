@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from proteinperf.atomic import write_text_atomic
 from proteinperf.errors import InputError
 
 RUN_FILE = "run.json"
@@ -73,10 +74,7 @@ class ShardStore:
         """Rank 0, after every rank has passed ``check``."""
         if (self.folder / RUN_FILE).exists():
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
-        os.replace(tmp, self.folder / RUN_FILE)
+        write_text_atomic(self.folder / RUN_FILE, json.dumps(settings, indent=1, sort_keys=True))
 
     def remove(self) -> None:
         self.close()

@@ -1,0 +1,73 @@
+"""Atomic outputs: a file or directory appears complete under its name, or not at all.
+
+Everything that writes a result (checkpoints, embeddings, scores, reports, run records) goes
+through ``atomic_output``: write into a temporary path beside the target (same file system, so
+the final ``os.replace`` is atomic), renamed into place only if the block succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from proteinperf.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_output(path, directory: bool = False, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    An interrupted or failed run leaves nothing that looks like a finished output. For a
+    directory, an existing ``path`` is replaced only after the new one is complete. ``fsync``
+    flushes a file to disk before the rename (a crash then leaves the old or the new file).
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        raise InputError(f"output {path} exists and is {kind}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) if directory else None
+    if tmp is None:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, _default_mode(directory))  # mkstemp/mkdtemp make them private
+        if fsync and not directory:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        if directory and path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "out")
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """``Path(path).write_text(text)``, atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def _default_mode(directory: bool) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+__all__ = ["atomic_output", "write_text_atomic"]
