@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from proteinperf import checkpoint as ckpt_format
-from proteinperf.data.datamodule import OBJECTIVES
+from proteinperf.constants import OBJECTIVES
 from proteinperf.data.sampling import IGNORE
 from proteinperf.optim import DEFAULT_OPTIM, OptimConfig, build_optimizer
 

@@ -15,18 +15,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from proteinperf.attention import (
-    KERNELS,
     draw_features,
     favor_attention,
     recurrent,
     softmax_attention,
 )
+from proteinperf.constants import ATTENTIONS, FEATURE_SCALINGS  # noqa: F401 (re-exported)
 from proteinperf.errors import ConfigError, InputError
 
-ATTENTIONS = ("softmax", *(f"favor_{kernel}" for kernel in KERNELS))
 POSITIONALS = ("learned", "sinusoidal", "rotary")
 LM_HEADS = ("esm", "linear")
-FEATURE_SCALINGS = ("chi", "sqrt_d")
 # ESM-2 trains with 15% masking of which 80% become <mask>; token dropout rescales embeddings
 # so their expected norm does not depend on how many positions are masked.
 TOKEN_DROPOUT_TRAIN_RATIO = 0.15 * 0.8

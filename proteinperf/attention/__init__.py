@@ -1,4 +1,5 @@
-"""FAVOR+ attention core: pure tensor functions, no module state, no project imports."""
+"""FAVOR+ attention core: pure tensor functions, no module state; of ours it imports only the
+import-free names of proteinperf.constants."""
 
 from .blockwise import FUSED_KERNELS
 from .exact import softmax_attention, softmax_attention_weights

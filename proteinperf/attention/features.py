@@ -6,7 +6,7 @@ import math
 
 import torch
 
-SCALINGS = ("chi", "sqrt_d")
+from proteinperf.constants import FEATURE_SCALINGS as SCALINGS  # import-free names
 
 
 def _orthogonal_block(dim: int, generator: torch.Generator | None) -> torch.Tensor:

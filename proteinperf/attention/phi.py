@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
-KERNELS = ("softmax", "softmax_hyp", "softmax_opt", "relu", "trig")
+# The one import of ours in attention/: an import-free module of names (the CLI lists them too).
+from proteinperf.constants import KERNELS
+
 RELU_EPSILON = 1e-3  # the ε in ReLU(xωᵀ) + ε, keeps the denominator away from zero
 MASKED_LOG_SCALE = torch.finfo(torch.float32).min  # a padded key: exp(. - max) == 0
 DENOMINATOR_EPS = 1e-12  # only guards 0/0 (e.g. a query that sees no unmasked key)

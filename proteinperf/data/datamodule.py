@@ -12,6 +12,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from proteinperf.constants import OBJECTIVES
+
 from .alphabet import get_alphabet
 from .corpus import ProteinCorpus
 from .prepare import FORMAT_VERSION, prepare
@@ -24,8 +26,6 @@ from .sampling import (
     crop_framed,
     mlm_example,
 )
-
-OBJECTIVES = ("mlm", "clm")
 
 
 class _Examples(Dataset):

@@ -13,13 +13,11 @@ from pathlib import Path
 import torch
 
 from proteinperf.atomic import atomic_output  # noqa: F401 (its old home; embed, score, ...)
+from proteinperf.constants import DEFAULT_TOKS_PER_BATCH, DEVICES, PRECISIONS  # noqa: F401
 from proteinperf.data.alphabet import get_alphabet
 from proteinperf.data.fasta import DataError, FastaRecord, read_fasta
 from proteinperf.errors import ConfigError, InputError
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
-DEFAULT_TOKS_PER_BATCH = 4096
 # Records read ahead and sorted by length together: bounds memory on huge FASTA files while
 # still grouping similar lengths (the padding waste of a sorted window of thousands is small).
 WINDOW_RESIDUES = 1 << 22

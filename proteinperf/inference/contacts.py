@@ -18,13 +18,14 @@ import torch
 from proteinperf.analysis.attention_maps import attention_inputs, frame_sequence
 from proteinperf.attention import favor_attention_weights, softmax_attention_weights
 from proteinperf.checkpoint import CheckpointError, read_checkpoint
+from proteinperf.constants import CONTACT_FORMATS
 from proteinperf.data.alphabet import get_alphabet
 from proteinperf.errors import ConfigError, InputError
 
 from .common import atomic_output, check_length, model_device, progress, read_records
 from .writers import INDEX_FILE, NameAllocator
 
-FORMATS = ("npz", "csv")
+FORMATS = CONTACT_FORMATS
 MIN_SEPARATION = 6  # |i − j| below this is trivially in contact (ESM's short range starts at 6)
 
 

@@ -27,13 +27,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from proteinperf.constants import DUPLICATE_POLICIES
 from proteinperf.data.fasta import DataError
 from proteinperf.errors import ConfigError, InputError
 
 from .common import WINDOW_RECORDS, WINDOW_RESIDUES, length_sorted_batches, progress, read_records
 from .shards import JournalTail, PartWriter, ShardStore, shard_dir
 
-DUPLICATE_POLICIES = ("error", "suffix", "skip")
 # Test hook: a rank dies (SIGKILL) after writing this many batches, or before merging if it has
 # fewer; "K:raise" raises SimulatedKill instead (for runs inside the test process).
 KILL_AFTER_ENV = "PROTEINPERF_TEST_KILL_AFTER_BATCHES"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from proteinperf.constants import EMBED_INCLUDES
 from proteinperf.errors import ConfigError
 
 from .common import (
@@ -26,7 +27,7 @@ from .common import (
 )
 from .writers import FORMATS, WRITERS, NameAllocator, check_replaceable_dir, record_arrays
 
-INCLUDES = ("mean", "per-token", "bos")
+INCLUDES = EMBED_INCLUDES
 KINDS = {
     "per-token": "representations",
     "mean": "mean_representations",

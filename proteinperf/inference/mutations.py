@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from proteinperf.constants import MUTATION_STRATEGIES
 from proteinperf.data.alphabet import GAPS, RESIDUES, get_alphabet
 from proteinperf.errors import ConfigError, InputError
 
@@ -44,7 +45,7 @@ from .likelihood import (
     pseudo_log_probs,
 )
 
-STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood-ratio")
+STRATEGIES = MUTATION_STRATEGIES
 BIDIRECTIONAL = ("masked-marginals", "wt-marginals", "pseudo-ppl")
 WILD_TYPE = ("WT", "_WT")  # a row naming the wild type itself scores 0
 MUTATED_SEQUENCE, DMS_SCORE, DMS_BIN = "mutated_sequence", "DMS_score", "DMS_score_bin"

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from proteinperf.constants import SCORE_STRATEGIES
 from proteinperf.errors import ConfigError
 
 from .common import (
@@ -23,7 +24,7 @@ from .common import (
 )
 from .likelihood import causal_log_probs, pseudo_log_probs, wt_marginal_log_probs
 
-STRATEGIES = ("log-likelihood", "pseudo-log-likelihood", "wt-marginals")
+STRATEGIES = SCORE_STRATEGIES
 COLUMNS = ("id", "length", "log_likelihood", "mean_log_likelihood", "perplexity")
 
 

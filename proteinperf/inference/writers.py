@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from proteinperf.constants import EMBED_FORMATS
 from proteinperf.errors import InputError
 
-FORMATS = ("h5", "npz", "pt-dir")
+FORMATS = EMBED_FORMATS
 INDEX_KEY = "_index"  # h5 group / npz prefix of the id index; never given to a record
 INDEX_FILE = "index.csv"  # pt-dir: id -> file
 MAX_NAME = 100
