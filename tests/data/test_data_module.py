@@ -5,7 +5,7 @@ from conftest import SAMPLE
 
 from proteinperf.data import ProteinCorpus, get_alphabet
 from proteinperf.data.datamodule import ProteinDataModule
-from proteinperf.data.sampling import BatchPlanSampler
+from proteinperf.data.sampling import IGNORE, BatchPlanSampler
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def test_mlm_batches_and_masking_statistics(cache):
         assert t.shape[1] <= 256
         # a row lacks <cls> only when it is a 256-token window cut from inside a longer protein
         assert ((t[:, 0] == a.cls_idx) | m.all(1)).all()
-        assert ((t == a.padding_idx) == ~m).all() and (y[~m] == -100).all()
-        sel = y != -100
+        assert ((t == a.padding_idx) == ~m).all() and (y[~m] == IGNORE).all()
+        sel = y != IGNORE
         assert not (sel & ((t == a.cls_idx) | (t == a.eos_idx))).any()
         residues += int((m & (t != a.cls_idx) & (t != a.eos_idx)).sum())
         selected += int(sel.sum())
@@ -57,7 +57,7 @@ def test_evaluation_masks_every_target(cache):
     selected = 0
     for batch in first:
         t, y = batch["tokens"], batch["targets"]
-        sel = y != -100
+        sel = y != IGNORE
         selected += int(sel.sum())
         assert (t[sel] == a.mask_idx).all()
         assert not ((t == a.mask_idx) & ~sel).any()
@@ -74,7 +74,7 @@ def test_clm_targets_are_next_tokens(cache):
         last = m.sum(1) - 1
         for i in range(t.shape[0]):
             n = int(last[i])
-            assert torch.equal(y[i, :n], t[i, 1 : n + 1]) and (y[i, n:] == -100).all()
+            assert torch.equal(y[i, :n], t[i, 1 : n + 1]) and (y[i, n:] == IGNORE).all()
             # a protein that fits ends with <eos>; a longer one is cut with no <eos> (issue 12)
             has_eos = bool(t[i, n] == get_alphabet().eos_idx)
             assert has_eos or n + 1 == 256  # only full-width windows lack <eos>

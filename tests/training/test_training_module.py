@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from proteinperf.lightning_module import ProteinLM
+from proteinperf.lightning_module import IGNORE, ProteinLM
 from proteinperf.optim import LRSchedule
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, nb_features=16, dropout=0.0)
@@ -61,7 +61,7 @@ def test_objective_must_match_causality():
 def test_loss_counts_only_targets_and_unigram_baseline():
     m = module()
     x = tokens(2, 12)
-    targets = torch.full_like(x, -100)
+    targets = torch.full_like(x, IGNORE)
     targets[0, 3], targets[1, 5] = 5, 6
     batch = {"tokens": x, "padding_mask": x != 1, "targets": targets}
     logits = m(x)
