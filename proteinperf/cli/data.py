@@ -16,7 +16,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from proteinperf.cli.prepare import lean_process
     from proteinperf.data.prepare import prepare_dataset
 
-    prepare_dataset(args.dataset, args.root, workers=args.workers)
+    with lean_process():
+        prepare_dataset(args.dataset, args.root, workers=args.workers)
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from proteinperf.constants import SPLITS  # noqa: F401  (re-exported: blocks.SPLITS)
 
@@ -48,6 +47,25 @@ _LUT = byte_table()
 _KEYS, _KEY_LENS = marker_table(MARKERS)
 
 
+class Scratch:
+    """The buffers parse_block scans into, kept from one block to the next (see
+    kernels.scan_block). The token arrays parse_block returns may be views of `out`: hand a
+    Scratch to another block only once the previous block's tokens are written."""
+
+    def __init__(self):
+        self.out = self.titles = np.empty(0, np.uint8)
+        self.rec = None
+
+    def fit(self, n: int) -> None:
+        if self.out.size < n:
+            size = n + n // 8  # the next block is usually a little longer or shorter
+            self.out, self.titles = np.empty(size, np.uint8), np.empty(size, np.uint8)
+        if self.rec is None or self.rec.shape[1] < n // 256 + 16:
+            from .kernels import NUM_COLS
+
+            self.rec = np.empty((NUM_COLS, n // 256 + 16), np.int64)
+
+
 def parse_block(
     data,
     *,
@@ -58,6 +76,7 @@ def parse_block(
     test_fraction=0.01,
     seed=0,
     clusters=None,
+    scratch: Scratch | None = None,
 ) -> dict:
     """Parse whole FASTA records in `data` (bytes starting with '>') into per-split arrays.
 
@@ -73,10 +92,13 @@ def parse_block(
 
     a = np.frombuffer(data, dtype=np.uint8)
     policy = INVALID_POLICIES.index(invalid)
-    tokens, titles, rec, n, newlines, error_at = k.scan_block(
-        a, _LUT, _KEYS, _KEY_LENS, policy, get_alphabet().unk_idx
+    scratch = scratch or Scratch()
+    scratch.fit(a.size)
+    tokens, titles = scratch.out, scratch.titles
+    scratch.rec, n, newlines, error_at = k.scan_block(
+        a, tokens, titles, scratch.rec, _LUT, _KEYS, _KEY_LENS, policy, get_alphabet().unk_idx
     )
-    rec = rec[:, :n]
+    rec = scratch.rec[:, :n]
     if error_at >= 0:
         byte = int(a[error_at])
         char = chr(byte) if 32 < byte < 127 else f"\\x{byte:02x}"
@@ -133,15 +155,22 @@ def parse_block(
             what = f"{key}={value.decode('utf-8', 'replace')!r} is not a whole number"
             line = int(np.count_nonzero(a[: max(rec[k.SEQ_S, bad_row] - 1, 0)] == 10)) + 1
             return _error(a, titles, rec, bad_row, line, what)
-    for s in range(3):
+    split_tokens = {}
+    for s in (VALID, TEST, TRAIN):  # train last: it is compacted in place, over the others
         rows = np.flatnonzero(split == s)
         if rows.size == n and n:  # the whole block: the token buffer is already in order
-            out["tokens"].append(tokens[: int(rec[k.TOK_S, -1] + rec[k.TOK_N, -1])])
-        else:
-            out["tokens"].append(k.gather_tokens(tokens, rec[k.TOK_S], lengths, rows))
+            split_tokens[s] = tokens[: int(rec[k.TOK_S, -1] + rec[k.TOK_N, -1])]
+            continue
+        into = tokens if s == TRAIN else np.empty(int(lengths[rows].sum()), np.uint8)
+        split_tokens[s] = k.gather_tokens(tokens, rec[k.TOK_S], lengths, rows, into)
+    for s in range(3):
+        rows = np.flatnonzero(split == s)
+        out["tokens"].append(split_tokens[s])
         out["lengths"].append(lengths[rows].copy())
         meta = _meta(titles, rec, rows, ints)
         if cluster_index is not None:
+            import pyarrow.compute as pc
+
             reps = pc.cast(clusters.representative_ids(cluster_index[rows]), pa.string())
             meta = meta.set_column(meta.schema.get_field_index("cluster_id"), "cluster_id", reps)
         out["meta"].append(meta)
@@ -172,8 +201,10 @@ def _meta(h, rec, rows, ints) -> pa.Table:
             cols[name] = _array(pa.int64(), values[rows], present[rows])
         elif name in HEADER_FIELDS:
             cols[name] = _strings(h, rec[k.FIELD_S + i], rec[k.FIELD_E + i], rows, nullable=True)
-    cols["length"] = pa.array(rec[k.TOK_N][rows].astype(np.int32))
-    return pa.table(cols)
+    lengths = rec[k.TOK_N][rows].astype(np.int32)
+    cols["length"] = pa.Array.from_buffers(pa.int32(), lengths.size, [None, pa.py_buffer(lengths)])
+    # (from_arrays, not pa.table or pa.array of NumPy: those import pandas, 0.2 CPU-s)
+    return pa.Table.from_arrays(list(cols.values()), names=list(cols))
 
 
 def _marker_of(name: str) -> str:
@@ -190,6 +221,8 @@ def _int_column(h, rec, name):
     rows = np.arange(starts.size)
     values, ok = k.parse_ints(h, starts, ends, rows)
     if not ok:  # not plain decimal (e.g. 19 digits): Arrow's parser decides
+        import pyarrow.compute as pc
+
         col = _strings(h, starts, ends, rows, nullable=True)
         try:
             values = pc.cast(col, pa.int64(), safe=False).fill_null(0).to_numpy()
@@ -201,6 +234,8 @@ def _int_column(h, rec, name):
 def _first_uncastable(col: pa.Array) -> int:
     """Index of the first value of `col` (which does not cast as a whole) that Arrow cannot
     cast to int64: bisection over prefixes, O(n) in all."""
+    import pyarrow.compute as pc
+
     lo, hi = 0, len(col)  # col[:lo] casts, col[:hi] does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -230,10 +265,13 @@ def _strings(h, starts, ends, rows, nullable=False) -> pa.Array:
 
     offsets, data = k.gather_strings(h, starts, ends, rows)
     validity, nulls = _validity(starts[rows] >= 0) if nullable else (None, 0)
-    arr = pa.LargeStringArray.from_buffers(
+    if data.size < 2**31:  # (pyarrow.compute, for a cast, costs 9 MB and 0.03 s to import)
+        return pa.StringArray.from_buffers(
+            rows.size, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data), validity, nulls
+        )
+    return pa.LargeStringArray.from_buffers(
         rows.size, pa.py_buffer(offsets), pa.py_buffer(data), validity, nulls
     )
-    return pc.cast(arr, pa.string())
 
 
 # --- stable hashing and splits -------------------------------------------------------------
@@ -251,6 +289,8 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 def hash_strings(arr: pa.Array, seed: int = 0) -> np.ndarray:
     """A stable 64-bit hash of each string (same on every machine, process and worker count)."""
+    import pyarrow.compute as pc
+
     arr = pc.cast(arr, pa.large_string()).fill_null("")
     offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] else np.zeros(0, np.uint8)
@@ -269,6 +309,8 @@ def hash_strings(arr: pa.Array, seed: int = 0) -> np.ndarray:
 
 
 def split_keys(ids: pa.Array) -> pa.Array:
+    import pyarrow.compute as pc
+
     for pattern, rewrite in _KEY_REWRITES:
         ids = pc.replace_substring_regex(ids, pattern, rewrite)
     return ids

@@ -11,8 +11,33 @@ against `fasta.parse_header`.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-from numba import njit
+
+
+def _load_numba_without_scipy_blas() -> None:
+    """Import numba's NumPy support with SciPy's BLAS hidden from its probe.
+
+    When numba first loads its NumPy support it imports scipy.linalg to see whether a BLAS is
+    there (0.15-0.2 CPU-s, a fifth of `prepare`'s whole budget on a small file). These kernels
+    do no linear algebra; the probe's answer only picks the inner loop of numba's
+    np.correlate/np.convolve (a plain loop instead of np.dot), and np.dot and np.linalg look
+    for BLAS again when they are compiled.
+    """
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return  # already paid for (or free)
+    name = "scipy.linalg.cython_blas"
+    sys.modules[name] = None  # makes `import scipy.linalg.cython_blas` raise ImportError
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        del sys.modules[name]
+
+
+_load_numba_without_scipy_blas()
+
+from numba import njit  # noqa: E402
 
 DROP, STAR, INVALID = 254, 253, 255  # lut values: whitespace, '*', outside the alphabet
 NUM_TOKENS = 33
@@ -119,22 +144,24 @@ def _header(h, r, rec, h0, h1, keys, key_lens):
 
 
 @njit(cache=True, nogil=True)
-def scan_block(a, lut, keys, key_lens, policy, unk):
+def scan_block(a, out, titles, rec, lut, keys, key_lens, policy, unk):
     """One pass over whole FASTA records in `a` (starting at a header).
 
-    Returns (tokens, titles, rec, records, newlines, error_raw): the token buffer (residues of
-    all records back to back), the title lines (after '>', without line ends) back to back, the
-    per-record table (first `records` columns valid; header positions index `titles`), the
-    number of newlines, and the block offset of the first invalid byte when policy is
-    POLICY_ERROR (-1 if none; then scanning stopped after that record).
+    `out` and `titles` (uint8, at least a.size each) receive the tokens (residues of all
+    records back to back) and the title lines (after '>', without line ends) back to back;
+    `rec` (int64, NUM_COLS rows) the per-record table, grown into a new array when it has too
+    few columns. The caller passes buffers it reuses from block to block: fresh ones would be
+    page-faulted in anew for every block, which cost as much system time as the scan itself.
+
+    Returns (rec, records, newlines, error_raw): the table (first `records` columns valid;
+    header positions index `titles`), the number of newlines, and the block offset of the
+    first invalid byte when policy is POLICY_ERROR (-1 if none; then scanning stopped after
+    that record).
 
     Titles are copied while they are in cache so that the later per-field gathers stream
     through a compact buffer instead of missing the cache once per record and field.
     """
     n = a.size
-    out = np.empty(n, np.uint8)
-    titles = np.empty(n, np.uint8)
-    rec = np.empty((NUM_COLS, n // 256 + 16), np.int64)
     r = 0
     o = 0
     t_end = 0
@@ -184,11 +211,11 @@ def scan_block(a, lut, keys, key_lens, policy, unk):
                     rec[TOK_S, r] = ts
                     rec[TOK_N, r] = o - ts
                     error_at = _raw_offset(a, lut, seq_start, first_bad - ts)
-                    return out, titles, rec, r + 1, newlines, error_at
+                    return rec, r + 1, newlines, error_at
         rec[TOK_S, r] = ts
         rec[TOK_N, r] = o - ts
         r += 1
-    return out, titles, rec, r, newlines, -1
+    return rec, r, newlines, -1
 
 
 @njit(cache=True, nogil=True)
@@ -338,16 +365,13 @@ def parse_ints(a, starts, ends, rows):
 
 
 @njit(cache=True, nogil=True)
-def gather_tokens(tokens, starts, lengths, rows):
-    """The token runs of `rows`, concatenated."""
-    total = 0
-    for k in range(rows.size):
-        total += lengths[rows[k]]
-    out = np.empty(total, np.uint8)
+def gather_tokens(tokens, starts, lengths, rows, out):
+    """The token runs of `rows`, concatenated into `out` (which may be `tokens` itself: runs
+    only move towards the start, so copying in order never overwrites an unread run)."""
     o = 0
     for k in range(rows.size):
         s = starts[rows[k]]
         for j in range(lengths[rows[k]]):
             out[o + j] = tokens[s + j]
         o += lengths[rows[k]]
-    return out
+    return out[:o]

@@ -15,6 +15,7 @@ import mmap
 import os
 import shutil
 import sys
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from proteinperf.constants import DATASETS
 
 from .alphabet import get_alphabet
-from .blocks import SPLITS, parse_block
+from .blocks import SPLITS, Scratch, parse_block
 from .fasta import (
     DECOMPRESSION_ERRORS,
     INVALID_POLICIES,
@@ -40,7 +41,7 @@ from .fasta import (
 )
 
 FORMAT_VERSION = 1
-BLOCK_SIZE = 32 << 20
+BLOCK_SIZE = 16 << 20
 # Metadata encoding, chosen for speed (it is written by the one thread that orders the
 # output): a dictionary only for columns with repeated values (ids are unique, and trying a
 # dictionary for them costs time), snappy rather than zstd (half the encode time, files ~3x
@@ -249,12 +250,13 @@ def _build(inputs, tmp, options, workers, block_size, progress, clusters=None) -
     # process) and handing results over without pickling.
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     described = []
+    scratches = _ScratchPool()
     t0 = time.monotonic()
     try:
         for path in inputs:
             digest = hashlib.sha256()
             lines = 0
-            parse_options = dict(options, clusters=clusters)
+            parse_options = dict(options, clusters=clusters, scratches=scratches)
             for r, n_in in _parsed_blocks(path, parse_options, pool, block_size, workers):
                 if r["error"] is not None:
                     line, rec_id, what = r["error"]
@@ -262,6 +264,7 @@ def _build(inputs, tmp, options, workers, block_size, progress, clusters=None) -
                 lines += r["newlines"]
                 digest.update(r["checksum"].to_bytes(4, "little"))
                 writer.add(r)
+                r["release"]()  # its tokens are written: the buffers can take the next block
                 bar.update(n_in)
                 done = sum(writer.records)
                 bar.set_postfix_str(f"{done / max(time.monotonic() - t0, 1e-9):,.0f} rec/s")
@@ -305,6 +308,23 @@ def _build(inputs, tmp, options, workers, block_size, progress, clusters=None) -
         "options": options,
         "seconds": round(time.monotonic() - t0, 3),
     }
+
+
+class _ScratchPool:
+    """blocks.Scratch buffers for the blocks in flight: taken by a worker, given back once the
+    block is written (at most workers + 2 exist, as many as blocks in flight)."""
+
+    def __init__(self):
+        self.free: list[Scratch] = []
+        self.lock = threading.Lock()
+
+    def take(self) -> Scratch:
+        with self.lock:
+            return self.free.pop() if self.free else Scratch()
+
+    def give(self, scratch: Scratch) -> None:
+        with self.lock:
+            self.free.append(scratch)
 
 
 def _parsed_blocks(path, options, pool, block_size, workers):
@@ -353,8 +373,11 @@ def _check_unchanged(f, path, planned: tuple[int, int]) -> None:
 
 
 def _parse(data, options) -> dict:
-    r = parse_block(data, **options)
+    scratches = options["scratches"]
+    scratch = scratches.take()
+    r = parse_block(data, **{k: v for k, v in options.items() if k != "scratches"}, scratch=scratch)
     r["checksum"] = zlib.adler32(data)
+    r["release"] = lambda: scratches.give(scratch)
     return r
 
 
