@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    whole_process = argv is None  # the `proteinperf` command itself, not a caller in Python
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv[1:2]):
@@ -76,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if whole_process and getattr(args, "exit_at_once", False):
+            # Its files are closed: skip the interpreter's teardown, which frees the objects
+            # numba and LLVM loaded one by one (0.1-0.15 CPU-s of a 0.6 s `prepare`).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except KeyboardInterrupt:
         print("proteinperf: interrupted", file=sys.stderr)
         return 130

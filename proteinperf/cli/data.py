@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--root", default="data/corpora", help="where corpora and downloads go")
     p.add_argument("--workers", type=int, default=None)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, exit_at_once=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ def register(subparsers) -> None:
         help="split by a finished clustering: MMseqs2's representative<TAB>member TSV",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, exit_at_once=True)
 
 
 @contextlib.contextmanager
