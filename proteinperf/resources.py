@@ -34,3 +34,15 @@ def data_dir() -> Path:
 def project_root() -> Path:
     """Root of outputs/ and of relative paths: the checkout, else the current directory."""
     return checkout_root() or Path.cwd()
+
+
+def cache_dir() -> str | None:
+    """Where FASTA files named in configs are prepared once: None (beside the FASTA, in
+    data/.cache) in a checkout; the user's cache folder for an installed package, whose own
+    folder may be read-only."""
+    if checkout_root():
+        return None
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return str(Path(base) / "proteinperf" / "corpora")

@@ -26,11 +26,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from proteinperf import resources
+
 CHILD_ARGV_ENV = "PROTEINPERF_DDP_CHILD_ARGV"
 # What Lightning's DDP launcher leaves in the launching process's environment.
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 RUN_ID_ENV = "PROTEINPERF_RUN_ID"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -72,8 +73,12 @@ def register_resolvers() -> None:
     from proteinperf.config import register_configs
 
     register_configs()
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("project_root"):  # (and the two below: conf/paths/)
+        OmegaConf.register_new_resolver("project_root", lambda: str(resources.project_root()))
+    if not OmegaConf.has_resolver("data_dir"):
+        OmegaConf.register_new_resolver("data_dir", lambda: str(resources.data_dir()))
+    if not OmegaConf.has_resolver("cache_dir"):
+        OmegaConf.register_new_resolver("cache_dir", resources.cache_dir)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
 
@@ -269,7 +274,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+# conf/ of the checkout, or the copy a wheel ships (proteinperf/_conf): see resources.py
+@hydra.main(version_base="1.3", config_path=str(resources.conf_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     result = train(cfg)
     return result["val"].get("val/loss")  # for sweepers that optimise the returned value
