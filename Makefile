@@ -16,7 +16,7 @@ export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint bench data clean reproduce
+.PHONY: help install train test lint bench data clean reproduce wheel
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -60,8 +60,12 @@ FAR ?=
 reproduce: $(STAMP) ## the paper's Table 2 + BLOSUM62 figure: 5 models x BUDGET minutes, results in benchmarks/results/
 	$(BIN)/python -m proteinperf.reproduce --budget $(BUDGET) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(FAR),--far $(FAR)) $(ARGS) $(foreach w,$(HYDRA_OVERRIDES),$(if $(findstring =,$(w)),$(w)))
 
+wheel: $(STAMP) ## build dist/proteinperf-*.whl (conf/ and the default corpus inside): pip install it anywhere
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation --quiet -w dist .
+	rm -rf build
+
 clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache outputs multirun .cache
+	rm -rf $(VENV) .pytest_cache outputs multirun .cache build dist
 
 # With `make train -- -m ...`, Hydra flags arrive as goals: swallow them there only, so a
 # typo such as `make tset` still fails loudly.
