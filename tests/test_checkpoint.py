@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import TINY
 
 import proteinperf
 from proteinperf.checkpoint import (
@@ -14,8 +15,6 @@ from proteinperf.checkpoint import (
     save_model,
 )
 from proteinperf.model import ModelConfig, PerformerLM
-
-TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, nb_features=16, dropout=0.0)
 
 
 @pytest.fixture

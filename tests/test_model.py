@@ -1,13 +1,14 @@
 import dataclasses
 import itertools
 
+import helpers
 import pytest
 import torch
 
 from proteinperf.attention import favor_attention_weights, softmax_attention_weights
 from proteinperf.model import ATTENTIONS, POSITIONALS, ModelConfig, PerformerLM, mix_seed
 
-TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, nb_features=32, dropout=0.0, max_len=64)
+TINY = {**helpers.TINY, "nb_features": 32, "max_len": 64}
 
 
 def tiny(**overrides) -> PerformerLM:

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from proteinperf.checkpoint import (
 from proteinperf.cli import main
 from proteinperf.model import ModelConfig, PerformerLM
 
-TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, nb_features=16, attention="favor_relu")
+TINY = {**helpers.TINY, "attention": "favor_relu"}
 
 
 @pytest.fixture

@@ -1,20 +1,16 @@
 import pytest
-import torch
+from helpers import tiny_model
 
 from proteinperf.checkpoint import save_model
-from proteinperf.model import ModelConfig, PerformerLM
-
-TINY = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, nb_features=8, dropout=0.0)
 
 
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory):
     """Tiny checkpoints and good and bad input files, keyed by name: {name: path string}."""
     folder = tmp_path_factory.mktemp("cli_inputs")
-    torch.manual_seed(0)
     paths = {
-        "bid": save_model(folder / "bid.pt", PerformerLM(ModelConfig(**TINY))),
-        "causal": save_model(folder / "causal.pt", PerformerLM(ModelConfig(**TINY, causal=True))),
+        "bid": save_model(folder / "bid.pt", tiny_model("favor_relu")),
+        "causal": save_model(folder / "causal.pt", tiny_model("favor_relu", causal=True)),
     }
     files = {  # key: (file name, content)
         "good": ("good.fa", ">a\nMKTAYIAKQR\n>b\nMADEF\n"),

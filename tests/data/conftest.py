@@ -1,21 +1,6 @@
-import bz2
-import gzip
-import lzma
-from pathlib import Path
+"""tests/data: shared fixtures are in tests/conftest.py, helpers in tests/helpers.py.
 
-import pytest
+test_data_fasta.py and test_data_prepare.py still import SAMPLE and write from here.
+"""
 
-SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample_proteins.fasta"
-
-
-@pytest.fixture
-def sample():
-    return SAMPLE
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    data = text.encode() if isinstance(text, str) else text
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
-    with opener(path, "wb") as f:
-        f.write(data)
-    return path
+from helpers import SAMPLE, write  # noqa: F401

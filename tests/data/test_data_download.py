@@ -4,7 +4,7 @@ import threading
 from functools import partial
 
 import pytest
-from conftest import SAMPLE
+from helpers import SAMPLE
 
 from proteinperf.data import DataError
 from proteinperf.data.download import download

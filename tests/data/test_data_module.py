@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE
+from helpers import SAMPLE
 
 from proteinperf.data import ProteinCorpus, get_alphabet
 from proteinperf.data.datamodule import ProteinDataModule

@@ -5,10 +5,9 @@ import dataclasses
 import pandas as pd
 import pytest
 import torch
+from helpers import SEQUENCES, TINY
 
 from proteinperf.cli import main
-
-from .conftest import SEQUENCES, TINY
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +60,11 @@ def test_every_command_with_a_lightning_checkpoint(tmp_path, lightning_ckpt, fas
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_gpu_matches_cpu():
+    from helpers import variant_model
+
     from proteinperf.inference.embed import embed_sequences
 
-    from .conftest import tiny_model
-
-    model = tiny_model("favor_softmax")
+    model = variant_model("favor_softmax")
     seqs = list(SEQUENCES.values())
     cpu = embed_sequences(model, seqs, [2], ["mean"])
     gpu = embed_sequences(model.cuda(), seqs, [2], ["mean"])

@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import write_fasta
 
 from proteinperf.analysis.attention_maps import attention_maps, frame_sequence
 from proteinperf.checkpoint import save_model
@@ -10,8 +11,6 @@ from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
 from proteinperf.inference.contacts import predict_contacts, top_contacts
 from proteinperf.interop.esm import contact_regression_of, performer_from_esm_model
-
-from .conftest import write_fasta
 
 PROTEINS = {
     "p1": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",

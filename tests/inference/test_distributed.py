@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
@@ -24,8 +25,6 @@ from proteinperf.inference.distributed import (
 from proteinperf.inference.embed import embed_fasta, embed_sequences
 from proteinperf.inference.score import score_fasta
 from proteinperf.inference.shards import shard_dir
-
-from .conftest import write_fasta
 
 ROOT = Path(__file__).resolve().parents[2]
 AMINO = "ACDEFGHIKLMNPQRSTVWY"

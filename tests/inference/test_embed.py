@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import SEQUENCES, TINY, variant_model, write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
@@ -12,7 +13,7 @@ from proteinperf.inference.common import length_sorted_batches
 from proteinperf.inference.embed import embed_fasta, embed_sequences, resolve_layers
 from proteinperf.inference.writers import NameAllocator
 
-from .conftest import SEQUENCES, tiny_model, write_fasta
+D = TINY["d_model"]  # embedding width
 
 
 def test_plan_batches_respects_budget_and_covers_all():
@@ -51,7 +52,7 @@ def test_names_are_unique_and_safe(files):
 
 @pytest.mark.parametrize("name", ["favor_relu", "favor_softmax", "softmax", "causal"])
 def test_alone_equals_padded_batch(name):
-    model = tiny_model(name)
+    model = variant_model(name)
     seqs = list(SEQUENCES.values())
     batch = embed_sequences(model, seqs, [0, 1, 2], ["mean", "per-token", "bos"])
     for seq, together in zip(seqs, batch):
@@ -61,14 +62,14 @@ def test_alone_equals_padded_batch(name):
                 torch.testing.assert_close(
                     together[kind][layer], alone[kind][layer], atol=1e-5, rtol=1e-4
                 )
-        assert together["representations"][2].shape == (len(seq), 16)
+        assert together["representations"][2].shape == (len(seq), D)
 
 
 def test_mean_is_over_residues_only():
-    model = tiny_model("favor_relu")
+    model = variant_model("favor_relu")
     out = embed_sequences(model, ["MKTAYIAK"], [2], ["mean", "per-token", "bos"])[0]
     per_token = out["representations"][2]
-    assert per_token.shape == (8, 16)
+    assert per_token.shape == (8, D)
     torch.testing.assert_close(out["mean_representations"][2], per_token.mean(0))
     full = model(torch.tensor([[0, *model_tokens("MKTAYIAK"), 2]]), repr_layers=[2])
     torch.testing.assert_close(
@@ -104,11 +105,11 @@ def test_h5_layout_order_and_rerun_identical(tmp_path, checkpoints, fasta):
         group = f["seq1"]
         assert group.attrs["id"] == "seq1" and group.attrs["length"] == 22
         assert set(group["representations"]) == {"0", "2"}
-        assert group["representations/2"].shape == (22, 16)
+        assert group["representations/2"].shape == (22, D)
         np.testing.assert_allclose(
             group["mean_representations/2"][:], group["representations/2"][:].mean(0), atol=1e-6
         )
-        assert group["bos_representations/0"].shape == (16,)
+        assert group["bos_representations/0"].shape == (D,)
     # a different batch size gives the same vectors
     other = tmp_path / "other.h5"
     embed_fasta(
@@ -127,7 +128,7 @@ def test_npz(tmp_path, checkpoints, fasta):
     embed_fasta(model, fasta, out, fmt="npz", include=["mean", "bos"], quiet=True)
     with np.load(out) as z:
         assert list(z["_index/ids"]) == list(SEQUENCES)
-        assert z["seq2/mean_representations/2"].shape == (16,)
+        assert z["seq2/mean_representations/2"].shape == (D,)
         assert "seq2/representations/2" not in z
 
 
@@ -157,7 +158,7 @@ def test_pt_dir_unsafe_and_duplicate_ids(tmp_path, checkpoints):
     for rid, (_, seq), row in zip(expected_ids, records, rows):
         data = torch.load(out / row["file"], weights_only=True)
         assert data["label"] == rid
-        assert data["representations"][2].shape == (len(seq), 16)
+        assert data["representations"][2].shape == (len(seq), D)
         assert set(data) == {
             "label",
             "representations",
@@ -213,7 +214,7 @@ def test_learned_positions_need_truncate(tmp_path, checkpoints, capsys):
         == 0
     )
     with h5py.File(out) as f:
-        assert f["long/representations/2"].shape == (14, 16)
+        assert f["long/representations/2"].shape == (14, D)
 
 
 def test_long_sequence_no_limit_for_favor(tmp_path, checkpoints):
@@ -224,7 +225,7 @@ def test_long_sequence_no_limit_for_favor(tmp_path, checkpoints):
 
 
 def test_bf16_close_to_fp32():
-    model = tiny_model("favor_relu")
+    model = variant_model("favor_relu")
     seqs = list(SEQUENCES.values())
     fp32 = embed_sequences(model, seqs, [2], ["mean"])
     bf16 = embed_sequences(model, seqs, [2], ["mean"], precision="bf16")

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from helpers import SEQUENCES, variant_model, write_fasta
 
 from proteinperf.data.alphabet import get_alphabet
 from proteinperf.inference.evaluate import (
@@ -16,13 +17,11 @@ from proteinperf.inference.evaluate import (
     unigram_log_probs_from,
 )
 
-from .conftest import SEQUENCES, tiny_model, write_fasta
-
 
 def test_masked_and_causal_metrics_on_a_fasta(fasta):
-    bid = evaluate(tiny_model("favor_relu"), fasta, seed=3)
-    again = evaluate(tiny_model("favor_relu"), fasta, seed=3, toks_per_batch=20)
-    other = evaluate(tiny_model("favor_relu"), fasta, seed=4)
+    bid = evaluate(variant_model("favor_relu"), fasta, seed=3)
+    again = evaluate(variant_model("favor_relu"), fasta, seed=3, toks_per_batch=20)
+    other = evaluate(variant_model("favor_relu"), fasta, seed=4)
     assert bid["objective"] == "mlm" and bid["sequences"] == len(SEQUENCES)
     assert bid["loss"] == pytest.approx(again["loss"], abs=1e-5)  # batching does not matter
     assert (
@@ -33,7 +32,7 @@ def test_masked_and_causal_metrics_on_a_fasta(fasta):
     assert bid["perplexity"] == pytest.approx(math.exp(bid["loss"]))
     assert 0.0 <= bid["accuracy"] <= 1.0 and "unigram" not in bid
 
-    causal = evaluate(tiny_model("causal"), fasta)
+    causal = evaluate(variant_model("causal"), fasta)
     residues = sum(len(s) for s in SEQUENCES.values())
     assert causal["objective"] == "clm"
     assert causal["targets"] == residues + len(SEQUENCES)  # every residue and the final <eos>
@@ -44,7 +43,7 @@ def test_unigram_baseline_and_max_length(fasta, tmp_path):
     scores = torch.zeros(33)
     scores[a.tok_to_idx["L"]] = 4.0  # a baseline that always predicts leucine
     log_p = torch.log_softmax(scores, dim=0)
-    result = evaluate(tiny_model("favor_relu"), fasta, unigram_log_probs=log_p, max_length=8)
+    result = evaluate(variant_model("favor_relu"), fasta, unigram_log_probs=log_p, max_length=8)
     u = result["unigram"]
     assert u["loss"] > 0 and 0 <= u["accuracy"] <= 1
     # From a FASTA: frequencies of all of it; causal adds one <eos> per sequence.
@@ -52,7 +51,7 @@ def test_unigram_baseline_and_max_length(fasta, tmp_path):
     assert from_file.shape == (33,) and from_file.exp().sum() == pytest.approx(1.0, abs=1e-5)
     assert from_file[a.eos_idx] > unigram_log_probs_from(fasta, causal=False)[a.eos_idx]
     # Crops keep the first max_length tokens (<cls>, residues, <eos>): fewer causal targets.
-    short = evaluate(tiny_model("causal"), fasta, max_length=8)
+    short = evaluate(variant_model("causal"), fasta, max_length=8)
     assert short["targets"] == sum(min(len(s), 6) + 1 for s in SEQUENCES.values())  # + <eos>
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import TINY, variant_model, write_fasta
 
 from proteinperf.checkpoint import save_model
 from proteinperf.cli import main
@@ -9,8 +10,6 @@ from proteinperf.data.alphabet import STANDARD_AMINO_ACIDS, get_alphabet
 from proteinperf.inference.generate import filter_logits, generate
 from proteinperf.inference.likelihood import causal_log_probs
 from proteinperf.model import ModelConfig, PerformerLM
-
-from .conftest import TINY, tiny_model, write_fasta
 
 ATTENTIONS = ("favor_softmax", "favor_relu", "softmax")
 LENGTH = 300  # crosses the causal FAVOR kernel's 128-position chunks twice
@@ -98,7 +97,7 @@ def test_favor_state_is_constant_size_and_kv_cache_grows():
 
 def test_bidirectional_model_cannot_step():
     with pytest.raises(ValueError, match="causal"):
-        tiny_model("favor_relu").step(random_tokens(1, 3))
+        variant_model("favor_relu").step(random_tokens(1, 3))
 
 
 PROMPTS = ["MKTAYIAK", "", "GSHMLEDPVDAFQWW"]
@@ -171,6 +170,6 @@ def test_cli_writes_fasta_and_fails_cleanly(tmp_path, capsys):
     bad = tmp_path / "bad.fasta"
     assert main(["generate", str(checkpoint), str(bad), "--num-samples", "1", "--prompt", "MK1"])
     assert "not an amino-acid letter" in capsys.readouterr().err and not bad.exists()
-    masked = save_model(tmp_path / "masked.pt", tiny_model("favor_relu"))
+    masked = save_model(tmp_path / "masked.pt", variant_model("favor_relu"))
     assert main(["generate", str(masked), str(bad), "--num-samples", "1", "--quiet"]) == 2
     assert "bidirectional" in capsys.readouterr().err and not bad.exists()

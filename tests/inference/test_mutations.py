@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import variant_model
 
 from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
@@ -16,8 +17,6 @@ from proteinperf.inference.mutations import (
     resolve_window,
     score_variants,
 )
-
-from .conftest import tiny_model
 
 WT = "MKTAYIAKQRQISF"  # M1 K2 T3 A4 Y5 I6 A7 K8 Q9 R10 ...
 
@@ -63,7 +62,7 @@ def test_strategy_defaults():
 
 
 def test_masked_marginals_and_multi_mutants_sum_singles():
-    model = tiny_model("favor_softmax")
+    model = variant_model("favor_softmax")
     idx = get_alphabet().tok_to_idx
     variants = [parse_mutant(t, WT) for t in ("K2R", "A4G", "K2R:A4G", "WT", "K2K")]
     scores = score_variants(model, WT, variants, toks_per_batch=20)
@@ -74,7 +73,7 @@ def test_masked_marginals_and_multi_mutants_sum_singles():
 
 
 def test_wt_marginals_one_pass():
-    model = tiny_model("favor_relu")
+    model = variant_model("favor_relu")
     idx = get_alphabet().tok_to_idx
     tokens = torch.tensor([get_alphabet().encode_framed(WT)])
     with torch.no_grad():
@@ -86,11 +85,11 @@ def test_wt_marginals_one_pass():
 def test_pseudo_ppl_and_llr_are_sequence_differences():
     variants = [parse_mutant("K2R:A4G", WT)]
     mutant = apply(WT, variants[0])
-    bid = tiny_model("favor_relu")
+    bid = variant_model("favor_relu")
     (pppl,) = score_variants(bid, WT, variants, strategy="pseudo-ppl", toks_per_batch=64)
     expected = float(pseudo_log_probs(bid, mutant, 64).sum() - pseudo_log_probs(bid, WT, 64).sum())
     assert pppl == pytest.approx(expected, abs=1e-4)
-    causal = tiny_model("causal")
+    causal = variant_model("causal")
     (llr,) = score_variants(causal, WT, variants)
     ll_mut, ll_wt = causal_log_probs(causal, [mutant, WT])
     assert llr == pytest.approx(float(ll_mut.sum() - ll_wt.sum()), abs=1e-4)
@@ -323,7 +322,7 @@ def test_proteingym_reference_run_is_resumable(tmp_path, checkpoints, capsys):
 
 
 def test_windows_score_each_position_in_its_centred_window():
-    model = tiny_model("favor_softmax")
+    model = variant_model("favor_softmax")
     long_wt = GYM_WT * 2  # 44 residues
     variants = [parse_mutant(t, long_wt) for t in ("M1A", "K30R", "Q44E", "M1A:Q44E")]
     windowed = score_variants(model, long_wt, variants, window=10, toks_per_batch=64)
@@ -336,5 +335,5 @@ def test_windows_score_each_position_in_its_centred_window():
     assert windowed[3] == pytest.approx(windowed[0] + windowed[2], abs=1e-5)
     whole = score_variants(model, long_wt, variants, toks_per_batch=64)
     assert abs(whole[1] - windowed[1]) > 1e-4  # the window changes the context
-    assert resolve_window(tiny_model("softmax"), "auto") == 1022
+    assert resolve_window(variant_model("softmax"), "auto") == 1022
     assert resolve_window(model, "auto") is None and resolve_window(model, 0) is None

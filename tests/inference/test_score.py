@@ -2,14 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import SEQUENCES, variant_model
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
 from proteinperf.inference.likelihood import pseudo_log_probs
 from proteinperf.inference.score import COLUMNS, resolve_score_strategy, score_fasta
-
-from .conftest import SEQUENCES, tiny_model
 
 
 def framed(seq):
@@ -46,7 +45,7 @@ def test_strategies_follow_the_model():
 
 
 def test_pll_matches_one_mask_at_a_time():
-    model = tiny_model("favor_relu")
+    model = variant_model("favor_relu")
     seq = SEQUENCES["seq3"]
     for budget in (1, 40, 10_000):  # 1, 2 and all masked copies per forward
         assert float(pseudo_log_probs(model, seq, budget).sum()) == pytest.approx(

@@ -1,7 +1,6 @@
 """Hydra-composed configs for training tests: tiny models, few steps, everything under tmp.
 
-tests/training is a package (``__init__.py``) so that this module is ``training.conftest`` and
-does not shadow the plain ``conftest`` module other test folders import helpers from.
+Paths and the tiny model's overrides are in tests/helpers.py (helpers.TINY_OVERRIDES).
 """
 
 from __future__ import annotations
@@ -9,21 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import CONF
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from proteinperf.train import register_resolvers
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
-TINY_MODEL = [
-    "model.d_model=32",
-    "model.n_layers=1",
-    "model.n_heads=2",
-    "model.d_ff=64",
-    "model.nb_features=16",
-    "model.max_len=128",
-]
 QUIET = ["trainer.enable_progress_bar=false", "logger=csv", "callbacks.model_summary=null"]
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from .conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from helpers import TINY
 
 from proteinperf.lightning_module import IGNORE, ProteinLM
 from proteinperf.optim import LRSchedule
-
-TINY = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, nb_features=16, dropout=0.0)
 
 
 def module(**model) -> ProteinLM:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONF, TINY_OVERRIDES
 
 from proteinperf.lightning_module import ProteinLM
 from proteinperf.train import train
-
-from .conftest import CONF, TINY_MODEL
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
@@ -32,7 +31,7 @@ def test_every_model_config_is_tested():
 def test_fast_dev_run(make_cfg, model):
     cfg = make_cfg(
         f"model={model}",
-        *TINY_MODEL,
+        *TINY_OVERRIDES,
         "debug=fast_dev_run",
         "data.max_length=64",
         "data.batch_size=4",

@@ -1,0 +1,43 @@
+"""Fixtures every test folder shares: the tiny model, its checkpoints, small inputs.
+
+Plain helpers (paths, TINY, write_fasta) are in tests/helpers.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import SAMPLE, SEQUENCES, VARIANTS, tiny_model, variant_model, write_fasta
+
+from proteinperf.checkpoint import save_model
+
+
+@pytest.fixture(name="tiny_model")
+def tiny_model_factory():
+    """helpers.tiny_model: call it as tiny_model(attention, causal, seed, **config)."""
+    return tiny_model
+
+
+@pytest.fixture
+def sample() -> Path:
+    """data/sample_proteins.fasta (866 proteins)."""
+    return SAMPLE
+
+
+@pytest.fixture
+def fasta(tmp_path) -> str:
+    """A FASTA file of helpers.SEQUENCES."""
+    return write_fasta(tmp_path / "in.fasta", SEQUENCES)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    return save_model(tmp_path / "tiny.pt", tiny_model())
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A model file of every helpers.VARIANTS entry: {name: path}."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {name: save_model(folder / f"{name}.pt", variant_model(name)) for name in VARIANTS}
