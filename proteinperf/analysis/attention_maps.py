@@ -54,14 +54,15 @@ def frame_sequence(sequence: str, alphabet, max_length: int | None = None) -> to
 
 
 def select(indices: Sequence[int] | None, n: int, what: str) -> list[int]:
-    """Validated 0-based indices (all of ``range(n)`` when None)."""
+    """Validated 0-based indices (all of ``range(n)`` when None); negative ones count from the
+    end (-1 = the last), as `embed --layers` does."""
     if indices is None:
         return list(range(n))
     chosen = [int(i) for i in indices]
-    bad = [i for i in chosen if not 0 <= i < n]
+    bad = [i for i in chosen if not -n <= i < n]
     if bad or not chosen:
-        raise ConfigError(f"{what} must be in 0..{n - 1}, got {list(indices)}")
-    return chosen
+        raise ConfigError(f"{what} must be in 0..{n - 1} (or -{n}..-1), got {list(indices)}")
+    return [i % n for i in chosen]
 
 
 @torch.no_grad()

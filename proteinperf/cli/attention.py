@@ -24,7 +24,10 @@ def register(subparsers) -> None:
         type=int,
         nargs="+",
         metavar="I",
-        help="0-based layers to analyse (default: all)",
+        help="transformer blocks to analyse, 0..n-1 from the input; negative numbers count "
+        "from the end (-1 = the last, as in embed). embed's numbering has the token "
+        "embeddings as its layer 0, so its layer I+1 is the output of this block I "
+        "(default: all)",
     )
     parser.add_argument(
         "--heads", type=int, nargs="+", metavar="J", help="0-based heads to analyse (default: all)"

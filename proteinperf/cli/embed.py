@@ -34,7 +34,9 @@ def register(subparsers) -> None:
         nargs="+",
         default=[-1],
         metavar="L",
-        help="layers to store; negative counts from the end (default: -1)",
+        help="layers to store, as esm-extract's --repr_layers: 0 = the token embeddings, L = "
+        "the output of transformer block L (attention's block L-1), -1 = the last (after the "
+        "final LayerNorm); negative numbers count from the end (default: -1)",
     )
     parser.add_argument(
         "--include",
