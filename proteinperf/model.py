@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -291,6 +292,32 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, length, self.n_heads * self.head_dim)
         return self.out_proj(y), state
 
+    def token_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k, v projections as one matrix, transposed to (d, 2d + H·d_v'), and its bias,
+        for decoding one position. FAVOR layers add one output per head with weight 0 and bias
+        1, so v comes out as [v, 1] (d_v' = d_v + 1). A copy, rebuilt when a projection tensor
+        changes (version counters; tensors made under inference_mode have none, so there only
+        replaced tensors are noticed)."""
+        params = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
+        biases = (self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        key = tuple(
+            None if p is None else (p.data_ptr(), -1 if p.is_inference() else p._version)
+            for p in params + biases
+        )
+        cached = self.__dict__.get("_token_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        h, dh, d = self.n_heads, self.head_dim, self.q_proj.in_features
+        with torch.no_grad(), torch.inference_mode(False):
+            w = [p.detach() for p in params]
+            b = [p.new_zeros(d) if bias is None else bias.detach() for p, bias in zip(w, biases)]
+            if self.is_favor:  # per head: dh rows of v, then the constant 1
+                w[2] = torch.cat((w[2].view(h, dh, d), w[2].new_zeros(h, 1, d)), 1).view(-1, d)
+                b[2] = torch.cat((b[2].view(h, dh), b[2].new_ones(h, 1)), 1).view(-1)
+            fused = (torch.cat(w).T, torch.cat(b))
+        self.__dict__["_token_cache"] = (key, fused)
+        return fused
+
 
 class Block(nn.Module):
     """Pre-LayerNorm Transformer block, ESM-2 names: x + attn(LN(x)), then x + MLP(LN(x))."""
@@ -485,6 +512,10 @@ class PerformerLM(nn.Module):
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         if state is None:
             state = self.init_state(tokens.shape[0], tokens.device)
+        if tokens.shape[1] == 1:
+            if self._token_path(tokens, state):
+                return self._step_token(tokens, padding_mask, state)
+            return self._step_chunk(tokens, padding_mask, state)
         logits = []
         for lo in range(0, tokens.shape[1], chunk_size):
             keep = None if padding_mask is None else padding_mask[:, lo : lo + chunk_size]
@@ -492,12 +523,41 @@ class PerformerLM(nn.Module):
             logits.append(out)
         return torch.cat(logits, dim=1), state
 
+    def _token_path(self, tokens, state) -> bool:
+        """One position, no autograd, nothing to upcast: the fused in-place ``_step_token``."""
+        if torch.is_grad_enabled() or self.training:
+            return False
+        if torch.is_autocast_enabled(tokens.device.type):
+            return False
+        if self.config.favor_kernel not in (None, *recurrent.TOKEN_KERNELS):
+            return False
+        first = state.layers[0][0]  # FAVOR context or KV keys
+        if first.dtype != self.embed_tokens.weight.dtype:
+            return False
+        return torch.is_inference_mode_enabled() or not first.is_inference()
+
     def _step_chunk(self, tokens, keep, state):
         config = self.config
-        real = torch.ones_like(tokens, dtype=torch.bool) if keep is None else keep
-        # Position of each real token: the row's count so far + real tokens before it here.
-        positions = state.positions[:, None] + real.long().cumsum(1) - 1  # (B, C)
-        positions = positions.clamp(min=0)
+        x, real, positions = self._step_inputs(tokens, keep, state)
+        rotary = None
+        if config.positional == "rotary":
+            rotary = _rotary_at(positions, config.head_dim)
+        layer_states = []
+        for block, layer_state in zip(self.layers, state.layers):
+            x, layer_state = block.step(x, keep, rotary, layer_state)
+            layer_states.append(layer_state)
+        return self._step_outputs(x, state, layer_states, real)
+
+    def _step_inputs(self, tokens, keep, state):
+        """Embeddings (B, C, d) of the next tokens, real-token mask (None = all) and positions."""
+        config = self.config
+        if keep is None and tokens.shape[1] == 1:
+            real, positions = None, state.positions[:, None]  # (B, 1)
+        else:
+            real = torch.ones_like(tokens, dtype=torch.bool) if keep is None else keep
+            # Position of each real token: the row's count so far + real tokens before it here.
+            positions = state.positions[:, None] + real.long().cumsum(1) - 1  # (B, C)
+            positions = positions.clamp(min=0)
         x = self.embed_tokens(tokens)
         if config.token_dropout:  # assumes no <mask> in the sequence: a constant rescaling
             x = x.masked_fill((tokens == config.mask_idx).unsqueeze(-1), 0.0)
@@ -511,18 +571,100 @@ class PerformerLM(nn.Module):
             x = x + self.embed_positions(positions)
         elif config.positional == "sinusoidal":
             x = x + _sinusoidal_at(positions, config.d_model).to(x.dtype)
-        x = x * real.unsqueeze(-1).to(x.dtype)
-        rotary = None
-        if config.positional == "rotary":
-            rotary = _rotary_at(positions, config.head_dim)
-        layer_states = []
-        for block, layer_state in zip(self.layers, state.layers):
-            x, layer_state = block.step(x, keep, rotary, layer_state)
-            layer_states.append(layer_state)
-        if config.final_layer_norm:
+        if real is not None:
+            x = x * real.unsqueeze(-1).to(x.dtype)
+        return x, real, positions
+
+    def _step_outputs(self, x, state, layer_states, real):
+        if self.config.final_layer_norm:
             x = self.emb_layer_norm_after(x)
         logits = self.lm_head(x, self.embed_tokens.weight)
-        return logits, DecodingState(layer_states, state.positions + real.sum(1))
+        consumed = x.shape[1] if real is None else real.sum(1)
+        return logits, DecodingState(layer_states, state.positions + consumed, state.plan)
+
+    def _step_token(self, tokens, keep, state):
+        """``_step_chunk`` of one position per row, fused for speed: per layer one q/k/v
+        projection (``SelfAttention.token_weights``), rotary as x·cos + flip(x)·sin on the two
+        halves of each head, FAVOR+ by ``recurrent.favor_token_step`` (state updated in place),
+        no module calls. Same math as ``Block.step`` (tests compare both with ``forward``)."""
+        config = self.config
+        b, h, dh = tokens.shape[0], config.n_heads, config.head_dim
+        x, real, positions = self._step_inputs(tokens, keep, state)
+        x = x.view(b, -1)  # (B, d)
+        rotary = None
+        if config.positional == "rotary":  # FAVOR's d^-1/4 goes into cos and sin
+            scale = 1.0 if config.favor_kernel is None else dh**-0.25
+            rotary = _token_rotary(positions[:, 0], dh, scale, x.dtype)
+        alone = None if real is None else real[:, 0]
+        if state.plan is None:
+            state.plan = [_TokenLayer.of(block) for block in self.layers]
+        shape, qk_size = (config.d_model,), 2 * h * dh
+        layer_states = []
+        for layer, layer_state in zip(state.plan, state.layers):
+            weight_t, bias = layer.attn.token_weights()
+            y = torch.layer_norm(x, shape, layer.ln1_weight, layer.ln1_bias, layer.ln1_eps)
+            qkv = torch.addmm(bias, y, weight_t)  # (B, 2d + H·d_v')
+            qk = qkv[:, :qk_size]
+            if rotary is not None:
+                qk = qk.view(b, 2, h, 2, dh // 2)
+                qk = torch.addcmul(qk * rotary[0], qk.flip(-2), rotary[1])
+            elif layer.kernel is not None:
+                qk = qk * dh**-0.25
+            qk = qk.reshape(b, 2, h, dh)
+            v = qkv[:, qk_size:].view(b, h, -1)  # (B, H, d_v')
+            if layer.kernel is not None:
+                y, layer_state = recurrent.favor_token_step(
+                    layer_state, qk, v, layer.features_t, layer.kernel, alone
+                )
+            else:
+                y, layer_state = recurrent.kv_token_step(layer_state, qk, v, alone)
+            layer_states.append(layer_state)
+            x = x + torch.addmm(layer.out_bias, y.view(b, -1), layer.out_weight_t)
+            y = torch.layer_norm(x, shape, layer.ln2_weight, layer.ln2_bias, layer.ln2_eps)
+            y = F.gelu(torch.addmm(layer.fc1_bias, y, layer.fc1_weight_t))
+            x = x + torch.addmm(layer.fc2_bias, y, layer.fc2_weight_t)
+        return self._step_outputs(x.view(b, 1, -1), state, layer_states, real)
+
+
+class _TokenLayer(NamedTuple):
+    """A block's tensors for ``PerformerLM._step_token``: views, not copies (``_t``: .T)."""
+
+    attn: SelfAttention
+    kernel: str | None
+    features_t: torch.Tensor | None
+    ln1_weight: torch.Tensor
+    ln1_bias: torch.Tensor
+    ln1_eps: float
+    out_weight_t: torch.Tensor
+    out_bias: torch.Tensor
+    ln2_weight: torch.Tensor
+    ln2_bias: torch.Tensor
+    ln2_eps: float
+    fc1_weight_t: torch.Tensor
+    fc1_bias: torch.Tensor
+    fc2_weight_t: torch.Tensor
+    fc2_bias: torch.Tensor
+
+    @classmethod
+    def of(cls, block: Block) -> _TokenLayer:
+        attn, ln1, ln2 = block.self_attn, block.self_attn_layer_norm, block.final_layer_norm
+        return cls(
+            attn,
+            attn.kernel,
+            attn.features.T if attn.is_favor else None,
+            ln1.weight,
+            ln1.bias,
+            ln1.eps,
+            attn.out_proj.weight.T,
+            attn.out_proj.bias,
+            ln2.weight,
+            ln2.bias,
+            ln2.eps,
+            block.fc1.weight.T,
+            block.fc1.bias,
+            block.fc2.weight.T,
+            block.fc2.bias,
+        )
 
 
 @dataclass
@@ -534,6 +676,9 @@ class DecodingState:
 
     layers: list
     positions: torch.Tensor  # (B,) tokens consumed per row = the next token's position
+    # The model's tensors for one-token steps, gathered at the first such step (a state is
+    # stepped by the model that made it; parameters updated in place are seen).
+    plan: list | None = field(default=None, repr=False, compare=False)
 
     def nbytes(self) -> int:
         """Bytes of the per-layer states (the KV cache's used slots)."""
@@ -545,6 +690,28 @@ def _rotary_at(positions: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.T
     freqs = positions.float().unsqueeze(-1) * rotary_inv_freq(dim, positions.device)
     emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
     return emb.cos(), emb.sin()
+
+
+_ROTARY_CONSTANTS: dict = {}
+
+
+def _token_rotary(positions: torch.Tensor, dim: int, scale: float, dtype) -> tuple:
+    """cos·scale, sin·scale of one position per row (B,), as (B, 1, 1, 2, dim/2) to broadcast
+    over (B, 2, H, 2, dim/2) = [q, k] × heads × halves; sin's first half is negated, so that
+    rotate_half(x)·sin = flip(x, halves)·sin. Same angles as ``rotary_tables``."""
+    key = (dim, positions.device, scale)
+    if key not in _ROTARY_CONSTANTS:
+        with torch.inference_mode(False):
+            freqs = rotary_inv_freq(dim, positions.device).repeat(2)  # (dim,)
+            sign = torch.ones(2, dim // 2, device=positions.device)
+            sign[0] = -1.0
+            _ROTARY_CONSTANTS[key] = (freqs, scale * sign.view(dim), scale)
+    freqs, sin_scale, cos_scale = _ROTARY_CONSTANTS[key]
+    angles = positions.float().unsqueeze(-1) * freqs  # (B, dim)
+    shape = (-1, 1, 1, 2, dim // 2)
+    cos = (angles.cos() * cos_scale).to(dtype).view(shape)
+    sin = (angles.sin() * sin_scale).to(dtype).view(shape)
+    return cos, sin
 
 
 def _sinusoidal_at(positions: torch.Tensor, dim: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .favor import DEFAULT_CHUNK, DENOMINATOR_EPS
-from .phi import MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
+from .phi import MASKED_LOG_SCALE, RELU_EPSILON, check_kernel_for_causal, feature_maps
 
 
 class FavorState(NamedTuple):
@@ -145,6 +145,59 @@ def _chunk(state, phi_q, phi_k, log_scale, v_ext):
     return intra + inter, _absorb(state, phi_k, log_scale, v_ext)
 
 
+# --- one decoding position, fused --------------------------------------------------------
+
+TOKEN_KERNELS = ("softmax", "relu")
+
+
+def favor_token_step(
+    state: FavorState,
+    qk: torch.Tensor,  # (B, 2, H, d): query and key of the next position, already × d^-1/4
+    v_ext: torch.Tensor,  # (B, H, d_v + 1): its value with a trailing 1
+    features_t: torch.Tensor,  # (d, m): the features, transposed
+    kernel: str = "softmax",
+    keep: torch.Tensor | None = None,  # (B,) bool: False = a padded position (state unchanged)
+) -> tuple[torch.Tensor, FavorState]:
+    """``favor_step`` of one position in ~15 fused ops: (out (B, H, d_v), state).
+
+    Same math as ``favor_step`` with C = 1 (``feature_maps`` + ``_absorb`` + read), but q and k
+    share one feature projection and the key's weight exp(s − E_n) goes straight into its
+    features. For decoding without autograd: the prefix sums are updated IN PLACE (the returned
+    state shares them; do not reuse the old tuple). Kernels: TOKEN_KERNELS; dtypes of qk,
+    v_ext, features and state must match (the caller upcasts).
+    """
+    context, shift = state
+    b, _, h, d = qk.shape
+    m, e = context.shape[-2:]
+    proj = torch.mm(qk.view(-1, d), features_t).view(b, 2, h, m)
+    if kernel == "relu":
+        phi = proj.relu_().add_(RELU_EPSILON)
+    elif kernel == "softmax":
+        # exp(ωᵀx − |x|²/2) as in feature_maps: the query's own shift cancels in out; the key's
+        # log-scale s = max_ω ωᵀk − |k|²/2 joins the running max E_n = max(E_{n−1}, s).
+        peak = proj.amax(-1)  # (B, 2, H)
+        k = qk.select(1, 1)
+        sq = torch.linalg.vecdot(k, k)  # (B, H): |k|²
+        peak_k = peak.select(1, 1)
+        log_scale = torch.sub(peak_k, sq, alpha=0.5)
+        if keep is not None:
+            log_scale.masked_fill_(~keep.unsqueeze(-1), MASKED_LOG_SCALE)
+        new_shift = torch.maximum(shift, log_scale)
+        context.mul_(torch.sub(shift, new_shift).exp_().view(b, h, 1, 1))  # E_{n−1} → E_n
+        # The key's features times exp(s − E_n) ≤ 1 in one exp: ωᵀk − |k|²/2 − E_n.
+        torch.add(new_shift, sq, alpha=0.5, out=peak_k)
+        phi = proj.sub_(peak.unsqueeze(-1)).exp_()
+        shift = new_shift
+    else:
+        raise ValueError(f"favor_token_step supports kernels {TOKEN_KERNELS}, got {kernel!r}")
+    phi_q, phi_k = phi.unbind(1)  # (B, H, m)
+    if keep is not None:
+        phi_k = torch.where(keep.view(b, 1, 1), phi_k, 0.0)
+    context.addcmul_(phi_k.unsqueeze(-1), v_ext.unsqueeze(-2))  # += φ(k) [v, 1]ᵀ
+    out = torch.bmm(phi_q.reshape(b * h, 1, m), context.view(b * h, m, e)).view(b, h, e)
+    return out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS), FavorState(context, shift)
+
+
 # --- exact softmax: KV cache ---------------------------------------------------------------
 
 
@@ -218,13 +271,37 @@ def kv_step(
     return out.masked_fill(empty, 0.0), cache
 
 
+def kv_token_step(
+    cache: KVCache,
+    qk: torch.Tensor,  # (B, 2, H, d): query and key of the next position
+    v: torch.Tensor,  # (B, H, d_v)
+    keep: torch.Tensor | None = None,  # (B,) bool: False = a padded position
+) -> tuple[torch.Tensor, KVCache]:
+    """``kv_step`` of one position: (out (B, H, d_v), cache), the cache written in place."""
+    q, k = qk.unsqueeze(3).unbind(1)  # (B, H, 1, d)
+    lo = cache.length
+    if keep is not None or not bool(cache.keep[:, :lo].all()):
+        out, cache = kv_step(cache, q, k, v.unsqueeze(2), None if keep is None else keep[:, None])
+        return out.squeeze(2), cache
+    cache = _reserve(cache, 1)
+    cache.k[:, :, lo] = k.squeeze(2)
+    cache.v[:, :, lo] = v
+    cache.keep[:, lo] = True
+    hi = lo + 1
+    out = F.scaled_dot_product_attention(q, cache.k[:, :, :hi], cache.v[:, :, :hi])
+    return out.squeeze(2), cache._replace(length=hi)
+
+
 __all__ = [
     "FavorState",
     "KVCache",
+    "TOKEN_KERNELS",
     "favor_step",
+    "favor_token_step",
     "init_kv_cache",
     "init_state",
     "kv_step",
+    "kv_token_step",
     "read_state",
     "update_state",
 ]
