@@ -43,6 +43,10 @@ train: $(STAMP) ## train a small bidirectional Performer on 20k Swiss-Prot prote
 test: $(STAMP) ## run the whole test suite (what CI runs)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+.PHONY: test-fast
+test-fast: $(STAMP) ## the inner loop: every test not marked slow (a few minutes)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check proteinperf tests
 	$(BIN)/ruff format --check proteinperf tests

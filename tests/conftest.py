@@ -41,3 +41,13 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """A model file of every helpers.VARIANTS entry: {name: path}."""
     folder = tmp_path_factory.mktemp("checkpoints")
     return {name: save_model(folder / f"{name}.pt", variant_model(name)) for name in VARIANTS}
+
+
+BENCHMARK_TESTS = Path(__file__).parent / "benchmarks"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Benchmark tests measure in fresh processes: slow by nature (`make test-fast` skips)."""
+    for item in items:
+        if BENCHMARK_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)

@@ -28,6 +28,7 @@ def far(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_reproduce_end_to_end(tmp_path, far):
     out, work, exported = tmp_path / "results", tmp_path / "work", tmp_path / "pretrained"
     argv = [

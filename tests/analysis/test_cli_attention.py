@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from proteinperf.cli import main
 
@@ -19,6 +20,7 @@ FILES = {
 }
 
 
+@pytest.mark.slow
 def test_attention_end_to_end(tmp_path, tiny_checkpoint, sample, capsys):
     out = tmp_path / "report"
     argv = [
@@ -84,6 +86,7 @@ def test_attention_user_errors_are_one_line(tmp_path, tiny_checkpoint, sample, c
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_attention_bootstrap_study(tmp_path, tiny_checkpoint, sample):
     out = tmp_path / "report"
     argv = ["attention", str(tiny_checkpoint), str(sample), str(out), "--max-seqs", "5"]

@@ -90,6 +90,7 @@ def _meta(corpus) -> pd.DataFrame:
     )
 
 
+@pytest.mark.slow
 def test_clusters_group_mutants_and_fragments(clustered):
     corpus, manifest = clustered
     meta = _meta(corpus)
@@ -121,6 +122,7 @@ def test_cluster_split_keeps_relatives_together(clustered, planted, tmp_path):
     assert _families_split(_splits_of(plain)) > N_FAMILIES // 3
 
 
+@pytest.mark.slow
 def test_clusters_file_gives_the_same_split(clustered, planted, tmp_path):
     corpus, _ = clustered
     meta = _meta(corpus)
@@ -135,6 +137,7 @@ def test_clusters_file_gives_the_same_split(clustered, planted, tmp_path):
     assert _splits_of(again) == _splits_of(corpus)
 
 
+@pytest.mark.slow
 def test_search_finds_relatives_and_not_strangers(planted, tmp_path):
     """How the far-from-training set is chosen: a query with no hit has no detectable relative."""
     families = _families()

@@ -87,6 +87,7 @@ def contact_checkpoint(tiny_esm2, tmp_path_factory):
     return with_head, save_model(folder / "favor.ckpt", favor)
 
 
+@pytest.mark.slow
 def test_cli_writes_maps_top_l_and_plots(tmp_path, tiny_esm2, contact_checkpoint, capsys):
     ckpt, _ = contact_checkpoint
     fasta = write_fasta(tmp_path / "in.fasta", {**PROTEINS, "odd/id": "MKTAYIAKQR"})

@@ -55,6 +55,7 @@ def test_unigram_baseline_and_max_length(fasta, tmp_path):
     assert short["targets"] == sum(min(len(s), 6) + 1 for s in SEQUENCES.values())  # + <eos>
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(checkpoints, tmp_path, fasta):
     run = [sys.executable, "-m", "proteinperf.cli", "evaluate"]
     missing = subprocess.run(

@@ -321,6 +321,7 @@ def test_proteingym_reference_run_is_resumable(tmp_path, checkpoints, capsys):
     assert "--dms-dir" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_windows_score_each_position_in_its_centred_window():
     model = variant_model("favor_softmax")
     long_wt = GYM_WT * 2  # 44 residues

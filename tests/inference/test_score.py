@@ -44,6 +44,7 @@ def test_strategies_follow_the_model():
         resolve_score_strategy("wt-marginals", causal=True)
 
 
+@pytest.mark.slow
 def test_pll_matches_one_mask_at_a_time():
     model = variant_model("favor_relu")
     seq = SEQUENCES["seq3"]

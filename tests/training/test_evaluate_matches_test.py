@@ -15,6 +15,7 @@ from proteinperf.inference.evaluate import evaluate, unigram_log_probs_from
 from proteinperf.train import train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
 def test_evaluate_equals_test_step(make_cfg, tmp_path, objective):
     result = train(
