@@ -84,6 +84,72 @@ def test_mixed_length_prompts_in_one_batch(attention):
         torch.testing.assert_close(batched[row], expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+@torch.inference_mode()
+def test_one_token_steps_without_rotary(attention, positional):
+    model = causal_model(attention, positional=positional, max_len=64)
+    tokens = random_tokens(2, 40)
+    _, state = model.step(tokens[:, :10])
+    steps = []
+    for i in range(10, 40):
+        logits, state = model.step(tokens[:, i : i + 1], state)
+        steps.append(logits)
+    full = model(tokens)["logits"][:, 10:]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_fused_token_path_equals_the_layer_by_layer_step(attention):
+    """Under inference_mode one-token steps take PerformerLM._step_token; with autograd on
+    they take Block.step. Both give the same logits and states, padded rows included."""
+    model = causal_model(attention)
+    tokens = random_tokens(2, 30)
+    keep = torch.ones(2, 30, dtype=torch.bool)
+    keep[1, 20:25] = False  # row 1 skips five positions, as a finished sample does
+
+    def decode():
+        logits, state = model.step(tokens[:, :10])
+        out = [logits]
+        for i in range(10, 30):
+            logits, state = model.step(tokens[:, i : i + 1], state, padding_mask=keep[:, i : i + 1])
+            out.append(logits)
+        return torch.cat(out, 1).detach(), state
+
+    with torch.inference_mode():
+        fused, fused_state = decode()
+    with torch.enable_grad():
+        layered, layered_state = decode()
+    real = keep[:, :, None].expand_as(fused)
+    torch.testing.assert_close(fused[real], layered[real], atol=1e-5, rtol=0)
+    assert fused_state.positions.tolist() == layered_state.positions.tolist() == [30, 25]
+    # Row 1 equals decoding its 25 real tokens alone.
+    with torch.inference_mode():
+        alone = model(tokens[1:, keep[1]])["logits"][0]
+    torch.testing.assert_close(fused[1][keep[1]], alone, atol=1e-4, rtol=0)
+
+
+@torch.inference_mode(False)
+def test_fused_projection_follows_weight_updates():
+    model = causal_model("favor_softmax")
+    tokens = random_tokens(1, 12)
+
+    def last_logits():
+        with torch.inference_mode():
+            _, state = model.step(tokens[:, :-1])
+            return model.step(tokens[:, -1:], state)[0][:, -1]
+
+    before = last_logits()
+    with torch.no_grad():  # in place, as an optimizer step does
+        model.layers[0].self_attn.v_proj.weight.mul_(0.5)
+        model.layers[1].self_attn.q_proj.bias.add_(1.0)
+    after = last_logits()
+    with torch.inference_mode():
+        expected = model(tokens)["logits"][:, -1]
+    torch.testing.assert_close(after, expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(before, after, atol=1e-3)
+
+
 def test_favor_state_is_constant_size_and_kv_cache_grows():
     favor, exact = causal_model("favor_softmax"), causal_model("softmax")
     with torch.inference_mode():
