@@ -2,16 +2,13 @@
 
 import json
 
+import helpers
 import pytest
 
 from proteinperf import reproduce
 
 TINY = [
-    "model.d_model=16",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "model.d_ff=32",
-    "model.nb_features=8",
+    *(f"model.{k}={v}" for k, v in helpers.TINY.items()),
     "data.max_length=48",
     "data.batch_size=4",
     "trainer.val_check_interval=2",

@@ -113,3 +113,17 @@ def test_weight_decay_skips_norms_and_biases():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-9
+
+
+def test_train_small_model_saves_a_loadable_model(tmp_path, corpus_cache):
+    from helpers import SAMPLE
+
+    from proteinperf.checkpoint import checkpoint_metadata, load_model
+    from proteinperf.lightning_module import train_small_model
+
+    out = train_small_model(
+        SAMPLE, tmp_path / "small.pt", TINY, steps=2, cache_dir=corpus_cache, max_length=32
+    )
+    model, _ = load_model(out)
+    assert model.config.attention == "favor_softmax" and model.config.d_model == TINY["d_model"]
+    assert checkpoint_metadata(out)["steps"] == 2
