@@ -506,7 +506,9 @@ class PerformerLM(nn.Module):
 
         A prompt goes in as one call (processed in chunks of ``chunk_size`` positions); then
         one token per call. Padded tokens (mask False) do not enter the state and take no
-        position, so rows may hold prompts of different lengths. A KV cache is written in place.
+        position, so rows may hold prompts of different lengths. The state is updated in place
+        (a KV cache always; FAVOR prefix sums in one-token steps without autograd, which take
+        the fused ``_step_token``): continue from the returned state, never from an old one.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")

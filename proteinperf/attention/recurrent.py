@@ -17,6 +17,10 @@ causal forward (up to float rounding), including its DENOMINATOR_EPS.
 Exact softmax attention decodes with a KV cache instead: past keys and values, growing with
 every token. Both states are plain tuples of tensors; the functions here are pure except that
 ``kv_step`` writes into the cache's preallocated buffers (amortised O(1) appends).
+
+Decoding one token is ~50 tiny ops per layer, so its speed is per-op overhead and memory
+traffic, not FLOPs: ``favor_token_step`` and ``kv_token_step`` are the same math for one
+position with fewer ops, updating the state in place (for decoding without autograd).
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ Decoding: one model shape (6 layers, d=256, 8 heads, d_ff=1024, causal, rotary, 
 weights), batch 1, float32, ``torch.inference_mode``, 1 thread (decoding is many tiny ops; on
 shared cores extra threads only wait for each other). Times are CPU seconds of this process
 (median over steps; wall times are kept in the JSON): on a machine shared with other work,
-wall time measures the neighbours. At each position p:
+wall time measures the neighbours. The Performer's and the KV cache's one-token steps
+alternate, so both see the same background load. At each position p:
   * Performer (favor_softmax, m=256) recurrent: the state is built by real chunked prefill
-    (``PerformerLM.step``, 1024 positions per chunk) up to p; latency = median of a few
-    one-token steps; memory = bytes of the state tensors.
+    (``PerformerLM.step``, 1024 positions per chunk) up to p; latency = median of
+    one-token steps (the fused ``_step_token`` path); memory = bytes of the state tensors.
   * Exact attention with a KV cache: the same model with softmax attention; the cache is filled
     with p random keys/values (a step's time and the cache size do not depend on the values;
     a real O(p²) prefill to 32k would take minutes on 2 cores); memory = bytes of the cache.
@@ -48,7 +49,7 @@ LOW_COMPLEXITY_RUN = 8
 @dataclass(frozen=True)
 class Settings:
     positions: tuple[int, ...] = (1024, 4096, 16384, 32768)
-    steps: int = 8  # timed one-token steps per position
+    steps: int = 24  # timed one-token steps per position and model
     prefill_chunk: int = 1024
     samples: int = 200
     max_length: int = 1024
@@ -56,7 +57,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(positions=(256, 1024), steps=4, samples=20, max_length=256, natural=20)
+QUICK = Settings(positions=(256, 1024), steps=8, samples=20, max_length=256, natural=20)
 
 
 def _model(attention: str):
@@ -74,16 +75,19 @@ def _timed(fn):
     return result, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def _time_steps(model, state, steps: int):
-    """Median CPU and wall seconds of one-token steps after ``state``, and the state after."""
+def _time_steps(runs: list[list], steps: int) -> list[tuple[float, float]]:
+    """Median CPU and wall seconds of one-token steps for each [model, state] in ``runs``
+    (the states advance), the models taking turns step by step."""
     token = torch.full((1, 1), 5, dtype=torch.long)
-    _, state = model.step(token, state)  # warm-up (advances the state by one token)
-    cpu, wall = [], []
+    for run in runs:  # warm-up (advances the state by one token)
+        run[1] = run[0].step(token, run[1])[1]
+    cpu, wall = [[] for _ in runs], [[] for _ in runs]
     for _ in range(steps):
-        (_, state), c, w = _timed(lambda s=state: model.step(token, s))
-        cpu.append(c)
-        wall.append(w)
-    return statistics.median(cpu), statistics.median(wall), state
+        for i, run in enumerate(runs):
+            (_, run[1]), c, w = _timed(lambda m=run[0], s=run[1]: m.step(token, s))
+            cpu[i].append(c)
+            wall[i].append(w)
+    return [(statistics.median(c), statistics.median(w)) for c, w in zip(cpu, wall)]
 
 
 def _kv_state(model, position: int, extra: int):
@@ -110,10 +114,10 @@ def decoding(settings: Settings) -> list[dict]:
         # Extend the Performer's state with real prefill up to ``position`` tokens.
         tokens = torch.randint(4, 24, (1, position - done), generator=g)
         _, state = performer.step(tokens, state, chunk_size=settings.prefill_chunk)
-        performer_s, performer_wall, state = _time_steps(performer, state, settings.steps)
+        runs = [[performer, state], [exact, _kv_state(exact, position, settings.steps + 2)]]
+        (performer_s, performer_wall), (kv_s, kv_wall) = _time_steps(runs, settings.steps)
+        state, kv_state = runs[0][1], runs[1][1]
         done = int(state.positions[0])
-        kv_state = _kv_state(exact, position, settings.steps + 2)
-        kv_s, kv_wall, kv_state = _time_steps(exact, kv_state, settings.steps)
         full = torch.randint(4, 24, (1, position + 1), generator=g)
         _, recompute_s, recompute_wall = _timed(lambda t=full: performer(t))
         rows.append(
