@@ -13,7 +13,17 @@ from proteinperf.model import ModelConfig
 from proteinperf.train import register_resolvers
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("model", "data", "trainer", "logger", "callbacks", "experiment", "debug", "paths")
+GROUPS = (
+    "model",
+    "optim",
+    "data",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "debug",
+    "paths",
+)
 
 
 def options(group: str) -> list[str]:
