@@ -170,40 +170,45 @@ def _generate_batch(model, prompts, ids, max_length, min_length, temperature, to
 
     allowed = torch.zeros(len(alphabet), dtype=torch.bool, device=device)
     allowed[[alphabet.tok_to_idx[a] for a in STANDARD_AMINO_ACIDS]] = True
+    # Tokens that cannot be drawn (V,), before [False] and from [True] min_length on.
+    blocked = {ok: ~allowed.index_fill(0, torch.tensor(alphabet.eos_idx), ok) for ok in (0, 1)}
     residues = [list(t[1:]) for t in prompts]
     stopped = [None] * b
     for row in range(b):
         if len(residues[row]) >= max_length:
             stopped[row] = "length"
     while not all(stopped):
-        lengths = torch.tensor([len(r) for r in residues], device=device)
-        permitted = allowed.expand(b, -1).clone()
-        permitted[:, alphabet.eos_idx] = lengths >= min_length
-        masked = next_logits.masked_fill(~permitted, -torch.inf)
+        eos_ok = [int(len(r) >= min_length) for r in residues]
+        if min(eos_ok) == max(eos_ok):
+            masked = next_logits.masked_fill(blocked[eos_ok[0]], -torch.inf)
+        else:
+            masked = next_logits.masked_fill(
+                torch.stack([blocked[ok] for ok in eos_ok]), -torch.inf
+            )
         if temperature == 0:
             choice = masked.argmax(-1)
         else:
             uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
             choice = _draw(filter_logits(masked, temperature, top_k, top_p), uniforms.to(device))
         step_ll = next_logits.log_softmax(-1).gather(-1, choice[:, None]).squeeze(-1).tolist()
-        active = torch.tensor([s is None for s in stopped], device=device)
-        feed = choice.clone()
         for row, token in enumerate(choice.tolist()):
             if stopped[row] is not None:
                 continue
             if token == alphabet.eos_idx:
                 stopped[row] = "eos"
-                active[row] = False
                 continue
             residues[row].append(token)
             seq_ll[row] += step_ll[row]
             if len(residues[row]) >= max_length:
                 stopped[row] = "length"
-                active[row] = False
         if all(stopped):
             break
-        feed = feed.masked_fill(~active, alphabet.padding_idx)
-        logits, state = model.step(feed[:, None], state, padding_mask=active[:, None])
+        if any(stopped):  # finished rows feed padding, which leaves their state as it is
+            active = torch.tensor([s is None for s in stopped], device=device)
+            feed, keep = choice.masked_fill(~active, alphabet.padding_idx), active[:, None]
+        else:
+            feed, keep = choice, None
+        logits, state = model.step(feed[:, None], state, padding_mask=keep)
         next_logits = logits[:, 0].float()
 
     return [
