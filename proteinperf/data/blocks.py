@@ -81,7 +81,8 @@ def parse_block(
     """Parse whole FASTA records in `data` (bytes starting with '>') into per-split arrays.
 
     With `clusters` (a cluster.ClusterMap), a record is split by its cluster representative's
-    key, and the representative's id becomes its `cluster_id`.
+    key, and the representative's id becomes its `cluster_id`. `scratch`: the buffers to scan
+    into (new ones if None); the returned train tokens may be a view of them.
 
     Returns {"error": None, "newlines", "stats", "id_hashes", "tokens", "lengths", "meta"} with
     one token array, int64 length array and Arrow table per split; or, on bad input, {"error":
