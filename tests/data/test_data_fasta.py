@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 from Bio.SeqIO.FastaIO import SimpleFastaParser
-from conftest import SAMPLE, write
+from helpers import SAMPLE, write
 
 from proteinperf.data import Alphabet, FastaFormatError, get_alphabet, parse_header, read_fasta
 from proteinperf.data.blocks import parse_block

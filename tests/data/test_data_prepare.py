@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SAMPLE, write
+from helpers import SAMPLE, write
 
 from proteinperf.data import DataError, ProteinCorpus, prepare, read_fasta
 
