@@ -603,9 +603,8 @@ class PerformerLM(nn.Module):
         shape, qk_size = (config.d_model,), 2 * h * dh
         layer_states = []
         for layer, layer_state in zip(state.plan, state.layers):
-            weight_t, bias = layer.attn.token_weights()
             y = torch.layer_norm(x, shape, layer.ln1_weight, layer.ln1_bias, layer.ln1_eps)
-            qkv = torch.addmm(bias, y, weight_t)  # (B, 2d + H·d_v')
+            qkv = torch.addmm(layer.qkv_bias, y, layer.qkv_weight_t)  # (B, 2d + H·d_v')
             qk = qkv[:, :qk_size]
             if rotary is not None:
                 qk = qk.view(b, 2, h, 2, dh // 2)
@@ -629,9 +628,11 @@ class PerformerLM(nn.Module):
 
 
 class _TokenLayer(NamedTuple):
-    """A block's tensors for ``PerformerLM._step_token``: views, not copies (``_t``: .T)."""
+    """A block's tensors for ``PerformerLM._step_token`` (``_t``: transposed): views of its
+    parameters, except the fused q/k/v projection (a copy, made when a state first steps)."""
 
-    attn: SelfAttention
+    qkv_weight_t: torch.Tensor
+    qkv_bias: torch.Tensor
     kernel: str | None
     features_t: torch.Tensor | None
     ln1_weight: torch.Tensor
@@ -651,7 +652,7 @@ class _TokenLayer(NamedTuple):
     def of(cls, block: Block) -> _TokenLayer:
         attn, ln1, ln2 = block.self_attn, block.self_attn_layer_norm, block.final_layer_norm
         return cls(
-            attn,
+            *attn.token_weights(),
             attn.kernel,
             attn.features.T if attn.is_favor else None,
             ln1.weight,
@@ -678,8 +679,8 @@ class DecodingState:
 
     layers: list
     positions: torch.Tensor  # (B,) tokens consumed per row = the next token's position
-    # The model's tensors for one-token steps, gathered at the first such step (a state is
-    # stepped by the model that made it; parameters updated in place are seen).
+    # The model's tensors for one-token steps, gathered at the first such step: a state is
+    # stepped by the model that made it, whose weights stay fixed until the state is dropped.
     plan: list | None = field(default=None, repr=False, compare=False)
 
     def nbytes(self) -> int:
