@@ -170,8 +170,9 @@ def _generate_batch(model, prompts, ids, max_length, min_length, temperature, to
 
     allowed = torch.zeros(len(alphabet), dtype=torch.bool, device=device)
     allowed[[alphabet.tok_to_idx[a] for a in STANDARD_AMINO_ACIDS]] = True
-    # Tokens that cannot be drawn (V,), before [False] and from [True] min_length on.
-    blocked = {ok: ~allowed.index_fill(0, torch.tensor(alphabet.eos_idx), ok) for ok in (0, 1)}
+    # Tokens that cannot be drawn (V,): before min_length [0] and from it on [1].
+    blocked = {0: ~allowed, 1: ~allowed.clone()}
+    blocked[1][alphabet.eos_idx] = False
     residues = [list(t[1:]) for t in prompts]
     stopped = [None] * b
     for row in range(b):
