@@ -124,7 +124,8 @@ def prepare(
                 workers,
                 progress,
             )
-        manifest = _build(inputs, tmp, options, workers, block_size, progress, clusters)
+        with _truncation_guard(tmp):
+            manifest = _build(inputs, tmp, options, workers, block_size, progress, clusters)
         if clustering is not None:
             manifest["clustering"] = clustering
         manifest["command"] = command or " ".join(sys.argv)
@@ -365,7 +366,8 @@ def _check_unchanged(f, path, planned: tuple[int, int]) -> None:
     """A file that changed since its blocks were planned fails with one line. Checked before a
     block is mapped (mapping past the end of a file that shrank, then touching those pages,
     kills the process with SIGBUS) and again after it is parsed (a change during the parse).
-    A truncation inside that window still raises SIGBUS: it cannot be caught, only made rare."""
+    A truncation inside that window raises SIGBUS, which _truncation_guard turns into the same
+    kind of line."""
     size, mtime = _file_state(f)
     if (size, mtime) != planned:
         what = f"size {planned[0]:,} -> {size:,} bytes" if size != planned[0] else "rewritten"
@@ -381,6 +383,50 @@ def _parse(data, options) -> dict:
     return r
 
 
+_MAPPED_NOW: list = []  # the input file being parsed from a memory map, for the SIGBUS message
+
+
+@contextmanager
+def _truncation_guard(tmp: Path):
+    """Turn SIGBUS into the CLI's one-line error (exit status 2) while a corpus is built.
+
+    Input blocks are parsed straight from a memory map. If another process truncates the file
+    meanwhile, touching a page past the new end raises SIGBUS inside the parser, which Python
+    cannot turn into an exception (the faulting load would just repeat). A C-level handler
+    (ctypes) prints the line, removes the half-built corpus and exits. Only where libc and
+    SIGBUS exist, only in the main thread, and the previous handler is restored afterwards.
+    """
+    import signal
+
+    if not hasattr(signal, "SIGBUS") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    except (OSError, AttributeError):
+        yield
+        return
+
+    def on_sigbus(signum):
+        path = _MAPPED_NOW[-1] if _MAPPED_NOW else "an input file"
+        line = f"proteinperf prepare: error: {path}: truncated while being read; run prepare again"
+        os.write(2, (line + "\n").encode(errors="replace"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        os._exit(2)
+
+    handler = handler_type(on_sigbus)
+    previous = libc.signal(signal.SIGBUS, ctypes.cast(handler, ctypes.c_void_p))
+    try:
+        yield
+    finally:
+        libc.signal(signal.SIGBUS, previous)
+
+
 @contextmanager
 def _mapped(f, start: int, stop: int, path=None):
     """Bytes [start, stop) of an open file as a read-only memory map: no copy, about half the
@@ -393,9 +439,11 @@ def _mapped(f, start: int, stop: int, path=None):
             f"{path}: changed while being read (now shorter); run prepare again"
         ) from None
     view = memoryview(m)[start - lo :]
+    _MAPPED_NOW.append(str(path or f.name))
     try:
         yield view
     finally:
+        _MAPPED_NOW.pop()
         try:
             view.release()
             m.close()
