@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 from proteinperf import checkpoint as ckpt_format
 from proteinperf.constants import OBJECTIVES
 from proteinperf.data.sampling import IGNORE
+from proteinperf.model import ModelConfig, PerformerLM
 from proteinperf.optim import DEFAULT_OPTIM, OptimConfig, build_optimizer
 
 # With init_from, these come from the run's config; every other architecture field from the
@@ -43,8 +44,6 @@ def initial_model(model_cfg: dict, init_from: str | None = None, seed: int = 0):
     With ``init_from`` the architecture and weights come from the checkpoint and only the
     RUN_FIELDS of ``model_cfg`` apply (e.g. swap exact attention for FAVOR+).
     """
-    from proteinperf.model import ModelConfig, PerformerLM
-
     if init_from is None:
         return PerformerLM(ModelConfig.from_dict(model_cfg))
     overrides = {k: model_cfg[k] for k in RUN_FIELDS if k in model_cfg}
