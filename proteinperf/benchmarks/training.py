@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from proteinperf.benchmarks._measure import machine_info, markdown_table, run_case
+from proteinperf.data.sampling import IGNORE
 
 ATTENTIONS = ("favor_relu", "favor_softmax", "softmax")
 LABELS = {
@@ -99,7 +100,7 @@ def build_case(
         residues = torch.tensor(alphabet.residue_token_ids)
         tokens = residues[torch.randint(len(residues), (batch, n), generator=g)]
         tokens[:, 0], tokens[:, -1] = alphabet.cls_idx, alphabet.eos_idx
-        targets = torch.full_like(tokens, -100)
+        targets = torch.full_like(tokens, IGNORE)
         chosen = torch.rand(batch, n, generator=g) < 0.15
         targets[chosen] = tokens[chosen]
         tokens = tokens.masked_fill(chosen, alphabet.mask_idx)
@@ -107,7 +108,9 @@ def build_case(
 
     def step(inputs: dict[str, torch.Tensor]) -> float:
         logits = model(inputs["tokens"])["logits"]
-        loss = F.cross_entropy(logits.flatten(0, 1), inputs["targets"].flatten(), ignore_index=-100)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), inputs["targets"].flatten(), ignore_index=IGNORE
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .fasta import DataError
+from .fasta import DataError, open_binary
 
 UNIPROT = "https://ftp.uniprot.org/pub/databases/uniprot"
 URLS = {
@@ -86,7 +85,7 @@ def _finish(part: Path, dest: Path, total: int | None) -> Path:
 def check_gzip(path: Path) -> None:
     """Decompress the whole file once: catches truncation and corruption (CRC, length)."""
     try:
-        with gzip.open(path, "rb") as f:
+        with open_binary(path) as f:
             while f.read(16 * CHUNK):
                 pass
     except (OSError, EOFError) as e:

@@ -77,9 +77,15 @@ def compression_of(path: str | Path) -> str | None:
     return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
 
 
-def open_binary(path: str | Path) -> BinaryIO:
-    """The decompressed byte stream of a plain, gzip, bzip2 or xz file."""
+def open_binary(path: str | Path, raw: BinaryIO | None = None) -> BinaryIO:
+    """The decompressed byte stream of a plain, gzip, bzip2 or xz file: the one opener.
+
+    ``raw``: the file already open in binary mode, read through (so that progress can follow
+    the raw bytes read); it is returned as it is for a plain file.
+    """
     kind = compression_of(path)
+    if raw is not None:
+        return _OPENERS[kind](raw, "rb") if kind else raw
     return _OPENERS[kind](path, "rb") if kind else open(path, "rb")
 
 

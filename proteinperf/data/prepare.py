@@ -494,7 +494,7 @@ def _next_record_start(f, pos: int, size: int) -> int:
 
 def _decompressed_blocks(path: Path, start: int, block_size: int):
     raw = path.stat().st_size
-    with open(path, "rb") as fraw, open_binary_from(fraw, path) as f:
+    with open(path, "rb") as fraw, open_binary(path, raw=fraw) as f:
         carry, seen = b"", 0
         try:
             f.read(start)
@@ -515,20 +515,6 @@ def _decompressed_blocks(path: Path, start: int, block_size: int):
             raise FastaFormatError(f"{path}: truncated or corrupt compressed file ({e})") from None
         if carry:
             yield carry, raw - seen
-
-
-def open_binary_from(fraw, path):
-    """Decompressing reader over an already open raw file (so progress can follow raw bytes)."""
-    import bz2
-    import gzip
-    import lzma
-
-    kind = compression_of(path)
-    return {
-        "gzip": lambda: gzip.GzipFile(fileobj=fraw),
-        "bzip2": lambda: bz2.BZ2File(fraw),
-        "xz": lambda: lzma.LZMAFile(fraw),
-    }[kind]()
 
 
 def _duplicate_count(path: Path, budget: int = 256 << 20) -> int:

@@ -54,7 +54,7 @@ def test_crop_framed_marks_only_true_ends():
     assert first[0] == a.cls_idx and a.eos_idx not in first
     assert first[1:].tolist() == residues[:31].tolist()
     framed = [a.cls_idx, *residues.tolist(), a.eos_idx]
-    starts, ends = set(), set()
+    starts = set()
     for seed in range(400):
         w = sampling.crop_framed(residues, 32, np.random.default_rng(seed)).tolist()
         assert len(w) == 32
