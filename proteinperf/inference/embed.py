@@ -25,7 +25,14 @@ from .common import (
     encode_batch,
     model_device,
 )
-from .writers import FORMATS, WRITERS, NameAllocator, check_replaceable_dir, record_arrays
+from .writers import (
+    FORMATS,
+    WRITERS,
+    NameAllocator,
+    check_file_output,
+    check_replaceable_dir,
+    record_arrays,
+)
 
 INCLUDES = EMBED_INCLUDES
 KINDS = {
@@ -194,6 +201,8 @@ def embed_fasta(
     output = Path(output)
     if fmt == "pt-dir":
         check_replaceable_dir(output)
+    else:
+        check_file_output(output)
     if toks_per_batch < 1:
         raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
     metadata = {"layers": layers, "include": include, **(metadata or {})}

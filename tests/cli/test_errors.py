@@ -1,6 +1,8 @@
 """Bad input gives one line on stderr and exit status 2 (a ProteinperfError or OSError);
 anything else is a bug and propagates with its traceback."""
 
+from pathlib import Path
+
 import pytest
 
 import proteinperf.cli.score
@@ -23,6 +25,7 @@ CASES = [
     ("embed {bid} {missing} {out} --quiet", "missing: no such file"),
     ("embed {bid} {good} {out} --layers 9 --quiet", "layer 9 does not exist"),
     ("embed {bid} {good} {full} --quiet", "full exists and is a directory"),
+    ("score {bid} {good} {full} --quiet", "full exists and is a directory"),
     ("score {bid} {empty} {out} --quiet", "empty.fa: empty file"),
     ("score {bid} {good} {out} --strategy log-likelihood --quiet", "no exact log-likelihood"),
     ("score-mutations {bid} --sequence MKV --mutations {missing} --out {out}", "no such file"),
@@ -54,6 +57,8 @@ def test_bad_input_is_one_line_and_exit_2(inputs, tmp_path, capsys, argv, expect
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"proteinperf {args[0]}: error: ") and expected in err, err
     assert not (tmp_path / "out").exists()  # nothing half-written
+    folders = {tmp_path, *(Path(v).parent for v in inputs.values())}
+    assert not [p for f in folders for p in f.glob(".*.shards")]  # checked before any work
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), ValueError("boom"), KeyError("boom")])
