@@ -99,6 +99,20 @@ def test_one_token_steps_without_rotary(attention, positional):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("attention", [*ATTENTIONS, "favor_softmax_hyp"])  # hyp: Block.step
+@torch.inference_mode()
+def test_one_token_steps_without_qkv_bias_and_final_norm(attention):
+    model = causal_model(attention, qkv_bias=False, final_layer_norm=False, lm_head="linear")
+    tokens = random_tokens(1, 30)
+    _, state = model.step(tokens[:, :5])
+    steps = []
+    for i in range(5, 30):
+        logits, state = model.step(tokens[:, i : i + 1], state)
+        steps.append(logits)
+    full = model(tokens)["logits"][:, 5:]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_fused_token_path_equals_the_layer_by_layer_step(attention):
     """Under inference_mode one-token steps take PerformerLM._step_token; with autograd on
