@@ -21,6 +21,7 @@ DATA_FILES = (
     "swissprot_20k.fasta.gz",
     "swissprot_20k.clusters50.tsv.gz",
     "far_proteins.fasta.gz",
+    "far_proteins_486k.fasta.gz",
 )
 
 
