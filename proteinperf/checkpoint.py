@@ -16,6 +16,7 @@ import dataclasses
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from proteinperf.atomic import atomic_output
@@ -62,10 +63,24 @@ def lightning_metadata(
     return meta
 
 
+def _plain(value):
+    """NumPy scalars/arrays inside metadata as Python numbers/lists: the file must load with
+    torch.load(weights_only=True), which refuses pickled NumPy objects."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
 def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:
     """Write ``model`` to ``path`` atomically (proteinperf.atomic.atomic_output)."""
     path = Path(path)
-    extra = dict(extra or {})
+    extra = _plain(dict(extra or {}))
     clash = sorted(set(extra) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"extra checkpoint keys clash with the format's: {', '.join(clash)}")

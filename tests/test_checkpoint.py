@@ -138,3 +138,18 @@ def test_read_checkpoint_and_model_with_weights(tmp_path, model):
     obj = read_checkpoint(save_model(tmp_path / "m.pt", model))
     rebuilt = model_with_weights(obj["model_config"], obj["state_dict"])
     assert same_outputs(model, rebuilt)
+
+
+def test_numpy_metadata_saves_as_plain_python(tmp_path, model):
+    """Metadata computed with NumPy (metrics, model cards) must not make the file unloadable
+    under weights_only (the 486k reproduction's exported models were)."""
+    import numpy as np
+
+    extra = {"card": {"test": {"accuracy": np.float64(0.11)}, "steps": np.int64(3)},
+             "unigram_log_probs": np.zeros(3, np.float32)}  # fmt: skip
+    path = save_model(tmp_path / "m.pt", model, extra=extra)
+    loaded = read_checkpoint(path)
+    assert loaded["card"] == {"test": {"accuracy": 0.11}, "steps": 3}
+    assert type(loaded["card"]["test"]["accuracy"]) is float
+    assert loaded["unigram_log_probs"] == [0.0, 0.0, 0.0]
+    load_model(path)
