@@ -1,0 +1,1 @@
+cd /work/snap && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled /work/main/.venv/bin/python -m proteinperf.reproduce --budget 8 --corpus /work/data486/sp486_c50 --far /work/main/data/far_proteins.fasta.gz --out /work/runs/repro486/results --work /work/runs/repro486/work --export-dir /work/runs/repro486/export
