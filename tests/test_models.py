@@ -7,6 +7,7 @@ import helpers
 import pytest
 import torch
 
+import proteinperf
 from proteinperf import load_model, models
 from proteinperf.checkpoint import (
     CheckpointError,
@@ -101,3 +102,21 @@ def test_export_refuses_oversized_files(models_dir, trained):
 def test_package_data_ships_pretrained_files():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert "pretrained/*.pt" in text and "pretrained/*.json" in text
+
+
+def test_shipped_models_load_and_match_their_cards():
+    """Every model in proteinperf/pretrained/ loads by name (weights_only), fits the shipping
+    limit and is what its card says."""
+    from proteinperf.models import MAX_SHIPPED_MB, PACKAGE_DIR, model_card
+
+    shipped = sorted(PACKAGE_DIR.glob("*.pt"))
+    assert {p.stem for p in shipped} >= {"swissprot-performer-bid", "swissprot-transformer-causal"}
+    for path in shipped:
+        assert path.stat().st_size <= MAX_SHIPPED_MB * 2**20
+        card = model_card(path.stem)
+        model, _ = proteinperf.load_model(path.stem)
+        assert model.config.causal == (card["objective"] == "clm")
+        assert model.config.attention == card["attention"]
+        assert card["test"]["accuracy"] > card["unigram"]["accuracy"]
+        for key in ("data", "split", "steps", "seconds", "far", "limits"):
+            assert card.get(key), (path.stem, key)
