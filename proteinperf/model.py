@@ -295,18 +295,11 @@ class SelfAttention(nn.Module):
     def token_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k, v projections as one matrix, transposed to (d, 2d + H·d_v'), and its bias,
         for decoding one position. FAVOR layers add one output per head with weight 0 and bias
-        1, so v comes out as [v, 1] (d_v' = d_v + 1). A copy, rebuilt when a projection tensor
-        changes (version counters; tensors made under inference_mode have none, so there only
-        replaced tensors are noticed)."""
+        1, so v comes out as [v, 1] (d_v' = d_v + 1). A fresh copy of the current weights: built
+        once per decoding state (``_TokenLayer.of``), never cached on the module, so weights
+        changed in place between generations are always seen."""
         params = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
         biases = (self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
-        key = tuple(
-            None if p is None else (p.data_ptr(), -1 if p.is_inference() else p._version)
-            for p in params + biases
-        )
-        cached = self.__dict__.get("_token_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
         h, dh, d = self.n_heads, self.head_dim, self.q_proj.in_features
         with torch.no_grad(), torch.inference_mode(False):
             w = [p.detach() for p in params]
@@ -314,9 +307,7 @@ class SelfAttention(nn.Module):
             if self.is_favor:  # per head: dh rows of v, then the constant 1
                 w[2] = torch.cat((w[2].view(h, dh, d), w[2].new_zeros(h, 1, d)), 1).view(-1, d)
                 b[2] = torch.cat((b[2].view(h, dh), b[2].new_ones(h, 1)), 1).view(-1)
-            fused = (torch.cat(w).T, torch.cat(b))
-        self.__dict__["_token_cache"] = (key, fused)
-        return fused
+            return torch.cat(w).T, torch.cat(b)
 
 
 class Block(nn.Module):
@@ -529,7 +520,7 @@ class PerformerLM(nn.Module):
         """One position, no autograd, nothing to upcast: the fused in-place ``_step_token``."""
         if torch.is_grad_enabled() or self.training:
             return False
-        if torch.is_autocast_enabled(tokens.device.type):
+        if _autocast_on(tokens.device.type):
             return False
         if self.config.favor_kernel not in (None, *recurrent.TOKEN_KERNELS):
             return False
@@ -625,6 +616,15 @@ class PerformerLM(nn.Module):
             y = F.gelu(torch.addmm(layer.fc1_bias, y, layer.fc1_weight_t))
             x = x + torch.addmm(layer.fc2_bias, y, layer.fc2_weight_t)
         return self._step_outputs(x.view(b, 1, -1), state, layer_states, real)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
 
 
 class _TokenLayer(NamedTuple):

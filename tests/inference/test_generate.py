@@ -162,6 +162,13 @@ def test_fused_projection_follows_weight_updates():
         expected = model(tokens)["logits"][:, -1]
     torch.testing.assert_close(after, expected, atol=1e-4, rtol=0)
     assert not torch.allclose(before, after, atol=1e-3)
+    # Through .data, as EMA / weight averaging do: no version counter moves.
+    model.layers[0].self_attn.k_proj.weight.data.copy_(
+        torch.randn_like(model.layers[0].self_attn.k_proj.weight)
+    )
+    with torch.inference_mode():
+        expected = model(tokens)["logits"][:, -1]
+    torch.testing.assert_close(last_logits(), expected, atol=1e-4, rtol=0)
 
 
 def test_favor_state_is_constant_size_and_kv_cache_grows():
