@@ -220,6 +220,9 @@ def metrics_table(val: dict[str, float], test: dict[str, float], checkpoint: str
     return "\n".join(lines)
 
 
+summary = metrics_table  # the old name
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and checkpoint path."""
     import pytorch_lightning as pl

@@ -5,6 +5,7 @@ The LightningModule is ``proteinperf.lightning_module.ProteinLM``, the optimizer
 ``proteinperf.lightning_module.train_small_model``.
 """
 
+from proteinperf.checkpoint import FORMAT_VERSION  # noqa: F401 (it was defined here)
 from proteinperf.lightning_module import (  # noqa: F401
     IGNORE,
     OBJECTIVES,

@@ -167,3 +167,14 @@ def test_old_training_imports_still_work():
     assert training.ProteinLM is lightning_module.ProteinLM
     assert training.LRSchedule is optim.LRSchedule and training.DEFAULT_OPTIM == optim.DEFAULT_OPTIM
     assert training.build_model is lightning_module.initial_model
+    from proteinperf.checkpoint import FORMAT_VERSION
+
+    assert training.FORMAT_VERSION == FORMAT_VERSION
+
+
+def test_other_renamed_names_still_import():
+    from proteinperf import train
+    from proteinperf.attention import kernels, phi
+
+    assert kernels.feature_maps is phi.feature_maps and kernels.KERNELS == phi.KERNELS
+    assert train.summary is train.metrics_table
