@@ -25,11 +25,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from proteinperf import resources
 from proteinperf.atomic import write_text_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-DEFAULT_FAR = ROOT / "data" / "far_proteins.fasta.gz"
+ROOT = resources.project_root()  # outputs/ and benchmarks/results/ go here
+CONF = resources.conf_dir()  # the checkout's conf/, or the installed package's copy
+DEFAULT_FAR = resources.data_dir() / "far_proteins.fasta.gz"
 # name -> (objective, attention), the paper's Table 2 rows in order.
 RUNS = {
     "transformer_bid": ("mlm", "softmax"),
@@ -97,7 +98,7 @@ def run_overrides(name: str, args, work: Path) -> list[str]:
     ]
     if args.corpus:
         out.append(f"data.data_path={Path(args.corpus).resolve()}")
-        if Path(args.corpus).resolve() != (ROOT / "data" / "swissprot_20k.fasta.gz"):
+        if Path(args.corpus).resolve() != (resources.data_dir() / "swissprot_20k.fasta.gz"):
             out.append("data.clusters_file=null")  # a corpus dir is split already
     return [*out, *args.overrides]
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from proteinperf import resources
+
 # Approximate UniProtKB amino-acid background frequencies.
 _AA = b"ACDEFGHIKLMNPQRSTVWY"
 _FREQ = np.array(
@@ -119,7 +121,7 @@ def baseline(path: Path) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks), records
 
 
-SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample_proteins.fasta"
+SAMPLE = resources.data_dir() / "sample_proteins.fasta"
 REPEATS = 3  # runs per input; the median is reported
 TARGETS = {"small_cpu_s": 1.0, "small_peak_rss_MB": 200, "MBps": 250}
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample_proteins.fasta"
+from proteinperf import resources
+
+SAMPLE = resources.data_dir() / "sample_proteins.fasta"
 
 
 @dataclass(frozen=True)

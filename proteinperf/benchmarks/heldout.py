@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proteinperf import resources
 from proteinperf.benchmarks._measure import machine_info, markdown_table
 
-ROOT = Path(__file__).resolve().parents[2]
-FAR = ROOT / "data" / "far_proteins.fasta.gz"
+ROOT = resources.project_root()
+FAR = resources.data_dir() / "far_proteins.fasta.gz"
 TARGET_POINTS, TARGET_PPL_RATIO, TARGET_SECONDS = 1.5, 0.92, 240.0
 SPLITS = {
     "random split": ["data.clusters_file=null"],
@@ -113,7 +114,7 @@ def _clustered_corpus() -> Path:
     """The default corpus with its shipped 50% clustering, prepared once (cached on disk)."""
     from proteinperf.data.datamodule import ProteinDataModule
 
-    data = ROOT / "data"
+    data = resources.data_dir()
     return ProteinDataModule(
         str(data / "swissprot_20k.fasta.gz"),
         clusters_file=str(data / "swissprot_20k.clusters50.tsv.gz"),
