@@ -8,7 +8,6 @@ so multirun, Lightning's DDP re-launch and exit codes behave exactly as with `ma
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 ENTRY_MODULE = "proteinperf.train"
@@ -36,8 +35,14 @@ def entry_argv(overrides: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    argv = entry_argv(args.overrides)
+    """The Hydra entry in a child process (Hydra owns its own argv and working directory); its
+    exit status is the command's. A child, not exec: `main(["train", ...])` called from Python
+    (a notebook) must not replace the caller's interpreter."""
+    import subprocess
+
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)  # does not return
-    return 0
+    try:
+        return subprocess.call(entry_argv(args.overrides))
+    except KeyboardInterrupt:  # the child got the same SIGINT and stops on its own
+        return 130
