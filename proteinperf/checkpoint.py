@@ -16,12 +16,12 @@ import dataclasses
 import pickle
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from proteinperf.atomic import atomic_output
 from proteinperf.errors import ProteinperfError
 from proteinperf.model import ModelConfig, PerformerLM
+from proteinperf.plain import plain
 
 FORMAT = "proteinperf-model"
 FORMAT_VERSION = 1
@@ -64,17 +64,8 @@ def lightning_metadata(
 
 
 def _plain(value):
-    """NumPy scalars/arrays inside metadata as Python numbers/lists: the file must load with
-    torch.load(weights_only=True), which refuses pickled NumPy objects."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+    """NumPy values inside metadata as plain Python (weights_only loading refuses them)."""
+    return plain(value)
 
 
 def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:

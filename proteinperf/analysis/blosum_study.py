@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from proteinperf.errors import InputError
+from proteinperf.plain import plain
 
 from .attention_maps import attention_inputs, frame_sequence, layer_attention, untrained_control
 from .similarity import ResidueAttentionStats, blosum62, bootstrap_vs_blosum, combine_heads
@@ -151,15 +152,7 @@ def blosum_study(
 
 def json_safe(value):
     """NaN/inf -> None (strict JSON), numpy scalars -> Python numbers."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return plain(value, finite=True)
 
 
 def write_figures(study: dict, matrices: dict, outdir, prefix: str = "similarity") -> list:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 
 from proteinperf.atomic import atomic_output
 from proteinperf.errors import ConfigError, InputError
+from proteinperf.plain import plain
 
 from . import plots
 from .attention_maps import approximation_error, attention_maps, frame_sequence, select
@@ -100,13 +100,7 @@ def summarise(analysis: ModelAnalysis, blosum: np.ndarray) -> dict:
 
 def _json_safe(value):
     """NaN/inf -> null, so summary.json stays strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
+    return plain(value, finite=True)
 
 
 def _matches(record_id: str, protein: str) -> bool:
