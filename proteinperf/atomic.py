@@ -17,6 +17,16 @@ from pathlib import Path
 from proteinperf.errors import InputError
 
 
+def check_target(path, directory: bool = False) -> None:
+    """InputError if ``path`` exists as the other kind (a folder where a file goes, or the
+    reverse). Commands call it before their work too, so a long run does not fail only at the
+    final rename."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        raise InputError(f"output {path} exists and is {kind}")
+
+
 @contextlib.contextmanager
 def atomic_output(path, directory: bool = False, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
@@ -26,9 +36,7 @@ def atomic_output(path, directory: bool = False, fsync: bool = False) -> Iterato
     flushes a file to disk before the rename (a crash then leaves the old or the new file).
     """
     path = Path(path)
-    if path.exists() and path.is_dir() != directory:
-        kind = "a directory" if path.is_dir() else "a file"
-        raise InputError(f"output {path} exists and is {kind}")
+    check_target(path, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.tmp-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) if directory else None

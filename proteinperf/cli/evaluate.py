@@ -52,10 +52,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from proteinperf.atomic import check_target
     from proteinperf.checkpoint import checkpoint_metadata, load_model
     from proteinperf.inference.common import atomic_output, resolve_device
     from proteinperf.inference.evaluate import evaluate, format_table, unigram_log_probs_from
 
+    if args.out is not None:
+        check_target(args.out)
     model, _ = load_model(args.checkpoint, device=resolve_device(args.device))
     causal = bool(model.config.causal)
     if args.unigram_from is not None:

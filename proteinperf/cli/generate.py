@@ -96,6 +96,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from proteinperf.atomic import check_target
     from proteinperf.inference.common import progress, read_records
     from proteinperf.inference.generate import check_generative, generate, write_samples
 
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             f"--min-length must be between 0 and --max-length ({args.max_length}), "
             f"got {args.min_length}"
         )
+    check_target(args.output)
     prompts = [args.prompt or ""]
     if args.prompt_fasta:
         prompts = [record.sequence for record in read_records(args.prompt_fasta)]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from proteinperf.atomic import check_target
 from proteinperf.constants import EMBED_INCLUDES
 from proteinperf.errors import ConfigError
 
@@ -29,7 +30,6 @@ from .writers import (
     FORMATS,
     WRITERS,
     NameAllocator,
-    check_file_output,
     check_replaceable_dir,
     record_arrays,
 )
@@ -202,7 +202,7 @@ def embed_fasta(
     if fmt == "pt-dir":
         check_replaceable_dir(output)
     else:
-        check_file_output(output)
+        check_target(output)
     if toks_per_batch < 1:
         raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
     metadata = {"layers": layers, "include": include, **(metadata or {})}

@@ -146,11 +146,12 @@ def score_fasta(
     resumable); ``distributed_strategy`` is Lightning's strategy (``strategy`` is the scoring
     one). Returns the summary of ``distributed.run_bulk`` plus ``strategy``.
     """
+    from proteinperf.atomic import check_target
+
     from .distributed import run_bulk, scan_fasta
-    from .writers import check_file_output
 
     strategy = resolve_score_strategy(strategy, model.config.causal)
-    check_file_output(Path(output))
+    check_target(output)
     if toks_per_batch < 1:
         raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
 

@@ -164,13 +164,6 @@ class PtDirWriter:
 WRITERS = {"h5": H5Writer, "npz": NpzWriter, "pt-dir": PtDirWriter}
 
 
-def check_file_output(path: Path) -> None:
-    """A single-file output (h5, npz, CSV) must not name an existing directory: checked before
-    any work, so a run does not end at the merge with its shards left behind."""
-    if path.is_dir():
-        raise InputError(f"output {path} exists and is a directory; give a file path")
-
-
 def check_replaceable_dir(path: Path) -> None:
     """Only an earlier pt-dir output (it has index.csv) or an empty folder may be replaced."""
     if path.is_dir() and any(path.iterdir()) and not (path / INDEX_FILE).exists():

@@ -35,6 +35,8 @@ CASES = [
     ("score-mutations {bid} --reference {emptycsv} --dms-dir {full} --out {out}",
      "empty.csv: not a readable CSV"),
     ("generate {bid} {out} --num-samples 1 --quiet", "generation needs a causal model"),
+    ("generate {causal} {full} --num-samples 1 --quiet", "full exists and is a directory"),
+    ("evaluate {bid} {good} --out {full} --quiet", "full exists and is a directory"),
     ("generate {causal} {out} --num-samples 1 --prompt MK1 --quiet", "'1' is not an amino"),
     ("contacts {bid} {good} {out} --quiet", "no contact head"),
     ("contacts {junk} {good} {out} --quiet", "corrupt or not a PyTorch file"),
