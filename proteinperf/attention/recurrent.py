@@ -281,19 +281,12 @@ def kv_token_step(
     v: torch.Tensor,  # (B, H, d_v)
     keep: torch.Tensor | None = None,  # (B,) bool: False = a padded position
 ) -> tuple[torch.Tensor, KVCache]:
-    """``kv_step`` of one position: (out (B, H, d_v), cache), the cache written in place."""
+    """``kv_step`` of one position: (out (B, H, d_v), cache), the cache written in place
+    (``kv_step`` takes its unpadded fast path itself)."""
     q, k = qk.unsqueeze(3).unbind(1)  # (B, H, 1, d)
-    lo = cache.length
-    if keep is not None or not bool(cache.keep[:, :lo].all()):
-        out, cache = kv_step(cache, q, k, v.unsqueeze(2), None if keep is None else keep[:, None])
-        return out.squeeze(2), cache
-    cache = _reserve(cache, 1)
-    cache.k[:, :, lo] = k.squeeze(2)
-    cache.v[:, :, lo] = v
-    cache.keep[:, lo] = True
-    hi = lo + 1
-    out = F.scaled_dot_product_attention(q, cache.k[:, :, :hi], cache.v[:, :, :hi])
-    return out.squeeze(2), cache._replace(length=hi)
+    mask = None if keep is None else keep[:, None]
+    out, cache = kv_step(cache, q, k, v.unsqueeze(2), mask)
+    return out.squeeze(2), cache
 
 
 __all__ = [
