@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from proteinperf.atomic import atomic_output
 from proteinperf.constants import DATASETS
 
 from .alphabet import get_alphabet
@@ -94,10 +95,6 @@ def prepare(
             f"{out}: exists and is not a corpus directory (no manifest.json); it would be "
             "replaced, choose another --out"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     options = dict(
         invalid=invalid,
         min_length=min_length,
@@ -107,10 +104,11 @@ def prepare(
         seed=seed,
     )
     workers = workers or min(os.cpu_count() or 1, 8)
-    try:
+    if cluster_identity is not None and clusters_file is not None:
+        raise DataError("give either a cluster identity or a clusters file, not both")
+    # Built in a temporary folder beside `out`, which replaces `out` only once complete.
+    with atomic_output(out, directory=True) as tmp:
         clusters, clustering = None, None
-        if cluster_identity is not None and clusters_file is not None:
-            raise DataError("give either a cluster identity or a clusters file, not both")
         if clusters_file is not None:
             clusters, clustering = _clusters_from_file(clusters_file, seed)
         elif cluster_identity is not None:
@@ -130,10 +128,6 @@ def prepare(
             manifest["clustering"] = clustering
         manifest["command"] = command or " ".join(sys.argv)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if progress:
         print(summary(manifest), file=sys.stderr)
     return manifest
@@ -174,16 +168,6 @@ def _clusters_from_file(path, seed):
 def _replaceable(out: Path) -> bool:
     """An earlier corpus or an empty folder may be replaced; anything else is the user's."""
     return out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir()))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 class _Writer:
