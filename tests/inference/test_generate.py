@@ -43,6 +43,19 @@ def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return tokens
 
 
+def decode_after(model, tokens, prompt: int, state=None, **prompt_options):
+    """Logits of a prompt of ``prompt`` positions in one pass (none when 0), then of every
+    further position one token at a time: (B, L, V), and the final state."""
+    out = []
+    if prompt:
+        logits, state = model.step(tokens[:, :prompt], state, **prompt_options)
+        out.append(logits)
+    for i in range(prompt, tokens.shape[1]):
+        logits, state = model.step(tokens[:, i : i + 1], state)
+        out.append(logits)
+    return torch.cat(out, 1), state
+
+
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @torch.inference_mode()
 def test_incremental_logits_equal_full_forward(attention):
@@ -50,20 +63,13 @@ def test_incremental_logits_equal_full_forward(attention):
     tokens = random_tokens(2, LENGTH)
     full = model(tokens)["logits"]
 
-    state, steps = None, []
-    for i in range(LENGTH):
-        logits, state = model.step(tokens[:, i : i + 1], state)
-        steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+    steps, state = decode_after(model, tokens, 0)
+    torch.testing.assert_close(steps, full, atol=1e-4, rtol=0)
     assert int(state.positions[0]) == LENGTH
 
     # A prompt in one chunked pass (chunks of 64 positions), then token by token.
-    prompt, state = model.step(tokens[:, :150], chunk_size=64)
-    rest = [prompt]
-    for i in range(150, LENGTH):
-        logits, state = model.step(tokens[:, i : i + 1], state)
-        rest.append(logits)
-    torch.testing.assert_close(torch.cat(rest, 1), full, atol=1e-4, rtol=0)
+    rest, _ = decode_after(model, tokens, 150, chunk_size=64)
+    torch.testing.assert_close(rest, full, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
@@ -90,13 +96,8 @@ def test_mixed_length_prompts_in_one_batch(attention):
 def test_one_token_steps_without_rotary(attention, positional):
     model = causal_model(attention, positional=positional, max_len=64)
     tokens = random_tokens(2, 40)
-    _, state = model.step(tokens[:, :10])
-    steps = []
-    for i in range(10, 40):
-        logits, state = model.step(tokens[:, i : i + 1], state)
-        steps.append(logits)
-    full = model(tokens)["logits"][:, 10:]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+    steps, _ = decode_after(model, tokens, 10)
+    torch.testing.assert_close(steps, model(tokens)["logits"], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("attention", [*ATTENTIONS, "favor_softmax_hyp"])  # hyp: Block.step
@@ -104,13 +105,8 @@ def test_one_token_steps_without_rotary(attention, positional):
 def test_one_token_steps_without_qkv_bias_and_final_norm(attention):
     model = causal_model(attention, qkv_bias=False, final_layer_norm=False, lm_head="linear")
     tokens = random_tokens(1, 30)
-    _, state = model.step(tokens[:, :5])
-    steps = []
-    for i in range(5, 30):
-        logits, state = model.step(tokens[:, i : i + 1], state)
-        steps.append(logits)
-    full = model(tokens)["logits"][:, 5:]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+    steps, _ = decode_after(model, tokens, 5)
+    torch.testing.assert_close(steps, model(tokens)["logits"], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
