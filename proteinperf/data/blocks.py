@@ -141,7 +141,7 @@ def parse_block(
         "newlines": newlines,
         "error": None,
         "stats": stats,
-        "id_hashes": id_hash[~dropped],
+        "id_hashes": np.sort(id_hash[~dropped]),  # sorted: runs for prepare's duplicate count
         "tokens": [],
         "lengths": [],
         "meta": [],

@@ -40,6 +40,10 @@ def test_round_trip_and_workers_byte_identical(tmp_path):
         test_fraction=0.05,
     )
     assert _files(tmp_path / "w1") == _files(tmp_path / "w2")
+    # the input checksum is taken beside the parse with workers > 1, inside it with one
+    two = json.loads((tmp_path / "w2" / "manifest.json").read_text())
+    assert two["inputs"] == one["inputs"]
+    assert one["inputs"][0]["checksum"].startswith("sha256-of-block-adler32:")
     records = {r.id: r.sequence for r in read_fasta(SAMPLE)}
     seen = 0
     for split in ("train", "valid", "test"):
@@ -171,8 +175,8 @@ def test_file_truncated_while_mapped_is_an_error_line(tmp_path, monkeypatch):
     path = write(tmp_path / "s.fa", SAMPLE.read_bytes())
     parse = prep._parse
 
-    def parse_then_truncate(data, options):
-        r = parse(data, options)
+    def parse_then_truncate(data, options, *checksum):
+        r = parse(data, options, *checksum)
         os.truncate(path, 100)
         return r
 
@@ -228,3 +232,15 @@ def test_cli_prepare(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["splits"]["valid"]["records"] > 50
     assert pd.read_parquet(out / "valid.meta.parquet").shape[0] > 50
+
+
+def test_duplicate_count_same_in_one_pass_and_many(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = [
+        np.sort(rng.integers(0, 2**63, 500, dtype=np.int64).astype(np.uint64)) for _ in range(7)
+    ]
+    runs.append(runs[2][:123].copy())  # 123 repeats of earlier ids
+    path = tmp_path / "hashes"
+    np.concatenate(runs).tofile(path)
+    assert prep._duplicate_count(path) == 123
+    assert prep._duplicate_count(path, budget=4096) == 123  # 8 passes over hash ranges
