@@ -53,22 +53,23 @@ FIELD_S = 11
 FIELD_E = FIELD_S + NUM_MARKERS
 NUM_COLS = FIELD_E + NUM_MARKERS
 
-_NL, _CR, _GT, _SP, _BAR, _US = 10, 13, 62, 32, 124, 95
+_NL, _CR, _GT, _SP, _BAR, _US, _EQ = 10, 13, 62, 32, 124, 95, 61
 _P = np.uint64(1099511628211)
+_U1 = np.uint64(1)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @njit(cache=True, nogil=True)
-def _match_marker(a, p, h1, keys, key_lens):
-    """Index of the "KEY=" that starts at a[p] and ends before h1, or -1."""
+def _match_key(a, s, e, keys, key_lens):
+    """Index of the key whose "KEY=" is exactly a[s:e] + "=", or -1."""
+    n = e - s + 1
     for k in range(keys.shape[0]):
-        n = key_lens[k]
-        if p + n > h1:
+        if key_lens[k] != n:
             continue
         j = 0
-        while j < n and a[p + j] == keys[k, j]:
+        while j < n - 1 and a[s + j] == keys[k, j]:
             j += 1
-        if j == n:
+        if j == n - 1:
             return k
     return -1
 
@@ -76,22 +77,33 @@ def _match_marker(a, p, h1, keys, key_lens):
 @njit(cache=True, nogil=True)
 def _header(h, r, rec, h0, h1, keys, key_lens):
     """Fill the header columns of record r, whose title (after '>') is h[h0:h1]."""
-    id_end = h1
-    for p in range(h0, h1):
-        if h[p] == _SP:
-            id_end = p
-            break
+    id_end = _find(h, h0, h1, _SP)
     for k in range(NUM_MARKERS):
         rec[FIELD_S + k, r] = -1
         rec[FIELD_E + k, r] = -1
     # A field starts at " KEY=" and runs to the next such marker (of any key) or the line end;
     # the first occurrence of a key is kept, later ones only end the field before them.
+    # Candidates are found at each '=' (a header has a few) rather than at each space (a
+    # description has many): the word between the space before an '=' and the '=' is compared
+    # with the keys of its length (a word longer than every key is none of them).
     first_marker = h1
     open_field = -1
-    for p in range(id_end, h1):
-        if h[p] != _SP:
+    longest = 0
+    for k in range(key_lens.size):
+        longest = max(longest, key_lens[k])
+    q = id_end
+    while True:
+        q = _find(h, q, h1, _EQ)
+        if q >= h1:
+            break
+        p = q - 1
+        lowest = max(id_end, q - longest)
+        while p >= lowest and h[p] != _SP:
+            p -= 1
+        q += 1
+        if p < lowest:
             continue
-        k = _match_marker(h, p + 1, h1, keys, key_lens)
+        k = _match_key(h, p + 1, q - 1, keys, key_lens)
         if k < 0:
             continue
         if first_marker == h1:
@@ -174,11 +186,9 @@ def scan_block(a, out, titles, rec, lut, keys, key_lens, policy, unk):
             grown[:, :r] = rec
             rec = grown
         t0 = t_end
-        i += 1  # the '>'
-        while i < n and a[i] != _NL:
-            titles[t_end] = a[i]
-            t_end += 1
-            i += 1
+        line_end = _find(a, i + 1, n, _NL)  # (i + 1: after the '>')
+        t_end = _copy(a, i + 1, line_end, titles, t_end)
+        i = line_end
         if t_end > t0 and titles[t_end - 1] == _CR:
             t_end -= 1
         _header(titles, r, rec, t0, t_end, keys, key_lens)
@@ -225,8 +235,13 @@ def _residues_fast(a, lut, out, i, o, width):
     through the table into the output (no data-dependent branch or output position). Returns
     (next record start, token end, newlines, width, clean); not clean if a byte was not a token
     (whitespace, '*', invalid, or a newline inside a wrong guess): the caller redoes the record.
+
+    Positions are unsigned here: numba wraps negative signed indices around (a compare and an
+    add per access), which made this loop 2.5x slower. (Keep every operand unsigned: numba
+    types int64 + uint64 as float64.)
     """
-    n = a.size
+    n = _u(a.size)
+    i, o, width = _u(i), _u(o), _u(width)
     lines = 0
     seen = 0
     while i < n and a[i] != _GT:
@@ -234,20 +249,53 @@ def _residues_fast(a, lut, out, i, o, width):
         if j >= n or a[j] != _NL:
             j = i
             while j < n and a[j] != _NL:
-                j += 1
+                j += _U1
             width = j - i
         e = j
-        if e > i and a[e - 1] == _CR:
-            e -= 1
-        for q in range(e - i):
-            t = lut[a[i + q]]
-            out[o + q] = t
+        if e > i and a[e - _U1] == _CR:
+            e -= _U1
+        q = i
+        while q < e:
+            t = lut[a[q]]
+            out[o] = t
             seen |= t
-        o += e - i
+            q += _U1
+            o += _U1
         if j < n:
             lines += 1
-        i = j + 1
-    return min(i, n), o, lines, width, (seen & 0xC0) == 0  # tokens < 64; DROP/STAR/INVALID not
+        i = j + _U1
+    stop = min(i, n)
+    return _i(stop), _i(o), lines, _i(width), (seen & 0xC0) == 0  # tokens < 64; not DROP etc.
+
+
+@njit(cache=True, nogil=True)
+def _find(a, s, e, byte):
+    """The first position in [s, e) holding `byte`, or e (unsigned positions: see above)."""
+    i, end = _u(s), _u(e)
+    while i < end and a[i] != byte:
+        i += _U1
+    return _i(i)
+
+
+@njit(cache=True, nogil=True)
+def _copy(src, s, e, dst, d):
+    """dst[d:d + e - s] = src[s:e]; returns d + e - s."""
+    i, end, o = _u(s), _u(e), _u(d)
+    while i < end:
+        dst[o] = src[i]
+        i += _U1
+        o += _U1
+    return _i(o)
+
+
+@njit(cache=True, nogil=True)
+def _u(x):
+    return np.uint64(x)
+
+
+@njit(cache=True, nogil=True)
+def _i(x):
+    return np.int64(x)
 
 
 @njit(cache=True, nogil=True)
@@ -309,9 +357,11 @@ def hash_ranges(a, starts, ends, seed):
     for i in range(starts.size):
         acc = np.uint64(0)
         power = np.uint64(1)
-        for p in range(starts[i], ends[i]):
+        p, end = _u(starts[i]), _u(ends[i])
+        while p < end:
             acc += np.uint64(a[p]) * power
             power *= _P
+            p += _U1
         acc += np.uint64(ends[i] - starts[i]) * _GOLDEN + seed
         h[i] = _mix64(acc)
     return h
@@ -330,11 +380,9 @@ def gather_strings(a, starts, ends, rows):
         offsets[k + 1] = total
     data = np.empty(total, np.uint8)
     for k in range(rows.size):
-        r = rows[k]
-        s = starts[r]
+        s = starts[rows[k]]
         d = offsets[k]
-        for j in range(offsets[k + 1] - d):
-            data[d + j] = a[s + j]
+        _copy(a, s, s + offsets[k + 1] - d, data, d)
     return offsets, data
 
 
@@ -371,7 +419,5 @@ def gather_tokens(tokens, starts, lengths, rows, out):
     o = 0
     for k in range(rows.size):
         s = starts[rows[k]]
-        for j in range(lengths[rows[k]]):
-            out[o + j] = tokens[s + j]
-        o += lengths[rows[k]]
+        o = _copy(tokens, s, s + lengths[rows[k]], out, o)
     return out[:o]
