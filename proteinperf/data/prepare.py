@@ -72,6 +72,7 @@ def prepare(
     cluster_method="cluster",
     cluster_coverage=0.8,
     clusters_file=None,
+    direct_io=True,
 ) -> dict:
     """Build the corpus directory `out` from FASTA `inputs`; returns the manifest.
 
@@ -81,6 +82,9 @@ def prepare(
     already clustered: its cluster ids are the split keys, and no clustering runs.
     `clusters_file` instead takes a finished clustering (MMseqs2's `representative<TAB>member`
     TSV, e.g. from `mmseqs createtsv`); records it does not list are clusters of their own.
+    `direct_io`: write the token files around the page cache where the filesystem allows
+    (data/direct.py); False for plain buffered writes (e.g. on a slow disk, where the page
+    cache lets prepare finish before the bytes reach it).
     """
     if invalid not in INVALID_POLICIES:
         raise DataError(f"--invalid must be one of {', '.join(INVALID_POLICIES)}")
@@ -124,7 +128,9 @@ def prepare(
                 progress,
             )
         with _truncation_guard(tmp):
-            manifest = _build(inputs, tmp, options, workers, block_size, progress, clusters)
+            manifest = _build(
+                inputs, tmp, options, workers, block_size, progress, clusters, direct_io
+            )
         if clustering is not None:
             manifest["clustering"] = clustering
         manifest["command"] = command or " ".join(sys.argv)
@@ -174,12 +180,14 @@ def _replaceable(out: Path) -> bool:
 class _Writer:
     """Appends parsed blocks, in input order, to the split files of a temp corpus directory."""
 
-    def __init__(self, root: Path, input_bytes: int):
+    def __init__(self, root: Path, input_bytes: int, direct_io: bool = True):
         self.root = root
         # The token streams are most of the output: written around the page cache (direct.py),
         # through staging buffers no larger than the input (a small run stays small).
         chunk = min(CHUNK, max(input_bytes, 1))
-        self.tokens = [AppendFile(root / f"{s}.tokens.bin", chunk=chunk) for s in SPLITS]
+        self.tokens = [
+            AppendFile(root / f"{s}.tokens.bin", direct=direct_io, chunk=chunk) for s in SPLITS
+        ]
         self.offsets = [open(root / f"{s}.offsets.bin", "wb") for s in SPLITS]
         for f in self.offsets:
             f.write(np.zeros(1, np.int64).tobytes())
@@ -220,9 +228,11 @@ class _Writer:
                 )
 
 
-def _build(inputs, tmp, options, workers, block_size, progress, clusters=None) -> dict:
+def _build(
+    inputs, tmp, options, workers, block_size, progress, clusters=None, direct_io=True
+) -> dict:
     total = sum(p.stat().st_size for p in inputs)
-    writer = _Writer(tmp, total)
+    writer = _Writer(tmp, total, direct_io)
     bar = _progress_bar(total) if progress else _NoBar()
     # Threads, not processes: the parsing kernels release the GIL, so threads run in parallel
     # while sharing one copy of the compiled kernels (loading them costs ~1 CPU second per

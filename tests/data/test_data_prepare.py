@@ -38,6 +38,7 @@ def test_round_trip_and_workers_byte_identical(tmp_path):
         progress=False,
         valid_fraction=0.05,
         test_fraction=0.05,
+        direct_io=False,  # and the page-cache route writes the same bytes
     )
     assert _files(tmp_path / "w1") == _files(tmp_path / "w2")
     # the input checksum is taken beside the parse with workers > 1, inside it with one
@@ -232,6 +233,12 @@ def test_cli_prepare(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["splits"]["valid"]["records"] > 50
     assert pd.read_parquet(out / "valid.meta.parquet").shape[0] > 50
+    buffered = tmp_path / "b"
+    argv = ["prepare", str(SAMPLE), "--out", str(buffered), "--valid-fraction", "0.1"]
+    assert main([*argv, "--buffered-writes", "--quiet"]) == 0
+    for split in ("train", "valid", "test"):
+        name = f"{split}.tokens.bin"
+        assert (buffered / name).read_bytes() == (out / name).read_bytes()
 
 
 def test_duplicate_count_same_in_one_pass_and_many(tmp_path):
