@@ -21,6 +21,7 @@ from proteinperf.attention import (
     softmax_attention_weights,
 )
 from proteinperf.errors import ConfigError
+from proteinperf.layers import block_index, resolve_layers
 from proteinperf.model import ModelConfig, PerformerLM
 
 # Keeps the relative Frobenius error finite for an all-zero reference (never met in practice).
@@ -30,6 +31,8 @@ _TINY = 1e-12
 @dataclass
 class AttentionMaps:
     """Attention of selected layers and heads for one sequence: tensors (layers, heads, L, L).
+    ``layers`` are layer numbers as in embed (1 = the first transformer block; see
+    proteinperf.layers), ``heads`` 0-based.
 
     ``model`` is what the network actually uses (``favor`` for a FAVOR model, ``exact`` for a
     softmax one); ``favor`` is None for exact-attention models.
@@ -54,8 +57,8 @@ def frame_sequence(sequence: str, alphabet, max_length: int | None = None) -> to
 
 
 def select(indices: Sequence[int] | None, n: int, what: str) -> list[int]:
-    """Validated 0-based indices (all of ``range(n)`` when None); negative ones count from the
-    end (-1 = the last), as `embed --layers` does."""
+    """Validated 0-based indices, e.g. of heads (all of ``range(n)`` when None); negative ones
+    count from the end (-1 = the last). Layers are numbered by proteinperf.layers instead."""
     if indices is None:
         return list(range(n))
     chosen = [int(i) for i in indices]
@@ -112,14 +115,14 @@ def attention_maps(
     if tokens.dim() != 2 or tokens.shape[0] != 1:
         raise ValueError(f"expected tokens of shape (1, L), got {tuple(tokens.shape)}")
     config = model.config
-    layers = select(layers, config.n_layers, "layers")
+    layers = resolve_layers(layers, config.n_layers, embeddings=False)
     heads = select(heads, config.n_heads, "heads")
     tokens = tokens.to(next(model.parameters()).device)
     inputs = attention_inputs(model, tokens)
     exact, favor = [], []
-    for index in layers:
-        q, k = inputs[index]
-        f, e = layer_attention(model.attention_layers[index], q[:, heads], k[:, heads])
+    for layer in layers:
+        q, k = inputs[block_index(layer)]
+        f, e = layer_attention(model.attention_layers[block_index(layer)], q[:, heads], k[:, heads])
         exact.append(e[0].cpu())
         if f is not None:
             favor.append(f[0].cpu())

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from proteinperf.errors import InputError
+from proteinperf.layers import LAYER_NUMBERING
 from proteinperf.plain import plain
 
 from .attention_maps import attention_inputs, frame_sequence, layer_attention, untrained_control
@@ -38,7 +39,8 @@ def layer_statistics(
     max_length: int | None = 1024,
     threshold: float = 0.0,
 ) -> list[ResidueAttentionStats]:
-    """One ResidueAttentionStats per layer (all heads), per-sequence sums kept.
+    """One ResidueAttentionStats per transformer block, first to last (all heads), per-sequence
+    sums kept.
 
     One forward pass per sequence gives every layer's Q and K; the layers' L x L maps are then
     formed one at a time (memory: one layer's H x L x L).
@@ -70,7 +72,7 @@ def summarise_condition(
     out = dict(overall["similarity"])
     out["pair_attention"] = overall["pair_attention"]
     out["per_layer"] = []
-    for layer, stats in enumerate(per_layer):
+    for layer, stats in enumerate(per_layer, start=1):  # numbered as embed: 1 = first block
         result = bootstrap_vs_blosum(stats, blosum, n_resamples, seed)
         out["per_layer"].append(
             {
@@ -138,6 +140,7 @@ def blosum_study(
         "heads of each residue type's share of attention (Vig et al. 2020); pair_attention: "
         "mean attention between residue types relative to uniform"
     )
+    out["layer_numbering"] = LAYER_NUMBERING
     out["n_sequences"] = len(sequences)
     out["n_heads"] = model.config.n_layers * model.config.n_heads
     out["threshold"] = threshold

@@ -299,13 +299,14 @@ def per_layer_figure(study: Mapping, statistic: str = "similarity") -> Figure:
         (("model", "tab:blue"), ("untrained", "tab:grey"), ("shuffled", "tab:orange")),
     ):
         rows = study.get(key, {}).get("per_layer", [])
-        x = np.array([row["layer"] for row in rows], dtype=float) + offset
+        first = 0 if "layer_numbering" in study else 1  # studies before 0.2 counted from 0
+        x = np.array([row["layer"] + first for row in rows], dtype=float) + offset
         r = np.array([_nan(row[statistic]["pearson"]) for row in rows])
         ci = np.array([[_nan(v) for v in row[statistic]["ci95"]] for row in rows]).reshape(-1, 2)
         yerr = np.abs(np.stack([r - ci[:, 0], ci[:, 1] - r])) if len(rows) else None
         ax.errorbar(x, r, yerr=yerr, fmt="o", ms=3, capsize=2, color=colour, label=key)
     ax.axhline(0, color="black", lw=0.5)
-    ax.set_xlabel("layer (0-based)")
+    ax.set_xlabel("layer (transformer block, 1 = first)")
     ax.set_ylabel("Pearson r vs BLOSUM62")
     ax.set_title(f"{statistic} per layer, bootstrap 95% intervals over proteins", fontsize=9)
     ax.legend(fontsize=8)

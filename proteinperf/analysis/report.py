@@ -14,6 +14,7 @@ import numpy as np
 
 from proteinperf.atomic import atomic_output
 from proteinperf.errors import ConfigError, InputError
+from proteinperf.layers import LAYER_NUMBERING, resolve_layers
 from proteinperf.plain import plain
 
 from . import plots
@@ -54,7 +55,7 @@ def analyse_model(
     """Accumulate residue-type statistics and FAVOR+ approximation errors, one sequence at a time
     (no padding, so no padded keys to account for; memory is one layer's H x L x L)."""
     config = model.config
-    layers = select(layers, config.n_layers, "layers")
+    layers = resolve_layers(layers, config.n_layers, embeddings=False)
     heads = select(heads, config.n_heads, "heads")
     n_maps = len(layers) * len(heads)
     stats = ResidueAttentionStats(n_maps, threshold)
@@ -119,7 +120,7 @@ def pick_record(records: Iterable, protein: str | None):
 def _matrices(model_a: ModelAnalysis, control_a: ModelAnalysis, blosum) -> dict:
     out = {
         "amino_acids": np.array(list(AMINO_ACIDS)),
-        "layers": np.array(model_a.layers),
+        "layers": np.array(model_a.layers),  # numbered as embed: 1 = first block
         "heads": np.array(model_a.heads),
         "blosum62": blosum,
     }
@@ -265,6 +266,7 @@ def write_attention_report(
             "attention": model.config.attention,
             "causal": model.config.causal,
             "layers": model_a.layers,
+            "layer_numbering": LAYER_NUMBERING,
             "heads": model_a.heads,
             "threshold": threshold,
             "max_length": max_length,

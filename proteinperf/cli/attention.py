@@ -23,11 +23,11 @@ def register(subparsers) -> None:
         "--layers",
         type=int,
         nargs="+",
-        metavar="I",
-        help="transformer blocks to analyse, 0..n-1 from the input; negative numbers count "
-        "from the end (-1 = the last, as in embed). embed's numbering has the token "
-        "embeddings as its layer 0, so its layer I+1 is the output of this block I "
-        "(default: all)",
+        metavar="L",
+        help="layers to analyse, numbered as in embed (and ESM's repr_layers): 1..n = "
+        "transformer block 1..n from the input, negative numbers count from the end (-1 = the "
+        "last); 0, the token embeddings, has no attention. Before version 0.2 this flag "
+        "counted blocks from 0 (default: all)",
     )
     parser.add_argument(
         "--heads", type=int, nargs="+", metavar="J", help="0-based heads to analyse (default: all)"

@@ -34,8 +34,8 @@ def register(subparsers) -> None:
         nargs="+",
         default=[-1],
         metavar="L",
-        help="layers to store, as esm-extract's --repr_layers: 0 = the token embeddings, L = "
-        "the output of transformer block L (attention's block L-1), -1 = the last (after the "
+        help="layers to store, as esm-extract's --repr_layers (and attention --layers): 0 = "
+        "the token embeddings, L = the output of transformer block L, -1 = the last (after the "
         "final LayerNorm); negative numbers count from the end (default: -1)",
     )
     parser.add_argument(

@@ -17,6 +17,7 @@ import torch
 from proteinperf.atomic import check_target
 from proteinperf.constants import EMBED_INCLUDES
 from proteinperf.errors import ConfigError
+from proteinperf.layers import resolve_layers as _resolve_layers
 
 from .common import (
     DEFAULT_TOKS_PER_BATCH,
@@ -43,18 +44,9 @@ KINDS = {
 
 
 def resolve_layers(layers: Sequence[int], n_layers: int) -> list[int]:
-    """Layer indices in 0..n_layers; negative ones count from the end (-1 = last)."""
-    resolved: list[int] = []
-    for layer in layers:
-        if not -(n_layers + 1) <= layer <= n_layers:
-            raise ConfigError(
-                f"layer {layer} does not exist: this model has layers 0..{n_layers} (0 = token "
-                f"embeddings) or -{n_layers + 1}..-1 counted from the end"
-            )
-        layer %= n_layers + 1
-        if layer not in resolved:
-            resolved.append(layer)
-    return resolved
+    """Layer numbers in 0..n_layers (0 = token embeddings); negative ones count from the end
+    (-1 = last). The numbering is proteinperf.layers'."""
+    return _resolve_layers(layers, n_layers, embeddings=True)
 
 
 def check_include(include: Sequence[str]) -> list[str]:

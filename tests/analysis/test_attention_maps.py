@@ -59,9 +59,9 @@ def test_implicit_matrix_reproduces_the_layer(tiny_model, attention, causal):
 
 def test_causal_maps_are_lower_triangular(tiny_model):
     model = tiny_model("favor_softmax", causal=True)
-    maps = attention_maps(model, frame_sequence(SEQUENCE, ALPHABET), layers=[1], heads=[0, 3])
+    maps = attention_maps(model, frame_sequence(SEQUENCE, ALPHABET), layers=[2], heads=[0, 3])
     assert maps.favor.shape == maps.exact.shape == (1, 2, len(SEQUENCE) + 2, len(SEQUENCE) + 2)
-    assert maps.layers == [1] and maps.heads == [0, 3] and maps.causal
+    assert maps.layers == [2] and maps.heads == [0, 3] and maps.causal
     for m in (maps.favor, maps.exact):
         assert torch.all(m.triu(1) == 0)
         torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
@@ -71,8 +71,11 @@ def test_exact_model_has_no_favor_map_and_bad_indices_fail(tiny_model):
     model = tiny_model("softmax")
     maps = attention_maps(model, frame_sequence("ACDE", ALPHABET))
     assert maps.favor is None and maps.model is maps.exact and maps.kernel is None
-    with pytest.raises(ValueError, match="layers must be in 0..1"):
-        attention_maps(model, frame_sequence("ACDE", ALPHABET), layers=[2])
+    assert maps.layers == [1, 2]  # numbered as embed: 1 = the first block
+    with pytest.raises(ValueError, match="layer 3 does not exist: this model has layers 1..2"):
+        attention_maps(model, frame_sequence("ACDE", ALPHABET), layers=[3])
+    with pytest.raises(ValueError, match="layer 0 is the token embeddings"):
+        attention_maps(model, frame_sequence("ACDE", ALPHABET), layers=[0])
 
 
 def test_approximation_error_metrics():

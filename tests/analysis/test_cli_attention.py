@@ -5,7 +5,7 @@ import pytest
 
 from proteinperf.cli import main
 
-ARGS = ["--max-seqs", "4", "--max-length", "40", "--layers", "0", "1", "--heads", "0", "2"]
+ARGS = ["--max-seqs", "4", "--max-length", "40", "--layers", "1", "2", "--heads", "0", "2"]
 FILES = {
     "attention_maps.png",
     "attention_maps_control.png",
@@ -38,7 +38,8 @@ def test_attention_end_to_end(tmp_path, tiny_checkpoint, sample, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protein"] == "sp|P69905|HBA_HUMAN"
-    assert summary["layers"] == [0, 1] and summary["heads"] == [0, 2]
+    assert summary["layers"] == [1, 2] and summary["heads"] == [0, 2]
+    assert summary["layer_numbering"] == "esm"
     for who in ("model", "control"):
         assert summary[who]["n_sequences"] == 4
         assert set(summary[who]["similarity_vs_blosum62"]) >= {"pearson", "spearman", "n_pairs"}
@@ -55,14 +56,15 @@ def test_attention_end_to_end(tmp_path, tiny_checkpoint, sample, capsys):
     # A finished report is not overwritten unless asked; then it is replaced whole.
     assert main(argv) == 2
     assert "exists and is not empty" in capsys.readouterr().err
-    again = [*argv, "--overwrite", "--max-seqs", "2", "--max-length", "12", "--layers", "0"]
+    again = [*argv, "--overwrite", "--max-seqs", "2", "--max-length", "12", "--layers", "1"]
     assert main([*again, "--heads", "1"]) == 0
     assert json.loads((out / "summary.json").read_text())["model"]["n_sequences"] == 2
 
 
 def test_attention_user_errors_are_one_line(tmp_path, tiny_checkpoint, sample, capsys):
     cases = [
-        (["--layers", "7"], "layers must be in 0..1"),
+        (["--layers", "7"], "layer 7 does not exist: this model has layers 1..2"),
+        (["--layers", "0"], "layer 0 is the token embeddings, which have no attention"),
         (["--protein", "NOPE_HUMAN"], "protein 'NOPE_HUMAN' not found"),
         (["--threshold", "1.5"], "threshold must be in [0, 1)"),
     ]
@@ -100,7 +102,8 @@ def test_attention_bootstrap_study(tmp_path, tiny_checkpoint, sample):
         result = study[condition]
         assert set(result) >= {"pearson", "ci95", "pair_attention", "per_layer"}
         assert len(result["ci95"]) == 2 and len(result["per_layer"]) == 2
+        assert [row["layer"] for row in result["per_layer"]] == [1, 2]  # as embed numbers them
         low, high = result["ci95"]
         if low is not None:
             assert low <= high
-    assert isinstance(study["signal"], bool)
+    assert isinstance(study["signal"], bool) and study["layer_numbering"] == "esm"
