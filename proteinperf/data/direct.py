@@ -57,35 +57,26 @@ class AppendFile:
 
     def write(self, data) -> None:
         view = memoryview(data).cast("B")
-        if not self.direct:
-            self._write_all(view)
-            self.size += len(view)
-            return
-        buf, n = self._buf, len(view)
+        n = len(view)
         done = 0
-        while done < n:
+        while done < n and self.direct:
+            buf = self._buf
             take = min(n - done, buf.size - self._fill)
             buf[self._fill : self._fill + take] = np.frombuffer(view[done : done + take], np.uint8)
             self._fill += take
             done += take
             if self._fill == buf.size:
                 self._flush(buf.size)
+        if done < n:  # buffered (from the start, or since a direct write was refused)
+            if self._fill:  # staged bytes go first
+                self._flush(self._fill)
+            self._write_all(view[done:])
         self.size += n
 
     def _flush(self, n: int) -> None:
         """Write the first n bytes of the staging buffer (n a multiple of ALIGN, or the end)."""
-        view = memoryview(self._buf)[:n]
         try:
-            if self.direct:
-                try:
-                    self._write_all(view)
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-                    self._go_buffered()
-                    self._write_all(view)
-            else:
-                self._write_all(view)
+            self._write_all(memoryview(self._buf)[:n])
         except BaseException:
             self._fill = 0  # the file is incomplete now: close() must not write after the gap
             raise
@@ -101,8 +92,18 @@ class AppendFile:
         self.direct = False
 
     def _write_all(self, view: memoryview) -> None:
+        """All of view, resuming after short writes; a direct write refused with EINVAL (an
+        alignment rule stricter than ALIGN) switches the file to buffered writes and goes on
+        from the first byte not yet written."""
         while len(view):
-            view = view[os.write(self.fd, view) :]
+            try:
+                written = os.write(self.fd, view)
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self.direct:
+                    raise
+                self._go_buffered()
+                continue
+            view = view[written:]
 
     def close(self) -> None:
         if self.fd < 0:
@@ -120,6 +121,11 @@ class AppendFile:
             os.close(self.fd)
             self.fd = -1
             self._buf = None
+
+    def __del__(self):  # an AppendFile dropped without close() (after an error) frees its fd
+        if getattr(self, "fd", -1) >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def __enter__(self):
         return self

@@ -105,3 +105,63 @@ def test_tmpfs(tmp_path):
                 f.write(p)
         with open(os.path.join(d, "e.bin"), "rb") as g:
             assert g.read() == np.concatenate(pieces).tobytes()
+
+
+@pytest.mark.parametrize("refuse_at", [1, 2, 3])
+def test_refused_inside_a_write_keeps_the_order(tmp_path, monkeypatch, refuse_at):
+    """The first flush usually happens inside a write() call: after a refusal there, the rest
+    of that call and every later call must follow the staged bytes, not overtake them."""
+    f = AppendFile(tmp_path / "o.bin", chunk=ALIGN)
+    if not f.direct:
+        f.close()
+        pytest.skip("this filesystem refuses O_DIRECT at open")
+    real_write = os.write
+    calls = []
+
+    def refuse_nth(fd, data):
+        calls.append(len(data))
+        if len(calls) == refuse_at:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(direct.os, "write", refuse_nth)
+    pieces = [b"a", b"b" * (3 * ALIGN + 10), b"XYZ", b"c" * (ALIGN + 1), b"tail"]
+    with f:
+        for p in pieces:
+            f.write(p)
+    assert (tmp_path / "o.bin").read_bytes() == b"".join(pieces)
+
+
+def test_short_direct_write_then_refusal_writes_no_byte_twice(tmp_path, monkeypatch):
+    f = AppendFile(tmp_path / "s.bin", chunk=2 * ALIGN)
+    if not f.direct:
+        f.close()
+        pytest.skip("this filesystem refuses O_DIRECT at open")
+    real_write = os.write
+    calls = []
+
+    def short_then_refuse(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:  # half the chunk goes through, then the rest is refused
+            return real_write(fd, data[:ALIGN])
+        if len(calls) == 2:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(direct.os, "write", short_then_refuse)
+    data = np.arange(5 * ALIGN, dtype=np.int64).view(np.uint8)[: 5 * ALIGN]
+    with f:
+        f.write(data)
+    assert (tmp_path / "s.bin").read_bytes() == data.tobytes()
+
+
+def test_dropped_without_close_frees_its_descriptor(tmp_path):
+    import gc
+
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    f = AppendFile(tmp_path / "d.bin")
+    f.write(b"x")
+    del f
+    gc.collect()
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before
