@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from .fasta import (
 
 FORMAT_VERSION = 1
 BLOCK_SIZE = 8 << 20
+CHECKSUM_LEAD = 256 << 20  # bytes the checksum thread may read ahead of the parse
 # Metadata encoding, chosen for speed (it is written by the one thread that orders the
 # output): a dictionary only for columns with repeated values (ids are unique, and trying a
 # dictionary for them costs time), snappy rather than zstd (half the encode time, files ~3x
@@ -216,16 +217,26 @@ class _Writer:
             self.stats[k] = self.stats.get(k, 0) + v
 
     def close(self) -> None:
-        for f in [*self.tokens, *self.offsets, self.hashes]:
-            f.close()
-        for s, w in enumerate(self.meta):
-            if w is not None:
-                w.close()
-            else:
-                pq.write_table(
-                    pa.table({"id": pa.array([], pa.string())}),
-                    self.root / f"{SPLITS[s]}.meta.parquet",
-                )
+        """Finish every file; the first error is raised after all of them are closed."""
+        with ExitStack() as stack:
+            for f in [*self.tokens, *self.offsets, self.hashes]:
+                stack.callback(f.close)
+            for s, w in enumerate(self.meta):
+                if w is not None:
+                    stack.callback(w.close)
+                else:
+                    stack.callback(_empty_meta, self.root / f"{SPLITS[s]}.meta.parquet")
+
+    def abandon(self) -> None:
+        """Close every file after an error, keeping that error (the corpus is discarded)."""
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _empty_meta(path: Path) -> None:
+    pq.write_table(pa.table({"id": pa.array([], pa.string())}), path)
 
 
 def _build(
@@ -240,12 +251,15 @@ def _build(
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     # Checksums of plain files are taken by one more thread, from the start: zlib releases the
     # GIL, so they are computed while the parser's compiled kernels load (~0.3 s of one core
-    # in which nothing else can run) instead of beside the parse.
+    # in which nothing else can run) instead of beside the parse. It runs at most `lead`
+    # blocks ahead of the parse, so that on a file larger than memory both read it from the
+    # page cache once.
     summer = ThreadPoolExecutor(1) if workers > 1 else None
     stop = threading.Event()
     described = []
     scratches = _ScratchPool()
     t0 = time.monotonic()
+    finished = False
     try:
         for path in inputs:
             digest = hashlib.sha256()
@@ -254,8 +268,8 @@ def _build(
             tasks = _block_tasks(path, block_size)
             sums = None
             if summer is not None and compression_of(path) is None:
-                tasks = list(tasks)
-                sums = summer.submit(_range_checksums, [t for t, _ in tasks], stop)
+                lead = threading.Semaphore(max(workers + 2, CHECKSUM_LEAD // block_size))
+                sums = summer.submit(_range_checksums, path, block_size, stop, lead)
             for r, n_in in _parsed_blocks(tasks, parse_options, pool, workers, sums is None):
                 if r["error"] is not None:
                     line, rec_id, what = r["error"]
@@ -263,6 +277,8 @@ def _build(
                 lines += r["newlines"]
                 if sums is None:
                     digest.update(r["checksum"].to_bytes(4, "little"))
+                else:
+                    lead.release()
                 writer.add(r)
                 r["release"]()  # its tokens are written: the buffers can take the next block
                 bar.update(n_in)
@@ -275,16 +291,22 @@ def _build(
                     "path": str(path),
                     "size": path.stat().st_size,
                     "compression": compression_of(path),
+                    # (of the adler32s of the blocks prepare cut at this block size)
                     "checksum": "sha256-of-block-adler32:" + digest.hexdigest(),
+                    "checksum_block_size": block_size,
                 }
             )
+        finished = True
     finally:
         bar.close()
         stop.set()
         for executor in (pool, summer):
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
-        writer.close()
+        if finished:
+            writer.close()
+        else:
+            writer.abandon()  # the error in flight is the one to report
     if sum(writer.records) == 0:
         raise DataError(
             f"{', '.join(map(str, inputs))}: no records kept ({_skips_text(writer.stats)})"
@@ -386,10 +408,14 @@ def _work(task, options, checksum=True) -> dict:
     return _parse(task, options, checksum)
 
 
-def _range_checksums(tasks, stop: threading.Event) -> list[int]:
-    """adler32 of each planned block (path, start, stop, state) of a plain file."""
+def _range_checksums(path, block_size, stop: threading.Event, lead) -> list[int]:
+    """adler32 of each block of a plain file, as _block_tasks cuts them; one `lead` permit per
+    block (the parse gives one back per block it finishes)."""
     sums = []
-    for path, start, end, planned in tasks:
+    for (path, start, end, planned), _ in _block_tasks(path, block_size):
+        while not lead.acquire(timeout=0.05):
+            if stop.is_set():
+                return sums
         if stop.is_set():
             break
         with open(path, "rb") as f:
@@ -524,8 +550,10 @@ def _next_record_start(f, pos: int, size: int) -> int:
         return size
     f.seek(pos - 1)
     buf = b""
+    want = 1 << 16  # most records are shorter; grown for long ones
     while True:
-        chunk = f.read(1 << 20)
+        chunk = f.read(want)
+        want = min(2 * want, 1 << 22)
         if not chunk:
             return size
         buf += chunk

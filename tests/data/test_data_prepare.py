@@ -251,3 +251,40 @@ def test_duplicate_count_same_in_one_pass_and_many(tmp_path):
     np.concatenate(runs).tofile(path)
     assert prep._duplicate_count(path) == 123
     assert prep._duplicate_count(path, budget=4096) == 123  # 8 passes over hash ranges
+
+
+def test_checksum_thread_runs_a_bounded_lead_and_stops_on_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "CHECKSUM_LEAD", 1)  # lead = workers + 2 blocks, of ~9
+    kw = dict(block_size=20_000, progress=False, valid_fraction=0.05, test_fraction=0.05)
+    one = prepare([SAMPLE], tmp_path / "w1", workers=1, **kw)
+    two = prepare([SAMPLE], tmp_path / "w2", workers=2, **kw)
+    assert one["inputs"] == two["inputs"] and one["inputs"][0]["checksum_block_size"] == 20_000
+
+    # A bad record in the second block: the error line comes at once (the checksum thread,
+    # waiting for permits, is told to stop), and nothing is left behind.
+    text = SAMPLE.read_text()
+    cut = text.index("\n>", 30_000) + 1
+    bad = write(tmp_path / "bad.fa", text[:cut] + ">x1 broken\nMKV1L\n" + text[cut:])
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"bad.fa:\d+: record 'x1': invalid character '1'"):
+        prepare([bad], tmp_path / "out", workers=2, **kw)
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_close_does_not_hide_the_error_in_flight(tmp_path, monkeypatch):
+    from proteinperf.data import direct
+
+    def failing_close(self):
+        os.close(self.fd) if self.fd >= 0 else None
+        self.fd = -1
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(direct.AppendFile, "close", failing_close)
+    bad = write(tmp_path / "bad.fa", ">a\nMKV\n>b\nMK1V\n")
+    with pytest.raises(DataError, match="record 'b': invalid character '1'"):
+        prepare([bad], tmp_path / "out", workers=1, progress=False)
+    good = write(tmp_path / "good.fa", ">a\nMKV\n")
+    with pytest.raises(OSError, match="No space left"):  # and when nothing else failed, it shows
+        prepare([good], tmp_path / "out", workers=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.fa", "good.fa"]
