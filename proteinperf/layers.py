@@ -44,7 +44,7 @@ def resolve_layers(
             )
         if layer not in resolved:
             resolved.append(layer)
-    if not resolved:
+    if not resolved and not embeddings:
         raise ConfigError("no layers given")
     return resolved
 

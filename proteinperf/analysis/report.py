@@ -121,6 +121,7 @@ def _matrices(model_a: ModelAnalysis, control_a: ModelAnalysis, blosum) -> dict:
     out = {
         "amino_acids": np.array(list(AMINO_ACIDS)),
         "layers": np.array(model_a.layers),  # numbered as embed: 1 = first block
+        "layer_numbering": np.array(LAYER_NUMBERING),
         "heads": np.array(model_a.heads),
         "blosum62": blosum,
     }

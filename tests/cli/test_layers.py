@@ -89,3 +89,9 @@ def test_per_layer_figure_reads_old_and_new_studies():
         ax = per_layer_figure(study).axes[0]
         # the model's points sit 0.15 left of their layer
         assert list(ax.lines[0].get_xdata()) == pytest.approx([0.85, 1.85])
+
+
+def test_empty_layer_lists():
+    assert embed_layers([], N_LAYERS) == []  # embed: nothing asked, nothing stored (as before)
+    with pytest.raises(ConfigError, match="no layers given"):
+        resolve_layers([], N_LAYERS, embeddings=False)
