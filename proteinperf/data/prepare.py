@@ -412,7 +412,7 @@ def _range_checksums(path, block_size, stop: threading.Event, lead) -> list[int]
     """adler32 of each block of a plain file, as _block_tasks cuts them; one `lead` permit per
     block (the parse gives one back per block it finishes)."""
     sums = []
-    for (name, start, end, planned), _ in _block_tasks(path, block_size):
+    for (_, start, end, planned), _bytes in _block_tasks(path, block_size):
         while not lead.acquire(timeout=0.05):
             if stop.is_set():
                 return sums
