@@ -49,7 +49,11 @@ def test_ddp_cpu_two_processes(tmp_path, corpus_cache):
     assert len(runs) == 1, runs  # rank 1 did not make a run folder of its own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "probe"]  # nothing in cwd
     run = runs[0]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "final.ckpt",
+        "last.ckpt",
+    ]
     assert (run / "config.yaml").is_file() and (run / ".hydra" / "config.yaml").is_file()
 
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -146,3 +146,22 @@ def test_init_from_checkpoint_swaps_attention(make_cfg, tmp_path):
     config = module.model.config
     assert (config.attention, config.nb_features, config.d_model) == ("favor_softmax", 8, 32)
     assert module.hparams.model["d_model"] == 32
+
+
+def test_final_checkpoint_keeps_the_steps_after_the_last_validation(make_cfg, tmp_path):
+    """Stopped between validations (7 steps, validating every 5): last.ckpt is the exact-resume
+    point of step 5, final.ckpt holds step 7 and the weights training ended with."""
+    stopped = train(make_cfg(*RESUME, "trainer.max_steps=7", tmp=tmp_path / "b"))
+    folder = Path(stopped["output_dir"]) / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "final.ckpt", "last.ckpt"]
+    last, final = (
+        torch.load(folder / name, map_location="cpu", weights_only=True)
+        for name in ("last.ckpt", "final.ckpt")
+    )
+    assert last["global_step"] == 5 and final["global_step"] == 7
+    key = "model.embed_tokens.weight"
+    assert not torch.equal(last["state_dict"][key], final["state_dict"][key])
+    from proteinperf.checkpoint import load_model
+
+    model, _ = load_model(folder / "final.ckpt")  # loads like any checkpoint
+    assert torch.equal(model.embed_tokens.weight, final["state_dict"][key])
