@@ -59,29 +59,6 @@ def test_filesystem_without_o_direct_falls_back_at_open(tmp_path, monkeypatch):
     assert (tmp_path / "b.bin").read_bytes() == np.concatenate(pieces).tobytes()
 
 
-def test_direct_write_refused_midway_falls_back_without_losing_bytes(tmp_path, monkeypatch):
-    f = AppendFile(tmp_path / "c.bin", chunk=ALIGN)
-    if not f.direct:
-        f.close()
-        pytest.skip("this filesystem refuses O_DIRECT at open")
-    real_write = os.write
-    calls = []
-
-    def write_refused_once_direct(fd, data):
-        calls.append(len(data))
-        if len(calls) == 2:  # the second direct write: e.g. a stricter alignment rule
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(direct.os, "write", write_refused_once_direct)
-    pieces = _pieces(2)
-    with f:
-        for p in pieces:
-            f.write(p)
-    assert not f.direct
-    assert (tmp_path / "c.bin").read_bytes() == np.concatenate(pieces).tobytes()
-
-
 def test_other_write_errors_are_not_swallowed(tmp_path, monkeypatch):
     def full_disk(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -107,48 +84,48 @@ def test_tmpfs(tmp_path):
             assert g.read() == np.concatenate(pieces).tobytes()
 
 
+def _direct_file(path, chunk):
+    f = AppendFile(path, chunk=chunk)
+    if not f.direct:
+        f.close()
+        pytest.skip("this filesystem refuses O_DIRECT at open")
+    return f
+
+
+def _refuse_call(monkeypatch, n, first_short=False):
+    """os.write refuses its n-th call with EINVAL; with first_short the first call writes
+    only one block (a short write)."""
+    real_write = os.write
+    calls = []
+
+    def write(fd, data):
+        calls.append(len(data))
+        if len(calls) == n:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if first_short and len(calls) == 1:
+            return real_write(fd, data[:ALIGN])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(direct.os, "write", write)
+
+
 @pytest.mark.parametrize("refuse_at", [1, 2, 3])
 def test_refused_inside_a_write_keeps_the_order(tmp_path, monkeypatch, refuse_at):
     """The first flush usually happens inside a write() call: after a refusal there, the rest
     of that call and every later call must follow the staged bytes, not overtake them."""
-    f = AppendFile(tmp_path / "o.bin", chunk=ALIGN)
-    if not f.direct:
-        f.close()
-        pytest.skip("this filesystem refuses O_DIRECT at open")
-    real_write = os.write
-    calls = []
-
-    def refuse_nth(fd, data):
-        calls.append(len(data))
-        if len(calls) == refuse_at:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(direct.os, "write", refuse_nth)
-    pieces = [b"a", b"b" * (3 * ALIGN + 10), b"XYZ", b"c" * (ALIGN + 1), b"tail"]
+    f = _direct_file(tmp_path / "o.bin", ALIGN)
+    _refuse_call(monkeypatch, refuse_at)
+    pieces = [b"a", b"b" * (3 * ALIGN + 10), b"XYZ", b"c" * (ALIGN + 1), b"tail", *_pieces(2)]
     with f:
         for p in pieces:
             f.write(p)
-    assert (tmp_path / "o.bin").read_bytes() == b"".join(pieces)
+    assert not f.direct
+    assert (tmp_path / "o.bin").read_bytes() == b"".join(bytes(p) for p in pieces)
 
 
 def test_short_direct_write_then_refusal_writes_no_byte_twice(tmp_path, monkeypatch):
-    f = AppendFile(tmp_path / "s.bin", chunk=2 * ALIGN)
-    if not f.direct:
-        f.close()
-        pytest.skip("this filesystem refuses O_DIRECT at open")
-    real_write = os.write
-    calls = []
-
-    def short_then_refuse(fd, data):
-        calls.append(len(data))
-        if len(calls) == 1:  # half the chunk goes through, then the rest is refused
-            return real_write(fd, data[:ALIGN])
-        if len(calls) == 2:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(direct.os, "write", short_then_refuse)
+    f = _direct_file(tmp_path / "s.bin", 2 * ALIGN)
+    _refuse_call(monkeypatch, 2, first_short=True)  # half the chunk goes, then the rest refused
     data = np.arange(5 * ALIGN, dtype=np.int64).view(np.uint8)[: 5 * ALIGN]
     with f:
         f.write(data)
