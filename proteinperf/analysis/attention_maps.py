@@ -121,8 +121,9 @@ def attention_maps(
     inputs = attention_inputs(model, tokens)
     exact, favor = [], []
     for layer in layers:
-        q, k = inputs[block_index(layer)]
-        f, e = layer_attention(model.attention_layers[block_index(layer)], q[:, heads], k[:, heads])
+        block = block_index(layer)
+        q, k = inputs[block]
+        f, e = layer_attention(model.attention_layers[block], q[:, heads], k[:, heads])
         exact.append(e[0].cpu())
         if f is not None:
             favor.append(f[0].cpu())

@@ -75,7 +75,7 @@ def _match_key(a, s, e, keys, key_lens):
 
 
 @njit(cache=True, nogil=True)
-def _header(h, r, rec, h0, h1, keys, key_lens):
+def _header(h, r, rec, h0, h1, keys, key_lens, longest):
     """Fill the header columns of record r, whose title (after '>') is h[h0:h1]."""
     id_end = _find(h, h0, h1, _SP)
     for k in range(NUM_MARKERS):
@@ -88,16 +88,13 @@ def _header(h, r, rec, h0, h1, keys, key_lens):
     # with the keys of its length (a word longer than every key is none of them).
     first_marker = h1
     open_field = -1
-    longest = 0
-    for k in range(key_lens.size):
-        longest = max(longest, key_lens[k])
     q = id_end
     while True:
         q = _find(h, q, h1, _EQ)
         if q >= h1:
             break
         p = q - 1
-        lowest = max(id_end, q - longest)
+        lowest = max(id_end, q - longest)  # longest: of the "KEY=" strings
         while p >= lowest and h[p] != _SP:
             p -= 1
         q += 1
@@ -180,6 +177,7 @@ def scan_block(a, out, titles, rec, lut, keys, key_lens, policy, unk):
     i = 0
     newlines = 0
     width = 60
+    longest = key_lens.max()
     while i < n:
         if r == rec.shape[1]:
             grown = np.empty((NUM_COLS, 2 * r), np.int64)
@@ -191,7 +189,7 @@ def scan_block(a, out, titles, rec, lut, keys, key_lens, policy, unk):
         i = line_end
         if t_end > t0 and titles[t_end - 1] == _CR:
             t_end -= 1
-        _header(titles, r, rec, t0, t_end, keys, key_lens)
+        _header(titles, r, rec, t0, t_end, keys, key_lens, longest)
         if i < n:
             newlines += 1
         i += 1

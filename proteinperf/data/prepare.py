@@ -398,30 +398,33 @@ def _parsed_blocks(tasks, options, pool, workers, checksum=True):
 
 def _work(task, options, checksum=True) -> dict:
     if isinstance(task, tuple):
-        path, start, stop, planned = task
-        with open(path, "rb") as f:
-            _check_unchanged(f, path, planned)
-            with _mapped(f, start, stop, path) as data:
-                r = _parse(data, options, checksum)
-            _check_unchanged(f, path, planned)
-        return r
+        with _mapped_task(task) as data:
+            return _parse(data, options, checksum)
     return _parse(task, options, checksum)
+
+
+@contextmanager
+def _mapped_task(task):
+    """The bytes of a planned block (path, start, stop, state) of a plain file, mapped; the
+    file is checked unchanged before mapping and after use."""
+    path, start, stop, planned = task
+    with open(path, "rb") as f:
+        _check_unchanged(f, path, planned)
+        with _mapped(f, start, stop, path) as data:
+            yield data
+        _check_unchanged(f, path, planned)
 
 
 def _range_checksums(path, block_size, stop: threading.Event, lead) -> list[int]:
     """adler32 of each block of a plain file, as _block_tasks cuts them; one `lead` permit per
     block (the parse gives one back per block it finishes)."""
     sums = []
-    for (_, start, end, planned), _bytes in _block_tasks(path, block_size):
+    for task, _bytes in _block_tasks(path, block_size):
         while not lead.acquire(timeout=0.05):
             if stop.is_set():
                 return sums
-        if stop.is_set():
-            break
-        with open(path, "rb") as f:
-            _check_unchanged(f, path, planned)
-            with _mapped(f, start, end, path) as data:
-                sums.append(zlib.adler32(data))
+        with _mapped_task(task) as data:
+            sums.append(zlib.adler32(data))
     return sums
 
 
