@@ -58,8 +58,10 @@ class NameAllocator:
         self._seen[record_id] = occurrence + 1
         name = record_id
         salt = 0
+        # The stem leaves room for "_" + 10 hex digits, so every renamed form fits MAX_NAME and
+        # only a hash collision (vanishingly rare) can send the loop round again.
+        stem = self._unsafe.sub("_", record_id).lstrip(".")[: MAX_NAME - 11] or "record"
         while not self._is_safe(name):
-            stem = self._unsafe.sub("_", record_id)[:MAX_NAME].lstrip(".") or "record"
             digest = hashlib.sha1(f"{record_id}\0{occurrence}\0{salt}".encode()).hexdigest()
             name = f"{stem}_{digest[:10]}"
             salt += 1

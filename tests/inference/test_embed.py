@@ -50,6 +50,17 @@ def test_names_are_unique_and_safe(files):
     assert [again(i) for i in ids] == names  # deterministic
 
 
+@pytest.mark.parametrize("files", [True, False])
+@pytest.mark.parametrize("length", [89, 95, 100, 101, 111, 250])
+def test_long_ids_get_a_name_at_once(files, length):
+    # Ids of 90-100 characters that need renaming, and any id over 100, once spun for ever.
+    allocate = NameAllocator(files=files)
+    for record_id in ("A" * length, "sp|" + "B" * (length - 3), "/" * length, "." * length):
+        name = allocate(record_id)
+        assert 0 < len(name) <= 100 and not name.startswith(".") and "/" not in name
+        assert allocate(record_id) != name  # a repeated id still gets its own name
+
+
 @pytest.mark.parametrize("name", ["favor_relu", "favor_softmax", "softmax", "causal"])
 def test_alone_equals_padded_batch(name):
     model = variant_model(name)
