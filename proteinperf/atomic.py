@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +41,8 @@ def atomic_output(path, directory: bool = False, fsync: bool = False) -> Iterato
     path = Path(path)
     check_target(path, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-"
+    sweep_leftovers(path)
+    prefix = f".{path.name}.tmp-{_owner()}-"
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) if directory else None
     if tmp is None:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
@@ -51,7 +55,7 @@ def atomic_output(path, directory: bool = False, fsync: bool = False) -> Iterato
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         if directory and path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{_owner()}-", dir=path.parent))
             os.replace(path, old / "out")
             os.replace(tmp, path)
             shutil.rmtree(old)
@@ -63,6 +67,54 @@ def atomic_output(path, directory: bool = False, fsync: bool = False) -> Iterato
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _owner() -> str:
+    """``host.pid``: who made a temporary path, so a later run can tell a dead one's leftovers."""
+    host = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+    return f"{host}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers(path, report: bool = True) -> list[Path]:
+    """Remove the temporaries that runs killed beside ``path`` left behind (SIGKILL, power
+    loss: no ``except`` ran). One made on this host by a process that no longer exists is
+    removed; one of another host, or of an older version that did not record its owner, is
+    named on stderr (``report``) and kept (it may belong to a live run elsewhere). Returns what was
+    removed."""
+    path = Path(path)
+    mine = re.escape(re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host")
+    owned = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-{mine}\.(\d+)-.+")
+    unowned = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-.+")
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for leftover in siblings:
+        match = owned.fullmatch(leftover.name)
+        if match and not _alive(int(match.group(1))):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+        elif not match and unowned.fullmatch(leftover.name) and report:
+            print(
+                f"note: {leftover} looks like what an interrupted run left; delete it if no "
+                "run is writing it",
+                file=sys.stderr,
+            )
+    return removed
 
 
 def write_text_atomic(path, text: str) -> Path:
@@ -78,4 +130,4 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-__all__ = ["atomic_output", "write_text_atomic"]
+__all__ = ["atomic_output", "sweep_leftovers", "write_text_atomic"]

@@ -22,3 +22,15 @@ class InputError(ProteinperfError, ValueError):
 class ConfigError(ProteinperfError, ValueError):
     """An option or configuration value is out of range, unknown or inconsistent with the
     model (e.g. --device cuda without a GPU, a model config that does not validate)."""
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT reached a command: unwinds like KeyboardInterrupt, so every cleanup
+    (temporary outputs, open shards) runs, and the CLI exits with 128 + the signal's number.
+
+    Not a KeyboardInterrupt: Lightning answers that with ``sys.exit(1)`` and no message, and
+    re-raises anything else after its own teardown."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -8,12 +8,14 @@ code). The work itself happens in library functions that take paths and objects.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
 
 from proteinperf import __version__
-from proteinperf.errors import ProteinperfError
+from proteinperf.errors import ProteinperfError, Stopped
 
 # Order of appearance in --help.
 COMMAND_MODULES = (
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        code = int(args.func(args) or 0)
+        with stop_on_signals():
+            check_paths(args)
+            code = int(args.func(args) or 0)
         if whole_process and getattr(args, "exit_at_once", False):
             # Its files are closed: skip the interpreter's teardown, which frees the objects
             # numba and LLVM loaded one by one (0.1-0.15 CPU-s of a 0.6 s `prepare`).
@@ -85,14 +89,78 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(code)
         return code
-    except KeyboardInterrupt:
-        print("proteinperf: interrupted", file=sys.stderr)
-        return 130
+    except (Stopped, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        hint = getattr(args, "stop_hint", None)
+        hint = hint(args) if callable(hint) else hint
+        print(
+            f"proteinperf {args.command}: stopped by {signal.Signals(signum).name}"
+            + (f"; {hint}" if hint else "; nothing was written"),
+            file=sys.stderr,
+        )
+        if whole_process:
+            # Everything was unwound and cleaned up above; exit without joining worker
+            # threads that may still finish a block (or a first kernel compile) for seconds.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        return 128 + signum
     except USER_ERRORS as err:
         if os.environ.get("PROTEINPERF_DEBUG"):
             raise
         print(f"proteinperf {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM (timeout, docker stop, systemd, SLURM) and SIGINT (Ctrl-C) raise ``Stopped``
+    in the main thread, so a command unwinds and cleans up as on an error. A second signal
+    while it unwinds ends the process at once (the signal's default action).
+
+    Lightning keeps handlers it finds installed and calls them after its own, so this also
+    stops a predict loop, which would otherwise note SIGTERM and run on."""
+    if not _in_main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum, frame):
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse an output that is one of the inputs, or that exists without --overwrite
+    (commands name theirs with
+    ``set_defaults(input_args=(...), output_args=(...))``: attribute names of the namespace)."""
+    outputs = getattr(args, "output_args", ())
+    if not outputs:
+        return
+    from proteinperf.cli._outputs import check_existing
+    from proteinperf.outputs import check_apart
+
+    check_apart(
+        [getattr(args, name, None) for name in getattr(args, "input_args", ())],
+        [getattr(args, name, None) for name in outputs],
+    )
+    check_existing(args)
 
 
 def error_line(err: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from proteinperf.cli._outputs import add_overwrite_option
 from proteinperf.constants import (
     DEFAULT_TOKS_PER_BATCH,
     DEVICES,
@@ -23,7 +24,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+def add_run_options(parser: argparse.ArgumentParser, guard=True) -> None:
     parser.add_argument(
         "--toks-per-batch",
         type=positive_int,
@@ -46,6 +47,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="bf16 runs the matmuls in bfloat16 (autocast); outputs stay float32 (default: fp32)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_option(parser, guard)
 
 
 def load(checkpoint: str, device_name: str):
@@ -120,3 +122,12 @@ def accelerator(device_name: str) -> str:
     from proteinperf.inference.common import resolve_device
 
     return resolve_device(device_name).type
+
+
+def resume_hint(args: argparse.Namespace) -> str | None:
+    """What to tell a user whose bulk run was stopped: the finished batches are kept."""
+    from proteinperf.inference.shards import shard_dir
+
+    if shard_dir(args.output).exists():
+        return f"the finished batches are kept: rerun with --resume to continue ({args.output})"
+    return None

@@ -77,7 +77,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty"
     )
-    parser.set_defaults(func=lambda args: _run(args))
+    parser.set_defaults(
+        func=lambda args: _run(args), input_args=("checkpoint", "fasta"), output_args=("outdir",)
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

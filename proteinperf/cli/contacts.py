@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from proteinperf.cli._inference import add_input_options, load, positive_int
+from proteinperf.cli._outputs import add_overwrite_option
 from proteinperf.constants import CONTACT_FORMATS, DEVICES
 
 
@@ -54,7 +55,8 @@ def register(subparsers) -> None:
         help="auto = cuda when available, else cpu (default: auto)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    add_overwrite_option(parser)
+    parser.set_defaults(func=run, input_args=("checkpoint", "fasta"), output_args=("output",))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from proteinperf.cli._outputs import add_overwrite_option
 from proteinperf.constants import ATTENTIONS
 
 
@@ -41,7 +42,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random features (default: 0)"
     )
-    parser.set_defaults(func=lambda args: _run(args))
+    add_overwrite_option(parser)
+    parser.set_defaults(
+        func=lambda args: _run(args), input_args=("esm_checkpoint",), output_args=("output",)
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ def register(subparsers) -> None:
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--root", default="data/corpora", help="where corpora and downloads go")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the corpus if it was prepared before"
+    )
     p.set_defaults(func=run, exit_at_once=True)
 
 
@@ -20,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from proteinperf.data.prepare import prepare_dataset
 
     with lean_process():
-        prepare_dataset(args.dataset, args.root, workers=args.workers)
+        prepare_dataset(args.dataset, args.root, workers=args.workers, overwrite=args.overwrite)
     return 0

@@ -7,6 +7,7 @@ import json
 import sys
 
 from proteinperf.cli._inference import positive_int
+from proteinperf.cli._outputs import add_overwrite_option
 from proteinperf.constants import DEVICES, SPLITS
 
 
@@ -46,7 +47,8 @@ def register(subparsers) -> None:
         help="residue frequencies of the baseline (default: the checkpoint's training split)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    add_overwrite_option(parser)
+    parser.set_defaults(func=run, input_args=("checkpoint", "data"), output_args=("out",))
 
 
 def run(args: argparse.Namespace) -> int:

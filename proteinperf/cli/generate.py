@@ -7,6 +7,7 @@ import sys
 
 from proteinperf.cli import CommandError
 from proteinperf.cli._inference import load, positive_int
+from proteinperf.cli._outputs import add_overwrite_option
 from proteinperf.constants import DEVICES
 
 
@@ -92,7 +93,10 @@ def register(subparsers) -> None:
         help="auto = cuda when available, else cpu (default: auto)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    parser.set_defaults(func=run)
+    add_overwrite_option(parser)
+    parser.set_defaults(
+        func=run, input_args=("checkpoint", "prompt_fasta"), output_args=("output",)
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from proteinperf.cli import CommandError
+from proteinperf.cli._outputs import add_overwrite_option
 
 
 def register(subparsers) -> None:
@@ -33,7 +34,10 @@ def register(subparsers) -> None:
         help="with --export: model card fields as a JSON object or a .json file "
         "(data, split, steps, seconds, test, far, description, limits, ...)",
     )
-    parser.set_defaults(func=lambda args: _run(args))
+    add_overwrite_option(parser)
+    parser.set_defaults(
+        func=lambda args: _run(args), input_args=("export", "card"), output_args=("out",)
+    )
 
 
 def _card(text: str | None) -> dict:

@@ -60,8 +60,15 @@ def register(subparsers) -> None:
         "the default where the filesystem allows): faster on a slow disk for a corpus that "
         "fits in memory",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a corpus that already exists at --out (refused without it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.set_defaults(func=run, exit_at_once=True)
+    p.set_defaults(
+        func=run, exit_at_once=True, input_args=("inputs", "clusters"), output_args=("out",)
+    )
 
 
 @contextlib.contextmanager
@@ -101,5 +108,6 @@ def run(args: argparse.Namespace) -> int:
             cluster_coverage=args.cluster_coverage,
             clusters_file=args.clusters,
             direct_io=not args.buffered_writes,
+            overwrite=args.overwrite,
         )
     return 0

@@ -11,6 +11,7 @@ from proteinperf.cli._inference import (
     add_parallel_options,
     add_run_options,
     load,
+    resume_hint,
 )
 from proteinperf.constants import SCORE_STRATEGIES
 
@@ -37,7 +38,9 @@ def register(subparsers) -> None:
     add_input_options(parser)
     add_run_options(parser)
     add_parallel_options(parser, ("--dist-strategy",))  # --strategy is the scoring one
-    parser.set_defaults(func=run)
+    parser.set_defaults(
+        func=run, input_args=("checkpoint", "fasta"), output_args=("output",), stop_hint=resume_hint
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -77,8 +77,13 @@ def register(subparsers) -> None:
         default=None,
         help="name of the added column (default: <checkpoint name>_<strategy>)",
     )
-    add_run_options(parser)
-    parser.set_defaults(func=run)
+    # --reference: OUT is a folder that a rerun continues (finished assays are skipped)
+    add_run_options(parser, guard=lambda args: args.reference is None)
+    parser.set_defaults(
+        func=run,
+        input_args=("checkpoint", "fasta", "mutations", "reference", "dms_dir"),
+        output_args=("out", "summary"),
+    )
 
 
 def wild_type(args: argparse.Namespace) -> str | None:

@@ -74,8 +74,12 @@ def prepare(
     cluster_coverage=0.8,
     clusters_file=None,
     direct_io=True,
+    overwrite=False,
 ) -> dict:
     """Build the corpus directory `out` from FASTA `inputs`; returns the manifest.
+
+    An existing corpus at `out` is replaced only with `overwrite` (an empty folder always may
+    be used; anything else never is).
 
     With `cluster_identity` F the records are clustered with MMseqs2 (identity >= F, members
     covered >= `cluster_coverage` by their representative) and whole clusters are assigned to
@@ -100,6 +104,11 @@ def prepare(
         raise DataError(
             f"{out}: exists and is not a corpus directory (no manifest.json); it would be "
             "replaced, choose another --out"
+        )
+    if not overwrite and (out / "manifest.json").is_file():
+        raise DataError(
+            f"{out}: a corpus already exists there (built from {_built_from(out)}); add "
+            "--overwrite to replace it, or choose another --out"
         )
     options = dict(
         invalid=invalid,
@@ -171,6 +180,14 @@ def _clusters_from_file(path, seed):
 
     clusters = ClusterMap.from_table(read_cluster_tsv(path), seed)
     return clusters, {"method": "file", "file": str(path), "clusters": clusters.clusters}
+
+
+def _built_from(corpus: Path) -> str:
+    try:
+        manifest = json.loads((corpus / "manifest.json").read_text())
+        return ", ".join(str(i["path"]) for i in manifest["inputs"]) or "?"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unreadable manifest"
 
 
 def _replaceable(out: Path) -> bool:
@@ -302,7 +319,10 @@ def _build(
         stop.set()
         for executor in (pool, summer):
             if executor is not None:
-                executor.shutdown(cancel_futures=True)
+                # After an error or a stop, do not wait for a block still in a worker (the
+                # first run after an install compiles the kernels there for ~20 s): workers
+                # only read the input and their own buffers, never the output.
+                executor.shutdown(wait=finished, cancel_futures=True)
         if finished:
             writer.close()
         else:
@@ -652,7 +672,7 @@ def summary(m: dict) -> str:
     return text
 
 
-def prepare_dataset(dataset: str, root, *, workers=None) -> dict:
+def prepare_dataset(dataset: str, root, *, workers=None, overwrite=False) -> dict:
     """`proteinperf data DATASET`: the shipped sample, or a UniProt release downloaded into
     root/downloads, prepared into root/DATASET."""
     if dataset not in DATASETS:
@@ -666,4 +686,10 @@ def prepare_dataset(dataset: str, root, *, workers=None) -> dict:
         from .download import download_dataset
 
         source = download_dataset(dataset, root / "downloads")
-    return prepare([source], root / dataset, workers=workers, command=f"proteinperf data {dataset}")
+    return prepare(
+        [source],
+        root / dataset,
+        workers=workers,
+        command=f"proteinperf data {dataset}",
+        overwrite=overwrite,
+    )

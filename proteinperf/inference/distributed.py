@@ -13,6 +13,7 @@ is written is a ``Task`` (embed.py, score.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from proteinperf.constants import DUPLICATE_POLICIES
 from proteinperf.data.fasta import DataError
 from proteinperf.errors import ConfigError, InputError
+from proteinperf.outputs import output_lock
 
 from .common import WINDOW_RECORDS, WINDOW_RESIDUES, length_sorted_batches, progress, read_records
 from .shards import JournalTail, PartWriter, ShardStore, shard_dir
@@ -341,7 +343,11 @@ def run_bulk(
             enable_model_summary=False,
             use_distributed_sampler=False,
         )
-        trainer.predict(module, return_predictions=False)
+        # One run at a time per output: a second would read the first's shards as an
+        # interrupted run. Rank 0 holds the lock; the other ranks belong to its run.
+        lock = output_lock(output) if trainer.global_rank == 0 else contextlib.nullcontext()
+        with lock:
+            trainer.predict(module, return_predictions=False)
     seconds = time.monotonic() - started
     ranks = trainer.callback_metrics.get("bulk_rank_residues")
     per_rank = [int(r) for r in ranks.tolist()] if ranks is not None else []
