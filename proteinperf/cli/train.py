@@ -37,12 +37,37 @@ def entry_argv(overrides: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """The Hydra entry in a child process (Hydra owns its own argv and working directory); its
     exit status is the command's. A child, not exec: `main(["train", ...])` called from Python
-    (a notebook) must not replace the caller's interpreter."""
+    (a notebook) must not replace the caller's interpreter. A stop signal (SIGTERM, SIGINT,
+    SIGUSR1 for preemption) is passed on to the child, which saves a checkpoint and exits;
+    this process waits for it and exits with its status."""
+    import signal
     import subprocess
+
+    from proteinperf.errors import Stopped
 
     sys.stdout.flush()
     sys.stderr.flush()
+    child = subprocess.Popen(entry_argv(args.overrides))
     try:
-        return subprocess.call(entry_argv(args.overrides))
-    except KeyboardInterrupt:  # the child got the same SIGINT and stops on its own
-        return 130
+        previous = signal.signal(signal.SIGUSR1, lambda signum, frame: child.send_signal(signum))
+    except ValueError:  # not the main thread: no handlers here
+        previous = None
+    try:
+        while True:
+            try:
+                return child.wait()
+            except (Stopped, KeyboardInterrupt) as stop:
+                signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+                if child.poll() is None and signum != signal.SIGINT:
+                    child.send_signal(signum)  # Ctrl-C reaches the whole process group
+                _ignore_stop_signals()  # wait for the child's checkpoint, however long
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGUSR1, previous)
+
+
+def _ignore_stop_signals() -> None:
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
