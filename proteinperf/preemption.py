@@ -115,9 +115,9 @@ class Preemption(pl.Callback):
             self.received = signum
 
     def _install(self, trainer: pl.Trainer) -> None:
-        env = trainer._accelerator_connector.cluster_environment
         from lightning_fabric.plugins.environments import SLURMEnvironment
 
+        env = getattr(trainer.strategy, "cluster_environment", None)  # None: one device
         if isinstance(env, SLURMEnvironment) and env.requeue_signal is not None:
             self._requeue_signal = env.requeue_signal
         if threading.current_thread() is not threading.main_thread():

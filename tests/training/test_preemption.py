@@ -106,6 +106,11 @@ def test_signal_saves_and_requeued_job_resumes_exactly(make_cfg, tmp_path, monke
     assert resumed["trainer"].global_step == straight["trainer"].global_step == 8
     assert_same_weights(straight["module"].model.state_dict(), resumed["module"].model.state_dict())
 
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # requeued again after training ended
+    again = train(make_cfg(*RUN, tmp=tmp_path / "b"))
+    assert again["trainer"].global_step == 8
+    assert_same_weights(resumed["module"].model.state_dict(), again["module"].model.state_dict())
+
 
 def test_last_checkpoint_on_a_wall_clock_interval(make_cfg, tmp_path):
     """Validating every 5 of 7 steps, last.ckpt would hold step 5; saved every ~0 minutes,
