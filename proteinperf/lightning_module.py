@@ -231,10 +231,12 @@ class ProteinLM(pl.LightningModule):
     def learning_rate(self) -> float:
         """optim.lr scaled by optim.lr_scaling for this trainer's global batch."""
         o, trainer = self.hparams.optim, self.trainer
+        rule, reference = o.get("lr_scaling", "none"), o.get("reference_batch")
+        if rule == "none":
+            return o["lr"]
         replicas = trainer.world_size * trainer.accumulate_grad_batches
         data = getattr(getattr(trainer, "datamodule", None), "hparams", {})
         device_batch = data.get("tokens_per_batch") or data.get("batch_size")
-        rule, reference = o.get("lr_scaling", "none"), o.get("reference_batch")
         return o["lr"] * lr_scale(rule, replicas, device_batch, reference)
 
     def configure_optimizers(self):

@@ -153,3 +153,34 @@ def test_three_ranks_uneven_evaluation_lr_rule_and_resume_on_one(tmp_path, corpu
     )
     assert resumed["global_step"] == 4
     assert resumed["lr_schedulers"][0]["base_lrs"] == [pytest.approx(1e-3)] * 2
+
+
+def test_module_learning_rate_follows_the_rule_and_resumes_with_the_new_batch():
+    from types import SimpleNamespace
+
+    from proteinperf.lightning_module import ProteinLM
+
+    tiny = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32}
+    module = ProteinLM(model=tiny, optim={"lr": 1e-3, "lr_scaling": "linear"})
+    trainer = SimpleNamespace(
+        world_size=4,
+        accumulate_grad_batches=2,
+        estimated_stepping_batches=100,
+        is_global_zero=True,
+        datamodule=SimpleNamespace(hparams={"batch_size": 8}),
+    )
+    module._trainer = trainer
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(8e-3)  # x 4 devices x 2 batches
+
+    # Saved by that run at lr 8e-3; resumed on one device without accumulation: 1e-3.
+    saved = {
+        "lr_schedulers": [{"base_lrs": [8e-3, 8e-3], "_last_lr": [4e-3, 4e-3]}],
+        "optimizer_states": [{"param_groups": [{"lr": 4e-3, "initial_lr": 8e-3} for _ in "ab"]}],
+    }
+    trainer.world_size, trainer.accumulate_grad_batches = 1, 1
+    module.on_load_checkpoint(saved)
+    assert saved["lr_schedulers"][0]["base_lrs"] == [pytest.approx(1e-3)] * 2
+    assert saved["lr_schedulers"][0]["_last_lr"] == [pytest.approx(5e-4)] * 2
+    group = saved["optimizer_states"][0]["param_groups"][0]
+    assert group["lr"] == pytest.approx(5e-4) and group["initial_lr"] == pytest.approx(1e-3)
