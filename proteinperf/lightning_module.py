@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -22,7 +23,7 @@ from proteinperf import checkpoint as ckpt_format
 from proteinperf.constants import OBJECTIVES
 from proteinperf.data.sampling import IGNORE
 from proteinperf.model import ModelConfig, PerformerLM
-from proteinperf.optim import DEFAULT_OPTIM, OptimConfig, build_optimizer
+from proteinperf.optim import DEFAULT_OPTIM, OptimConfig, build_optimizer, lr_scale
 
 # With init_from, these come from the run's config; every other architecture field from the
 # checkpoint (the weights only fit that architecture). Attention and its features carry no
@@ -121,10 +122,11 @@ class ProteinLM(pl.LightningModule):
             return loss
         getattr(self, f"{stage}_loss").update(loss.detach(), n)
         getattr(self, f"{stage}_acc").update(acc, n)
-        if self.unigram_log_probs.numel() and n:
-            log_p = self.unigram_log_probs
-            self.unigram_loss.update(-log_p[targets].mean(), n)
-            self.unigram_acc.update((targets == log_p.argmax()).float().mean(), n)
+        if self.unigram_log_probs.numel():
+            # Updated (with weight 0) even without targets: every rank must reach compute().
+            log_p, zero = self.unigram_log_probs, loss.new_zeros(())
+            self.unigram_loss.update(-log_p[targets].mean() if n else zero, n)
+            self.unigram_acc.update((targets == log_p.argmax()).float().mean() if n else zero, n)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -141,16 +143,20 @@ class ProteinLM(pl.LightningModule):
         if self.unigram_log_probs.numel():
             pairs.append((f"{stage}/unigram", self.unigram_loss, self.unigram_acc))
         for prefix, loss_metric, acc_metric in pairs:
-            if not loss_metric.update_called:
+            # Weighted means over target tokens, summed over DDP ranks by compute(): a
+            # collective, so every rank computes, also one that saw no targets (or no batch:
+            # then the metric was never updated). NaN: no rank had a target.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", ".*compute.*before the.*update", UserWarning)
+                loss, acc = float(loss_metric.compute()), float(acc_metric.compute())
+            loss_metric.reset()
+            acc_metric.reset()
+            if math.isnan(loss):
                 continue
-            # Weighted means over target tokens, already summed over DDP ranks by compute().
-            loss, acc = float(loss_metric.compute()), float(acc_metric.compute())
             sep = "_" if "/" in prefix else "/"
             self.log(f"{prefix}{sep}loss", loss, prog_bar=stage == "val" and sep == "/")
             self.log(f"{prefix}{sep}ppl", math.exp(min(loss, 80.0)))
             self.log(f"{prefix}{sep}acc", acc, prog_bar=sep == "/")
-            loss_metric.reset()
-            acc_metric.reset()
 
     def on_validation_epoch_end(self):
         self._log_epoch("val")
@@ -207,19 +213,62 @@ class ProteinLM(pl.LightningModule):
         # draws from the global generator, which the uninterrupted run did before the save.
         self._pending_rng = checkpoint.get(ckpt_format.LIGHTNING_RNG_KEY)
         self._drawn_at = checkpoint.get(ckpt_format.LIGHTNING_DRAWN_AT_KEY)
+        self._rescale_saved_lr(checkpoint)  # before Lightning restores the optimizer from it
 
     def _restore_rng(self) -> None:
         rng, self._pending_rng = self._pending_rng, None
         if rng is not None:
             torch.set_rng_state(rng["torch"].cpu())
             if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+                # The run may have seen more devices than this one (resumed on fewer GPUs):
+                # restore the generators of the devices there are.
+                saved = rng["cuda"][: torch.cuda.device_count()]
+                for device, state in enumerate(saved):
+                    torch.cuda.set_rng_state(state.cpu(), device)
 
     # ------------------------------------------------------------------ optimizer
 
+    def learning_rate(self) -> float:
+        """optim.lr scaled by optim.lr_scaling for this trainer's global batch."""
+        o, trainer = self.hparams.optim, self.trainer
+        rule, reference = o.get("lr_scaling", "none"), o.get("reference_batch")
+        if rule == "none":
+            return o["lr"]
+        replicas = trainer.world_size * trainer.accumulate_grad_batches
+        data = getattr(getattr(trainer, "datamodule", None), "hparams", {})
+        device_batch = data.get("tokens_per_batch") or data.get("batch_size")
+        return o["lr"] * lr_scale(rule, replicas, device_batch, reference)
+
     def configure_optimizers(self):
         estimated = self.trainer.estimated_stepping_batches
-        return build_optimizer(self.model.parameters(), self.hparams.optim, estimated)
+        optim = {**self.hparams.optim, "lr": self.learning_rate()}
+        if optim["lr"] != self.hparams.optim["lr"] and self.trainer.is_global_zero:
+            print(
+                f"learning rate {optim['lr']:.4g}: optim.lr {self.hparams.optim['lr']:.4g} "
+                f"scaled {optim['lr_scaling']} for {self.trainer.world_size} device(s) x "
+                f"{self.trainer.accumulate_grad_batches} accumulated batch(es)",
+                flush=True,
+            )
+        return build_optimizer(self.model.parameters(), optim, estimated)
+
+    def _rescale_saved_lr(self, checkpoint: dict) -> None:
+        """A run resumed with another global batch (e.g. on fewer devices) continues its
+        schedule from the learning rate the rule gives now, not the one it saved."""
+        if self.hparams.optim.get("lr_scaling", "none") == "none" or not self._trainer:
+            return
+        schedulers = checkpoint.get("lr_schedulers") or []
+        if not schedulers or not schedulers[0].get("base_lrs"):
+            return
+        factor = self.learning_rate() / schedulers[0]["base_lrs"][0]
+        if factor == 1.0:
+            return
+        schedulers[0]["base_lrs"] = [lr * factor for lr in schedulers[0]["base_lrs"]]
+        schedulers[0]["_last_lr"] = [lr * factor for lr in schedulers[0].get("_last_lr", [])]
+        for state in checkpoint.get("optimizer_states") or []:
+            for group in state["param_groups"]:
+                for key in ("lr", "initial_lr"):
+                    if key in group:
+                        group[key] *= factor
 
 
 def train_small_model(

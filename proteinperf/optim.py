@@ -12,6 +12,7 @@ import torch
 
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 OPTIMIZERS = ("adamw", "adam")
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 @dataclass
@@ -29,6 +30,12 @@ class OptimConfig:
     warmup_steps: int = 0
     total_steps: int | None = None  # None: the trainer's estimate (max_steps, or epochs x batches)
     min_lr_ratio: float = 0.0
+    # The learning rate for the global batch (per device x devices x accumulate_grad_batches):
+    # none: lr whatever the batch; linear: lr x global / reference; sqrt: lr x sqrt(that).
+    # reference_batch is in the data's batch unit (sequences, or tokens with tokens_per_batch);
+    # null: one device's batch, i.e. lr is the rate of a 1-device run without accumulation.
+    lr_scaling: str = "none"
+    reference_batch: int | None = None
 
     @classmethod
     def from_dict(cls, values: dict | None) -> OptimConfig:
@@ -44,10 +51,31 @@ class OptimConfig:
             raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {config.name!r}")
         if config.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
+        if config.lr_scaling not in LR_SCALINGS:
+            raise ValueError(
+                f"optim.lr_scaling must be one of {LR_SCALINGS}, got {config.lr_scaling!r}"
+            )
+        if config.reference_batch is not None and config.reference_batch <= 0:
+            raise ValueError(f"optim.reference_batch must be > 0, got {config.reference_batch}")
         return config
 
 
 DEFAULT_OPTIM = dataclasses.asdict(OptimConfig())  # the same defaults as a plain dict
+
+
+def lr_scale(rule: str, replicas: int, device_batch: float | None, reference: int | None) -> float:
+    """The factor of optim.lr for a global batch of ``replicas`` device batches (devices x
+    accumulate_grad_batches) of ``device_batch`` each, against ``reference`` (None: one device
+    batch)."""
+    if rule == "none":
+        return 1.0
+    if reference is None:
+        ratio = float(replicas)
+    elif device_batch:
+        ratio = replicas * device_batch / reference
+    else:
+        raise ValueError("optim.reference_batch needs the data's batch_size or tokens_per_batch")
+    return ratio if rule == "linear" else math.sqrt(ratio)
 
 
 class LRSchedule:

@@ -131,6 +131,16 @@ def _metrics(result: dict) -> dict:
     return {k: result[k] for k in keys} | {"sequences": result["sequences"]}
 
 
+def device_name(device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)``, or ``cpu``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def train_and_evaluate(name: str, args, work: Path) -> tuple[dict, object, dict]:
     """(run entry of reproduce.json, trained PerformerLM, context) for one of RUNS."""
     from proteinperf.inference.evaluate import evaluate
@@ -142,7 +152,9 @@ def train_and_evaluate(name: str, args, work: Path) -> tuple[dict, object, dict]
     trainer, module = result["trainer"], result["module"]
     timer = next(c for c in trainer.callbacks if isinstance(c, ElapsedTime))
     corpus = trainer.datamodule.corpus_path
-    model = module.model.eval()
+    # Lightning hands the module back on the CPU: evaluate where it trained.
+    device = trainer.strategy.root_device
+    model = module.model.to(device).eval()
     unigram = module.unigram_log_probs.cpu()
     options = dict(max_length=int(cfg.data.max_length), unigram_log_probs=unigram)
     print(f"[reproduce] {name}: {timer.steps} steps in {timer.seconds:.0f} s; evaluating")
@@ -154,6 +166,7 @@ def train_and_evaluate(name: str, args, work: Path) -> tuple[dict, object, dict]
         "attention": attention,
         "steps": timer.steps,
         "seconds": round(timer.seconds, 1),
+        "device": device_name(device),
         "test": _metrics(test),
         "test_unigram": test.get("unigram"),
     }
@@ -221,6 +234,7 @@ def table(report: dict) -> str:
         "",
         f"Budget: {report['budget_minutes']} min of training per model ({report['preset']} "
         f"preset); test: the corpus's held-out split ({report['corpus']}); far: {report['far']}.",
+        f"Trained, evaluated and analysed on {report.get('device', 'an unrecorded device')}.",
     ]
     if s:
         notes.append(
@@ -299,7 +313,6 @@ def export_models(report: dict, models: dict, out_dir: Path) -> list[dict]:
 
 
 def reproduce(args) -> dict:
-    import torch
 
     from proteinperf.analysis import plots
     from proteinperf.analysis.blosum_study import json_safe, write_figures
@@ -319,7 +332,8 @@ def reproduce(args) -> dict:
         "corpus": str(args.corpus or contexts[names[0]]["cfg"].data.data_path),
         "far": str(args.far) if args.far else None,
         "runs": runs,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        # Where the models trained, were evaluated and the BLOSUM62 study ran (the same).
+        "device": ", ".join(dict.fromkeys(run["device"] for run in runs)),
         "load_average": list(os.getloadavg()),
     }
     for run in runs:

@@ -9,7 +9,10 @@ checkpoint and prints a summary. The only subtle part is where each run writes:
   argv. Rank 0 leaves its job's exact overrides and output folder in the environment, and the
   children run that single job in that folder (also out of a ``-m`` sweep) without writing a
   config of their own.
-- Processes started by SLURM or torchrun name the folder after the job id they all share.
+- Processes started by SLURM or torchrun name the folder after the job id they all share. A
+  SLURM job that is requeued (preempted, or requeued on SIGUSR1 by proteinperf.preemption)
+  runs the same command again: it finds the same folder and resumes from its newest
+  checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from proteinperf import resources
+from proteinperf.preemption import resume_checkpoint, slurm_job_id, slurm_requeued
 
 CHILD_ARGV_ENV = "PROTEINPERF_DDP_CHILD_ARGV"
 # What Lightning's DDP launcher leaves in the launching process's environment.
@@ -45,10 +49,12 @@ def _distributed_rank() -> int:
 
 
 def _scheduler_run_id() -> str | None:
-    """An id all processes of one externally launched multi-process job share, if any."""
+    """An id all processes of one externally launched job share, if any: under SLURM also
+    for a single task, so that the job finds its folder again when it is requeued."""
     env = os.environ
-    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
-        return f"slurm-{env['SLURM_JOB_ID']}-{env.get('SLURM_STEP_ID', '0')}"
+    job = slurm_job_id()
+    if job:
+        return f"slurm-{job}"
     elastic = env.get("TORCHELASTIC_RUN_ID", "none")
     if elastic != "none" and int(env.get("WORLD_SIZE", "1") or 1) > 1:
         return f"torchrun-{elastic}"
@@ -223,6 +229,24 @@ def metrics_table(val: dict[str, float], test: dict[str, float], checkpoint: str
 summary = metrics_table  # the old name
 
 
+def _requeued_resume_point(trainer, output_dir: Path) -> str | None:
+    """In a requeued SLURM job: the newest checkpoint the run left in its folder."""
+    if not slurm_requeued():
+        return None
+    callback = trainer.checkpoint_callback
+    folder = callback.dirpath if callback and callback.dirpath else output_dir / "checkpoints"
+    path = resume_checkpoint(folder)
+    restarts = os.environ["SLURM_RESTART_COUNT"]
+    metrics = output_dir / "csv" / "metrics.csv"
+    if path and _rank_zero() and metrics.is_file():  # Lightning's CSVLogger would delete it
+        metrics.rename(metrics.with_name(f"metrics.before-restart-{restarts}.csv"))
+    _say(
+        f"requeued SLURM job (restart {restarts}): "
+        + (f"resuming from {path}" if path else f"no checkpoint in {folder}, starting afresh")
+    )
+    return path
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and checkpoint path."""
     import pytorch_lightning as pl
@@ -246,10 +270,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [hydra.utils.instantiate(c, _convert_="all") for c in _entries(cfg.get("logger"))]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _hand_job_to_ddp_children()
+    ckpt_path = cfg.get("ckpt_path") or _requeued_resume_point(trainer, output_dir)
 
     with _ddp_launch_scope():
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         callback = trainer.checkpoint_callback
         checkpoint = (callback.best_model_path or callback.last_model_path) if callback else ""
         checkpoint = checkpoint or None

@@ -51,6 +51,7 @@ def test_reproduce_end_to_end(tmp_path, far):
             assert 0 <= run[split]["accuracy"] <= 1 and run[split]["perplexity"] > 1
         assert run["curve"] and {"step", "seconds", "accuracy"} <= set(run["curve"][0])
     assert set(report["unigram"]) == {"accuracy", "perplexity"}
+    assert report["device"] == "cpu" and {r["device"] for r in runs} == {"cpu"}
     similarity = report["similarity"]
     for condition in ("model", "untrained", "shuffled"):
         assert {"pearson", "ci95", "per_layer"} <= set(similarity[condition])
@@ -58,6 +59,7 @@ def test_reproduce_end_to_end(tmp_path, far):
     table = (out / "reproduce.md").read_text()
     assert table.count("| BID |") == 3 and table.count("| UNI |") == 2
     assert "Empirical baseline (unigram" in table
+    assert "Trained, evaluated and analysed on cpu." in table
     for png in ("reproduce_curves", "reproduce_similarity_vs_blosum62"):
         assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     names = {e["name"] for e in report["exported"]}
@@ -72,3 +74,48 @@ def test_budget_as_lightning_max_time():
     assert reproduce.max_time(0.2) == "00:00:00:12"
     assert reproduce.max_time(90.5) == "00:01:30:30"
     assert reproduce.max_time(0.001) == "00:00:00:01"
+
+
+def test_evaluates_on_the_device_it_trained_on(monkeypatch, tmp_path):
+    """Lightning hands the module back on the CPU after training on a GPU; the test split,
+    the far set (and the BLOSUM62 study, with the same model) must run on the GPU."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import proteinperf.inference.evaluate
+    import proteinperf.train
+
+    class Model:  # stands in for the trained PerformerLM: records where it is moved
+        device = "cpu"
+
+        def to(self, device):
+            self.device = str(device)
+            return self
+
+        def eval(self):
+            return self
+
+        def parameters(self):
+            return iter([torch.zeros(2)])
+
+    trainer = SimpleNamespace(
+        callbacks=[reproduce.ElapsedTime()],
+        datamodule=SimpleNamespace(corpus_path=tmp_path),
+        strategy=SimpleNamespace(root_device=torch.device("cuda", 0)),
+    )
+    module = SimpleNamespace(model=Model(), unigram_log_probs=torch.zeros(3))
+    result = {"trainer": trainer, "module": module, "checkpoint": None}
+    seen = []
+
+    def evaluate(model, data, **kwargs):
+        seen.append(model.device)
+        return {"accuracy": 0.5, "perplexity": 2.0, "loss": 0.7, "sequences": 1}
+
+    monkeypatch.setattr(proteinperf.train, "train", lambda cfg: result)
+    monkeypatch.setattr(proteinperf.inference.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
+    args = reproduce.parse_args([f"--far={tmp_path / 'far.fasta'}", f"--work={tmp_path}"])
+    entry, model, _ = reproduce.train_and_evaluate("performer_relu_bid", args, tmp_path)
+    assert seen == ["cuda:0", "cuda:0"] and model.device == "cuda:0"
+    assert entry["device"] == "cuda:0 (Some GPU)"

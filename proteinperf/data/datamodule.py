@@ -19,7 +19,9 @@ from .corpus import ProteinCorpus
 from .prepare import FORMAT_VERSION, prepare
 from .sampling import (
     _EVAL_EPOCH,
+    IGNORE,
     BatchPlanSampler,
+    NoTargets,
     _rng,
     clm_example,
     collate,
@@ -48,7 +50,10 @@ class _Examples(Dataset):
     def __getitem__(self, keys):
         if isinstance(keys, tuple):
             return self.example(*keys)
-        return collate([self.example(e, i) for e, i in keys])
+        batch = collate([self.example(e, i) for e, i in keys])
+        if isinstance(keys, NoTargets):
+            batch["targets"].fill_(IGNORE)
+        return batch
 
 
 class SequenceDataset(_Examples):

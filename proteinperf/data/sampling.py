@@ -17,6 +17,18 @@ IGNORE = -100
 _EVAL_EPOCH = 2**31 - 1  # evaluation randomness does not change with the epoch
 
 
+class NoTargets(list):
+    """The keys of a filler batch: evaluated like any batch, but with no targets (every one
+    IGNORE), so it counts for nothing. Evaluation deals its batches round-robin; a rank left
+    one short gets one of these, so that every rank runs as many evaluation steps as the
+    others and reaches the metrics' collective sync (a rank with no batch at all would skip
+    evaluation, and the others would wait for it)."""
+
+
+class _Filler(np.ndarray):
+    pass
+
+
 def _rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index, stream])
 
@@ -134,7 +146,8 @@ class BatchPlanSampler(DistributedSampler):
     It subclasses DistributedSampler so that Lightning uses it as it is under DDP (it never
     re-wraps a DistributedSampler, whatever `use_distributed_sampler` says) and calls its
     `set_epoch`. Training: every rank gets the same number of batches (the few left over are
-    dropped). Evaluation: batches are dealt round-robin, each sample exactly once.
+    dropped). Evaluation: batches are dealt round-robin, each sample exactly once, and a rank
+    left one short gets a NoTargets filler batch.
     """
 
     def __init__(
@@ -192,13 +205,17 @@ class BatchPlanSampler(DistributedSampler):
 
     def batches(self) -> list[np.ndarray]:
         plan = self._full_plan()
-        return plan[: self._kept(len(plan))][self.rank :: self.num_replicas]
+        mine = plan[: self._kept(len(plan))][self.rank :: self.num_replicas]
+        fillers = len(self) - len(mine)
+        return mine + [plan[0].view(_Filler)] * fillers
 
     def __iter__(self):
         epoch = self.epoch if self.shuffle else _EVAL_EPOCH
         skip, self.skip = self.skip, 0
         for batch in self.batches()[skip:]:
-            yield [(epoch, int(i)) for i in batch]
+            keys = [(epoch, int(i)) for i in batch]
+            yield NoTargets(keys) if isinstance(batch, _Filler) else keys
 
     def __len__(self) -> int:
-        return len(range(self.rank, self._kept(self._plan_size()), self.num_replicas))
+        kept = self._kept(self._plan_size())
+        return -(-kept // self.num_replicas)  # training: kept is a multiple of num_replicas

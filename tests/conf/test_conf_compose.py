@@ -121,15 +121,16 @@ def test_loggers_stay_offline(tmp_path, monkeypatch):
 def test_run_ids_are_unique_and_shared_by_external_ranks(tmp_path, monkeypatch):
     from proteinperf.train import run_id
 
-    for name in ("PROTEINPERF_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+    for name in ("PROTEINPERF_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_NAME"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     first = run_id(str(tmp_path))
     (tmp_path / first).mkdir()
     assert run_id(str(tmp_path)) != first
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_STEP_ID", "0")
-    assert run_id(str(tmp_path)) == "slurm-42-0"
+    assert run_id(str(tmp_path)) == "slurm-42"  # the job's folder, found again on requeue
 
 
 @pytest.mark.parametrize(
