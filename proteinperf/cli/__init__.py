@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "generate",
     "contacts",
     "attention",
+    "similarity",
     "convert_esm",
     "models",
 )
