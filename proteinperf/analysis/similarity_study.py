@@ -21,6 +21,7 @@ when the measure's interval lies above every control's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -104,11 +105,12 @@ def partial_correlation(matrix, blosum, covariate) -> dict:
     for name, transform in (("pearson", np.asarray), ("spearman", scipy_stats.rankdata)):
         a, b, c = (np.asarray(transform(v), dtype=np.float64) for v in (x, y, z))
         if a.size < 4 or np.ptp(a) == 0 or np.ptp(c) == 0:
-            out[name] = float("nan")
+            out[name] = math.nan
             continue
         r = np.corrcoef(np.stack([a, b, c]))
         r_xy, r_xz, r_yz = r[0, 1], r[0, 2], r[1, 2]
-        out[name] = float((r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2)))
+        rest = (1 - r_xz**2) * (1 - r_yz**2)  # 0: the covariate explains x (or y) entirely
+        out[name] = float((r_xy - r_xz * r_yz) / np.sqrt(rest)) if rest > 1e-12 else math.nan
     return out
 
 
@@ -150,6 +152,7 @@ def untrained_envelope(per_seed: Sequence[dict]) -> dict:
         "pearson": float(np.nanmean([_nan(s["pearson"]) for s in per_seed])),
         "spearman": float(np.nanmean([_nan(s["spearman"]) for s in per_seed])),
         "ci95": [float("nan")] * 2 if undefined else [min(lows), max(highs)],
+        "n_pairs": min(s["n_pairs"] for s in per_seed),
         "max_pearson": float(np.nanmax([_nan(s["pearson"]) for s in per_seed])),
         "interval": UNTRAINED_INTERVAL,
         "seeds": [dict(s) for s in per_seed],
@@ -244,22 +247,28 @@ def substitution_block(model, sequences, alphabet, counts_per_protein, seeds, op
     return finish_block(block, matrix, blosum, frequency, "proteins"), matrix
 
 
-def attention_block(model, sequences, alphabet, counts_per_protein, seeds, options):
-    """The ``attention`` block from blosum_study (Vig et al.'s statistic) and its matrix."""
+def attention_block(model, sequences, alphabet, counts_per_protein, seeds, options, done=None):
+    """The ``attention`` block from blosum_study (Vig et al.'s statistic) and its matrix;
+    ``done``: blosum_study's (study, matrices) of the same proteins and settings, if run."""
     blosum = blosum62()
     seed = options["seed"]
-    if list(seeds) != list(range(seed, seed + len(seeds))):
-        raise ValueError("blosum_study seeds its untrained controls seed, seed + 1, ...")
-    study, matrices = blosum_study(
-        model,
-        sequences,
-        alphabet,
-        n_resamples=options["n_resamples"],
-        seed=seed,
-        max_length=options["max_length"],
-        return_matrices=True,
-        untrained_seeds=len(seeds),
-    )
+    if done is None:
+        done = blosum_study(
+            model,
+            sequences,
+            alphabet,
+            n_resamples=options["n_resamples"],
+            seed=seed,
+            max_length=options["max_length"],
+            return_matrices=True,
+            untrained_seeds=len(seeds),
+        )
+    study, matrices = done
+    same = [study[k] for k in ("n_sequences", "max_length", "seed")]
+    if same != [len(sequences), options["max_length"], seed] or [
+        s["seed"] for s in study["untrained_seeds"]
+    ] != list(seeds):
+        raise ValueError("the attention study was run on other proteins or settings")
     weights = resample_weights(len(sequences), options["n_resamples"], seed)
     keys = ("pearson", "spearman", "ci95", "n_pairs")
     block = {k: study["model"][k] for k in keys}
@@ -286,9 +295,14 @@ def similarity_study(
     seed: int = 0,
     untrained_seeds: int = 5,
     max_length: int | None = 512,
+    attention_study: tuple[dict, dict] | None = None,
 ) -> tuple[dict, dict]:
     """({"embedding", "substitution", "attention", "settings"}, matrices): the JSON-ready study
-    (NaN where undefined) and the 20 x 20 matrices in AMINO_ACIDS order."""
+    (NaN where undefined) and the 20 x 20 matrices in AMINO_ACIDS order.
+
+    ``attention_study``: the (study, matrices) of ``blosum_study`` with ``return_matrices`` on
+    the same proteins, seed, max_length and ``untrained_seeds``, where the caller has run it
+    already (`make reproduce`); otherwise it is run here."""
     sequences = list(sequences)
     seeds = list(range(seed, seed + untrained_seeds))
     counts = composition(sequences, alphabet, max_length)
@@ -300,7 +314,7 @@ def similarity_study(
         model, sequences, alphabet, counts, seeds, options
     )
     attention, attention_matrix = attention_block(
-        model, sequences, alphabet, counts, seeds, options
+        model, sequences, alphabet, counts, seeds, options, attention_study
     )
     study = {"embedding": embedding, "substitution": substitution, "attention": attention}
     study["settings"] = {
