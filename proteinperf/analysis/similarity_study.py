@@ -172,7 +172,7 @@ def finish_block(block: dict, matrix, blosum, frequency, ci_method: str) -> dict
 
 
 def embedding_block(model, alphabet, counts, seeds: Sequence[int], n_resamples, seed):
-    """The ``embedding`` block and its matrices ({"input", "output"?, "frequency"})."""
+    """The ``embedding`` block and its matrices: {"input"}, and "output" for an untied head."""
     blosum = blosum62()
     weights = resample_weights(len(off_diagonal_pairs(blosum)), n_resamples, seed)
     frequency = frequency_matrix(counts)
@@ -191,10 +191,8 @@ def embedding_block(model, alphabet, counts, seeds: Sequence[int], n_resamples, 
             "untrained": untrained_envelope(per_seed),
             "frequency": entry(frequency, blosum, pair_bootstrap(frequency, blosum, weights)),
         }
-        blocks[side], matrices[side] = (
-            finish_block(block, matrix, blosum, frequency, "pairs"),
-            matrix,
-        )
+        blocks[side] = finish_block(block, matrix, blosum, frequency, "pairs")
+        matrices[side] = matrix
     out = blocks["input"]
     out["vectors"] = "input token embeddings of the 20 residues, mean-centred, cosine similarity"
     out["lm_head"] = blocks.get("output")  # None: the LM head reuses the input embeddings
