@@ -22,7 +22,7 @@ from proteinperf.data.alphabet import STANDARD_AMINO_ACIDS
 AMINO_ACIDS = STANDARD_AMINO_ACIDS  # the residue order of every 20x20 matrix here
 # Pairs the paper and Vig et al. single out as learnt: acids, aromatics, aliphatics, bases.
 NOTABLE_PAIRS = ("DE", "FY", "IV", "IL", "LM", "KR", "NQ", "ST", "WY")
-# Physicochemical groups, the order of the figures' axes (Taylor's classes, simplified).
+# Physicochemical groups (a common textbook grouping), the order of the figures' axes.
 PROPERTY_GROUPS = {
     "aliphatic": "AVLIM",
     "aromatic": "FWY",
