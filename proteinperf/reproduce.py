@@ -181,24 +181,35 @@ def train_and_evaluate(name: str, args, work: Path) -> tuple[dict, object, dict]
     return entry, model, context
 
 
-def similarity(model, corpus, args, max_length: int) -> tuple[dict, dict]:
-    """The BLOSUM62 study on the first --analysis-seqs proteins of the test split."""
+def similarity(model, corpus, args, max_length: int) -> tuple[dict, dict, dict]:
+    """The BLOSUM62 study on the first --analysis-seqs proteins of the test split, and the
+    amino-acid similarity study (embeddings, substitutions, the same attention study)."""
     from proteinperf.analysis.blosum_study import blosum_study
+    from proteinperf.analysis.similarity_study import similarity_study
     from proteinperf.data.alphabet import get_alphabet
     from proteinperf.data.corpus import ProteinCorpus
 
     test = ProteinCorpus(corpus, "test")
     sequences = [test.sequence(i) for i in range(min(len(test), args.analysis_seqs))]
-    print(f"[reproduce] BLOSUM62 study on {len(sequences)} held-out proteins")
-    return blosum_study(
+    print(f"[reproduce] BLOSUM62 studies on {len(sequences)} held-out proteins")
+    options = dict(n_resamples=args.bootstrap, seed=args.seed, max_length=max_length)
+    study, matrices = blosum_study(
         model,
         sequences,
         get_alphabet(),
-        n_resamples=args.bootstrap,
-        seed=args.seed,
-        max_length=max_length,
         return_matrices=True,
+        untrained_seeds=args.untrained_seeds,
+        **options,
     )
+    measures, _ = similarity_study(
+        model,
+        sequences,
+        get_alphabet(),
+        untrained_seeds=args.untrained_seeds,
+        attention_study=(study, matrices),
+        **options,
+    )
+    return study, matrices, measures
 
 
 def _fmt(value, digits: int) -> str:
@@ -207,6 +218,8 @@ def _fmt(value, digits: int) -> str:
 
 def table(report: dict) -> str:
     """Markdown laid out like the paper's Table 2 (+ steps, seconds and the far set)."""
+    from proteinperf.analysis.similarity_study import MEASURES
+
     lines = [
         "| Model type | Model | Accuracy | Perplexity | Steps | Seconds | Far: accuracy "
         "| Far: perplexity |",
@@ -243,6 +256,15 @@ def table(report: dict) -> str:
             f"{_r(s['untrained'])}; shuffled residues {_r(s['shuffled'])}; signal claimed: "
             f"{'yes' if s['signal'] else 'no'}."
         )
+    measures = report.get("amino_acid_similarity") or {}
+    for name in MEASURES:
+        block = measures.get(name)
+        if block:
+            notes.append(
+                f"Amino-acid similarity from {name}: r = {_r(block)}; controls: "
+                + "; ".join(f"{k} {_r(v)}" for k, v in block["controls"].items())
+                + f"; signal claimed: {'yes' if block['signal'] else 'no'}."
+            )
     return "\n".join(lines + notes) + "\n"
 
 
@@ -345,9 +367,12 @@ def reproduce(args) -> dict:
     if bidirectional and args.bootstrap > 0:
         best = max(bidirectional, key=lambda r: r["test"]["accuracy"])
         context = contexts[best["name"]]
-        study, matrices = similarity(models[best["name"]], context["corpus"], args, args.max_length)
+        study, matrices, measures = similarity(
+            models[best["name"]], context["corpus"], args, args.max_length
+        )
         study["analysed_run"] = best["name"]
         report["similarity"] = study
+        report["amino_acid_similarity"] = {"analysed_run": best["name"], **measures}
         write_figures(study, matrices, out, prefix="reproduce_similarity")
     plots.save_figure(curves_figure(runs), out / "reproduce_curves.png")
     if args.export_dir:
@@ -390,6 +415,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--analysis-seqs", type=int, default=200, help="held-out proteins")
     parser.add_argument(
         "--max-length", type=int, default=1024, help="residues analysed per protein"
+    )
+    parser.add_argument(
+        "--untrained-seeds", type=int, default=3, help="untrained controls of the BLOSUM62 studies"
     )
     parser.add_argument("--seed", type=int, default=0, help="controls and bootstrap seed")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")

@@ -56,10 +56,19 @@ def test_reproduce_end_to_end(tmp_path, far):
     for condition in ("model", "untrained", "shuffled"):
         assert {"pearson", "ci95", "per_layer"} <= set(similarity[condition])
     assert similarity["analysed_run"] in {r["name"] for r in runs if r["objective"] == "mlm"}
+    assert len(similarity["untrained_seeds"]) == 3
+    measures = report["amino_acid_similarity"]
+    assert measures["analysed_run"] == similarity["analysed_run"]
+    for name in ("embedding", "substitution", "attention"):
+        assert {"pearson", "spearman", "ci95", "controls", "signal"} <= set(measures[name])
+    # One attention study: the block is the BLOSUM62 study's numbers, not a second run.
+    assert measures["attention"]["pearson"] == similarity["model"]["pearson"]
+    assert measures["attention"]["ci95"] == similarity["model"]["ci95"]
     table = (out / "reproduce.md").read_text()
     assert table.count("| BID |") == 3 and table.count("| UNI |") == 2
     assert "Empirical baseline (unigram" in table
     assert "Trained, evaluated and analysed on cpu." in table
+    assert "Amino-acid similarity from substitution: r = " in table
     for png in ("reproduce_curves", "reproduce_similarity_vs_blosum62"):
         assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     names = {e["name"] for e in report["exported"]}

@@ -1,5 +1,5 @@
-"""Attention analysis: explicit FAVOR+ and exact attention maps, amino-acid similarity from
-attention (Vig et al., 2020) against BLOSUM62, and their plots."""
+"""Attention analysis: explicit FAVOR+ and exact attention maps; amino-acid similarity from
+embeddings, learned substitutions and attention (Vig et al., 2020) against BLOSUM62; plots."""
 
 from .attention_maps import (
     AttentionMaps,
@@ -20,6 +20,7 @@ from .similarity import (
     compare_with_blosum,
     pair_values,
 )
+from .similarity_study import similarity_study
 
 __all__ = [
     "AMINO_ACIDS",
@@ -37,5 +38,6 @@ __all__ = [
     "frame_sequence",
     "pair_values",
     "shuffle_residues",
+    "similarity_study",
     "untrained_control",
 ]

@@ -31,6 +31,12 @@ def shuffle_residues(sequence: str, seed: int) -> str:
     return "".join(sequence[i] for i in order)
 
 
+def shuffled_sequences(sequences: Sequence[str], seed: int) -> list[str]:
+    """Each sequence shuffled with its own seed from (``seed``, its index): the proteins of the
+    shuffled control, the same for every statistic that uses them."""
+    return [shuffle_residues(s, seed * 1_000_003 + i) for i, s in enumerate(sequences)]
+
+
 @torch.no_grad()
 def layer_statistics(
     model,
@@ -88,6 +94,13 @@ def _short(result: dict) -> dict:
     return {"pearson": result["pearson"], "ci95": result["ci95"]}
 
 
+def _seed_entry(summary: dict) -> dict:
+    """One untrained seed's overall numbers (no per-layer rows)."""
+    entry = {k: summary[k] for k in ("pearson", "spearman", "ci95", "n_pairs")}
+    entry["pair_attention"] = _short(summary["pair_attention"])
+    return entry
+
+
 def signal(model: dict, *controls: dict) -> bool:
     """True only when the model's interval lies above every control's interval."""
     low = model["ci95"][0]
@@ -107,34 +120,47 @@ def blosum_study(
     max_length: int | None = 1024,
     threshold: float = 0.0,
     return_matrices: bool = False,
+    untrained_seeds: int = 1,
 ):
     """The ``similarity`` entry of reproduce.json (JSON-ready; NaN where undefined)::
 
         {"model": {pearson, ci95, spearman, pair_attention: {...}, per_layer: [...]},
-         "untrained": {...}, "shuffled": {...}, "signal": bool, "n_sequences": N, ...}
+         "untrained": {...}, "untrained_seeds": [...], "shuffled": {...}, "signal": bool,
+         "n_sequences": N, ...}
 
-    ``seed`` seeds the untrained control, the shuffles and the bootstrap. With
-    ``return_matrices`` also returns {"model", "untrained", "shuffled", "blosum62"}: the 20 x 20
-    Vig similarity matrices (all heads).
+    ``seed`` seeds the shuffles and the bootstrap; the untrained controls are seeded
+    ``seed``, ``seed + 1``, ... (``untrained_seeds`` of them; "untrained" is the first,
+    "untrained_seeds" lists each one's r and interval). With ``return_matrices`` also returns
+    {"model", "untrained", "shuffled", "blosum62"}: the 20 x 20 Vig similarity matrices (all
+    heads; "untrained" of the first seed).
     """
     sequences = list(sequences)
     if not sequences:
         raise InputError("no sequences to analyse")
+    if untrained_seeds < 1:
+        raise ValueError(f"untrained_seeds must be >= 1, got {untrained_seeds}")
     blosum = blosum62()
     device = next(model.parameters()).device
-    control = untrained_control(model.config, seed).to(device)
-    shuffled = [shuffle_residues(s, seed * 1_000_003 + i) for i, s in enumerate(sequences)]
     options = dict(max_length=max_length, threshold=threshold)
+    controls = []
+    for k in range(untrained_seeds):
+        control = untrained_control(model.config, seed + k).to(device)
+        controls.append(layer_statistics(control, sequences, alphabet, **options))
+    shuffled = shuffled_sequences(sequences, seed)
     conditions = {
         "model": layer_statistics(model, sequences, alphabet, **options),
-        "untrained": layer_statistics(control, sequences, alphabet, **options),
+        "untrained": controls[0],
         "shuffled": layer_statistics(model, shuffled, alphabet, **options),
     }
     out = {
         name: summarise_condition(stats, blosum, n_resamples, seed)
         for name, stats in conditions.items()
     }
-    out["signal"] = signal(out["model"], out["untrained"], out["shuffled"])
+    out["untrained_seeds"] = [{"seed": seed, **_seed_entry(out["untrained"])}]
+    for k, stats in enumerate(controls[1:], start=1):
+        summary = summarise_condition(stats, blosum, n_resamples, seed)
+        out["untrained_seeds"].append({"seed": seed + k, **_seed_entry(summary)})
+    out["signal"] = signal(out["model"], *out["untrained_seeds"], out["shuffled"])
     out["statistic"] = (
         "Pearson r over the 190 amino-acid pairs between BLOSUM62 and the correlation over "
         "heads of each residue type's share of attention (Vig et al. 2020); pair_attention: "
@@ -181,6 +207,7 @@ __all__ = [
     "blosum_study",
     "layer_statistics",
     "shuffle_residues",
+    "shuffled_sequences",
     "signal",
     "summarise_condition",
 ]

@@ -22,6 +22,15 @@ from proteinperf.data.alphabet import STANDARD_AMINO_ACIDS
 AMINO_ACIDS = STANDARD_AMINO_ACIDS  # the residue order of every 20x20 matrix here
 # Pairs the paper and Vig et al. single out as learnt: acids, aromatics, aliphatics, bases.
 NOTABLE_PAIRS = ("DE", "FY", "IV", "IL", "LM", "KR", "NQ", "ST", "WY")
+# Physicochemical groups (a common textbook grouping), the order of the figures' axes.
+PROPERTY_GROUPS = {
+    "aliphatic": "AVLIM",
+    "aromatic": "FWY",
+    "polar": "STNQ",
+    "positive": "KRH",
+    "negative": "DE",
+    "special": "CGP",
+}
 
 
 def residue_index(tokens: torch.Tensor, alphabet, order: str = AMINO_ACIDS) -> torch.Tensor:
@@ -259,14 +268,33 @@ def combine_heads(parts: Sequence[ResidueAttentionStats]) -> ResidueAttentionSta
     return out
 
 
-def _pearson(matrix: np.ndarray, blosum: np.ndarray) -> float:
-    """compare_with_blosum's Pearson r without the p-values (the bootstrap's inner loop)."""
+def blosum_pearson(matrix: np.ndarray, blosum: np.ndarray) -> float:
+    """compare_with_blosum's Pearson r without the p-values (a bootstrap's inner loop)."""
     x, y = off_diagonal_pairs(matrix), off_diagonal_pairs(blosum)
     keep = ~np.isnan(x)
     x, y = x[keep], y[keep]
     if x.size < 3 or not np.ptp(x) > 1e-6 * max(np.abs(x).max(), 1e-300):
         return math.nan
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def resample_weights(n: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """(n_resamples, n) bootstrap resamples as weights: how often each of n items (proteins,
+    pairs) is drawn with replacement. The same (n, n_resamples, seed) give the same resamples,
+    so statistics bootstrapped separately over the same proteins are paired."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+
+
+def percentile_interval(values, level: float = 0.95) -> list[float]:
+    """[low, high] percentile interval of bootstrap values, NaN ones left out ([NaN, NaN] if
+    none is defined)."""
+    values = np.asarray(values, dtype=np.float64)
+    defined = values[~np.isnan(values)]
+    if not defined.size:
+        return [math.nan, math.nan]
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))]
 
 
 def bootstrap_vs_blosum(
@@ -289,32 +317,27 @@ def bootstrap_vs_blosum(
     n = stats.n_sequences
     per = {k: np.stack(stats.per_sequence[k]).reshape(n, -1) for k in SUFFICIENT_STATISTICS}
     h, t = stats.n_heads, stats.n_types
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+    counts = resample_weights(n, n_resamples, seed)
     sums = {k: counts @ v for k, v in per.items()}  # each (n_resamples, flattened statistic)
     draws = {"similarity": [], "pair_attention": []}
     for b in range(n_resamples):
         f = fractions(sums["mass"][b].reshape(h, t), sums["total"][b])
-        draws["similarity"].append(_pearson(amino_acid_similarity(f), blosum))
+        draws["similarity"].append(blosum_pearson(amino_acid_similarity(f), blosum))
         with np.errstate(invalid="ignore", divide="ignore"):
             pair_count = sums["pair_count"][b].reshape(t, t)
             pair = np.where(pair_count > 0, sums["pair_sum"][b].reshape(t, t) / pair_count, np.nan)
-        draws["pair_attention"].append(_pearson(pair, blosum))
+        draws["pair_attention"].append(blosum_pearson(pair, blosum))
     point = {
         "similarity": compare_with_blosum(stats.similarity(), blosum),
         "pair_attention": compare_with_blosum(stats.pair_attention(), blosum),
     }
-    tail = 100 * (1 - level) / 2
     out = {}
     for name, values in draws.items():
         values = np.asarray(values)
         defined = values[~np.isnan(values)]
-        ci = [math.nan, math.nan]
-        if defined.size:
-            ci = [float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))]
         out[name] = {
             "pearson": point[name]["pearson"],
-            "ci95": ci,
+            "ci95": percentile_interval(values, level),
             "spearman": point[name]["spearman"],
             "n_pairs": point[name]["n_pairs"],
             "n_resamples": n_resamples,
@@ -326,10 +349,12 @@ def bootstrap_vs_blosum(
 __all__ = [
     "AMINO_ACIDS",
     "NOTABLE_PAIRS",
+    "PROPERTY_GROUPS",
     "ResidueAttentionStats",
     "SUFFICIENT_STATISTICS",
     "amino_acid_similarity",
     "blosum62",
+    "blosum_pearson",
     "bootstrap_vs_blosum",
     "combine_heads",
     "compare_with_blosum",
@@ -338,6 +363,8 @@ __all__ = [
     "off_diagonal_pairs",
     "pair_attention_sums",
     "pair_values",
+    "percentile_interval",
+    "resample_weights",
     "residue_index",
     "residue_mask",
 ]

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "generate",
     "contacts",
     "attention",
+    "similarity",
     "convert_esm",
     "models",
 )
