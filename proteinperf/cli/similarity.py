@@ -57,7 +57,9 @@ def register(subparsers) -> None:
         "--device", default="cpu", choices=("cpu", "cuda"), help="torch device (default: cpu)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
-    parser.set_defaults(func=lambda args: _run(args))
+    parser.set_defaults(
+        func=lambda args: _run(args), input_args=("checkpoint", "fasta"), output_args=("outdir",)
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
