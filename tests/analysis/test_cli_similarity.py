@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from helpers import tiny_model
@@ -67,7 +68,7 @@ def test_similarity_refuses_an_input_as_outdir(tmp_path, sample, capsys):
         argv = ["similarity", str(checkpoint), str(sample), str(outdir), *ARGS, "--overwrite"]
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and "is or contains the input" in err, err
+        assert len(err.splitlines()) == 1 and re.search("(is|contains) the input", err), err
     assert sample.is_file() and checkpoint.is_file()
     bad = ["similarity", str(checkpoint), str(sample), str(tmp_path / "x"), "--bootstrap", "3"]
     assert main(bad) == 2 and "at least 10 resamples" in capsys.readouterr().err
