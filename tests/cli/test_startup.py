@@ -43,7 +43,15 @@ def test_help_and_version_import_nothing_heavy():
 
 def test_train_hands_every_argument_to_hydra(monkeypatch):
     seen = []
-    monkeypatch.setattr("subprocess.call", lambda argv: seen.append(argv) or 3)
+
+    class Child:
+        def __init__(self, argv):
+            seen.append(argv)
+
+        def wait(self):
+            return 3
+
+    monkeypatch.setattr("subprocess.Popen", Child)
     assert main(["train", "-m", "model=tiny,performer_bid", "--cfg", "job"]) == 3  # its status
     assert seen == [[sys.executable, "-m", "proteinperf.train", "-m",
                      "model=tiny,performer_bid", "--cfg", "job"]]  # fmt: skip

@@ -159,7 +159,9 @@ def test_out_that_is_not_a_corpus_is_never_replaced(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "y"
     (tmp_path / "empty").mkdir()
     prepare([path], tmp_path / "empty", progress=False, workers=1)
-    prepare([path], tmp_path / "empty", progress=False, workers=1)  # a corpus: replaced
+    with pytest.raises(DataError, match="a corpus already exists there"):
+        prepare([path], tmp_path / "empty", progress=False, workers=1)
+    prepare([path], tmp_path / "empty", progress=False, workers=1, overwrite=True)  # replaced
 
 
 def test_file_truncated_while_mapped_is_an_error_line(tmp_path, monkeypatch):
@@ -221,7 +223,8 @@ def test_interrupted_run_leaves_nothing_complete_and_rerun_works(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     assert subprocess.run(cmd).returncode == 0
     assert (out / "manifest.json").exists()
-    assert subprocess.run(cmd).returncode == 0  # rerun over a finished corpus
+    assert subprocess.run(cmd).returncode == 2  # a finished corpus is kept...
+    assert subprocess.run([*cmd, "--overwrite"]).returncode == 0  # ...unless asked
 
 
 def test_cli_prepare(tmp_path):

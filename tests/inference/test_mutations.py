@@ -148,6 +148,7 @@ def test_cli_keeps_columns_and_names_score(tmp_path, checkpoints, capsys):
                 "wt-marginals",
                 "--score-col",
                 "s",
+                "--overwrite",
             ]
         )
         == 0

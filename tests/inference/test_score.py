@@ -87,6 +87,9 @@ def test_cli_score_and_errors(tmp_path, checkpoints, fasta, capsys):
     assert len(pd.read_csv(out)) == len(SEQUENCES)
     empty = tmp_path / "empty.fasta"
     empty.write_text("")
+    assert main(["score", str(checkpoints["causal"]), fasta, str(out), "--quiet"]) == 2
+    assert "already exists: add --overwrite" in capsys.readouterr().err
+    out.unlink()
     assert main(["score", str(checkpoints["causal"]), str(empty), str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "empty" in err
