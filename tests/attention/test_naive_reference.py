@@ -57,7 +57,11 @@ def _values_and_grads(fn, q, k, v, upstream):
 
 
 @pytest.mark.parametrize("kernel, causal", CASES)
-@pytest.mark.parametrize("length, size", [(1, 4), (24, 4), (23, 4), (23, 1)])
+# (L, size): one position; whole chunks; a ragged last chunk; size 1; one chunk larger than L;
+# two whole chunks; many chunks with a ragged last one.
+@pytest.mark.parametrize(
+    "length, size", [(1, 4), (24, 4), (23, 4), (23, 1), (5, 16), (16, 8), (40, 7)]
+)
 @pytest.mark.parametrize("pattern", [None, "ragged", "first_block_padded"])
 def test_linear_time_paths_match_the_reference(kernel, causal, length, size, pattern):
     q, k, v, w = _inputs(length, kernel)
