@@ -218,6 +218,12 @@ def _scaled(x, factor, inplace=False):
     return x.mul_(factor) if inplace else x * factor
 
 
+def _zero_where_at_most(grad, x, threshold):
+    """grad[x ≤ threshold] = 0, in place: ReLU's backward op, one pass and no mask tensor
+    (masked_fill_ with an (L, m) bool mask is ~10x slower on CPU)."""
+    return torch.ops.aten.threshold_backward.grad_input(grad, x, threshold, grad_input=grad)
+
+
 def _bmm(a, b, out):
     """a @ b over (BH, N, ·, ·) into ``out`` (a dead buffer of that shape)."""
     torch.bmm(a.flatten(0, 1), b.flatten(0, 1), out=out.flatten(0, 1))
@@ -297,8 +303,8 @@ class CausalFavor(torch.autograd.Function):
         grad_phi_q, grad_kappa = (t.view(bh, padded, -1) for t in (grad_phi_q, grad_kappa))
         phi_q, kappa = phi_q.view(bh, padded, -1), kappa.view(bh, padded, -1)
         if kernel == "relu":  # features at ε: ReLU's flat side, or (κ̃ = 0) a padded key
-            grad_q = grad_phi_q.masked_fill_(phi_q <= RELU_EPSILON, 0.0) @ w
-            grad_k = grad_kappa.masked_fill_(kappa <= RELU_EPSILON, 0.0) @ w
+            grad_q = _zero_where_at_most(grad_phi_q, phi_q, RELU_EPSILON) @ w
+            grad_k = _zero_where_at_most(grad_kappa, kappa, RELU_EPSILON) @ w
         else:
             grad_q = grad_phi_q.mul_(phi_q) @ w  # d exp(x)/dx = exp(x); the shift is constant
             grad_logits = grad_kappa.mul_(kappa)
