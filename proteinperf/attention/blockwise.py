@@ -224,6 +224,16 @@ def _zero_where_at_most(grad, x, threshold):
     return torch.ops.aten.threshold_backward.grad_input(grad, x, threshold, grad_input=grad)
 
 
+def _feature_backward(grad, features, kernel):
+    """From d features to d projections, in place. relu: zero where the features sit at ε
+    (ReLU's flat side, or κ̃ = 0: a padded key); softmax: times the features, as
+    d exp(x)/dx = exp(x) (the shifts are constants)."""
+    features = features.view_as(grad)
+    if kernel == "relu":
+        return _zero_where_at_most(grad, features, RELU_EPSILON)
+    return grad.mul_(features)
+
+
 def _bmm(a, b, out):
     """a @ b over (BH, N, ·, ·) into ``out`` (a dead buffer of that shape)."""
     torch.bmm(a.flatten(0, 1), b.flatten(0, 1), out=out.flatten(0, 1))
@@ -264,6 +274,7 @@ class CausalFavor(torch.autograd.Function):
         decays = _Decays(running, future_mask(size, q.device), n, q)
         states = kappa.transpose(-1, -2) @ _scaled(ve, decays.to_end)  # (BH, N, m, e)
         prefixes, _ = chunk_prefixes(states, decays.scan)
+        del states
         scores = (phi_q @ kappa.transpose(-1, -2)).mul_(decays.pair)  # (BH, N, C, C)
         out_ext = _add_bmm(_scaled(phi_q @ prefixes, decays.from_prev, True), scores, ve)
         out_ext = out_ext.view(bh, n * size, e)[:, :length]
@@ -286,29 +297,29 @@ class CausalFavor(torch.autograd.Function):
         phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, v_ext))
         running = None if running is None else running.view(bh, n, size)
         decays = _Decays(running, future_mask(size, q.device), n, q)
-        # Query side: dφq_i = Σ_{j≤i} pair_ij (do_i·v'_j) κ̃_j + exp(E_{n−1} − M_i) P_n do_i
+        # Query side: dφq_i = Σ_{j≤i} pair_ij (do_i·v'_j) κ̃_j + exp(E_{n−1} − M_i) P_n do_i.
+        # Ordered so that at most four (L, m)-sized buffers are alive at once.
         do_prev = _scaled(do, decays.from_prev)
         weights = (do @ ve.transpose(-1, -2)).mul_(decays.pair)  # (BH, N, C_i, C_j)
         grad_phi_q = _add_bmm(do_prev @ prefixes.transpose(-1, -2), weights, kappa)
-        grad_prefixes = phi_q.transpose(-1, -2) @ do_prev  # (BH, N, m, e)
-        grad_states = chunk_suffixes(grad_prefixes, decays.scan)
+        grad_states = chunk_suffixes(phi_q.transpose(-1, -2) @ do_prev, decays.scan)
+        del do_prev
+        grad_q = _feature_backward(grad_phi_q.view(bh, padded, -1), phi_q, kernel) @ w
+        del grad_phi_q
         # Key side, in-chunk pairs and (through S_n) every later query.
         later = _scaled(ve, decays.to_end) @ grad_states.transpose(-1, -2)
         grad_kappa = _add_bmm(later, weights.transpose(-1, -2), phi_q)
         scores = _bmm(phi_q, kappa.transpose(-1, -2), out=weights).mul_(decays.pair)
+        del phi_q
         grad_v = _add_bmm(
             _scaled(kappa @ grad_states, decays.to_end, True), scores.transpose(-1, -2), do
         )
+        del scores, weights, grad_states
         grad_v = grad_v.view(bh, padded, -1)
-        grad_phi_q, grad_kappa = (t.view(bh, padded, -1) for t in (grad_phi_q, grad_kappa))
-        phi_q, kappa = phi_q.view(bh, padded, -1), kappa.view(bh, padded, -1)
-        if kernel == "relu":  # features at ε: ReLU's flat side, or (κ̃ = 0) a padded key
-            grad_q = _zero_where_at_most(grad_phi_q, phi_q, RELU_EPSILON) @ w
-            grad_k = _zero_where_at_most(grad_kappa, kappa, RELU_EPSILON) @ w
-        else:
-            grad_q = grad_phi_q.mul_(phi_q) @ w  # d exp(x)/dx = exp(x); the shift is constant
-            grad_logits = grad_kappa.mul_(kappa)
-            # logits = Wk̂ − |k̂|²/2  =>  dk̂ = Wᵀg − k̂ Σ_m g
+        grad_logits = _feature_backward(grad_kappa.view(bh, padded, -1), kappa, kernel)
+        if kernel == "relu":
+            grad_k = grad_logits @ w
+        else:  # logits = Wk̂ − |k̂|²/2  =>  dk̂ = Wᵀg − k̂ Σ_m g
             grad_k = grad_logits @ w - k * grad_logits.sum(-1, keepdim=True)
         trim = slice(0, length)
         return grad_q[:, trim], grad_k[:, trim], grad_v[:, trim], None, None, None, None
