@@ -305,9 +305,10 @@ class CausalFavor(torch.autograd.Function):
         grad_states = chunk_suffixes(phi_q.transpose(-1, -2) @ do_prev, decays.scan)
         del do_prev
         grad_q = _feature_backward(grad_phi_q.view(bh, padded, -1), phi_q, kernel) @ w
-        del grad_phi_q
-        # Key side, in-chunk pairs and (through S_n) every later query.
-        later = _scaled(ve, decays.to_end) @ grad_states.transpose(-1, -2)
+        # Key side, in-chunk pairs and (through S_n) every later query. Into dφq's buffer:
+        # fresh (L, m) memory costs the kernel's page zeroing, about as much as the product.
+        ve_end = _scaled(ve, decays.to_end)
+        later = _bmm(ve_end, grad_states.transpose(-1, -2), out=grad_phi_q)
         grad_kappa = _add_bmm(later, weights.transpose(-1, -2), phi_q)
         scores = _bmm(phi_q, kappa.transpose(-1, -2), out=weights).mul_(decays.pair)
         del phi_q
