@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .favor import DEFAULT_CHUNK, DENOMINATOR_EPS, causal_linear_attention
+from .favor import DENOMINATOR_EPS, causal_linear_attention, default_chunk
 from .phi import MASKED_LOG_SCALE, RELU_EPSILON, check_kernel_for_causal, feature_maps
 
 
@@ -103,11 +103,12 @@ def favor_step(
     features: torch.Tensor,
     kernel: str = "softmax",
     key_padding_mask: torch.Tensor | None = None,  # (B, C)
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, FavorState]:
     """Causal FAVOR+ of C new positions after the prefix in ``state``: (out, new state).
 
-    Position i sees the prefix and the new positions ≤ i. Runs in chunks of ``chunk_size``,
+    Position i sees the prefix and the new positions ≤ i. Runs in chunks of ``chunk_size``
+    (None: ``favor.default_chunk``),
     all at once (``favor.causal_linear_attention``): each chunk forms its masked product
     directly and reads the state before it from one scan over the chunks, so a long prompt
     costs O(C + m + m·d/C) memory per position, and C = 1 is one token of decoding.
@@ -119,6 +120,8 @@ def favor_step(
         state = FavorState(*_upcast(*state))
         phi_q, phi_k, log_scale = feature_maps(q, k, features, kernel, key_padding_mask)
         v_ext = F.pad(v, (0, 1), value=1.0)
+        if chunk_size is None:
+            chunk_size = default_chunk(q.shape[-2], phi_q.shape[-1], v.shape[-1], q.device)
         out, (context, shift) = causal_linear_attention(
             phi_q, phi_k, log_scale, v_ext, chunk_size, state.context, state.shift
         )

@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from proteinperf.attention import blockwise, draw_features
 from proteinperf.attention.blockwise import _causal_key_logits, _flatten_heads, _query_features
-from proteinperf.attention.favor import DEFAULT_CHUNK
+from proteinperf.attention.favor import default_chunk
 from proteinperf.attention.phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
 from proteinperf.benchmarks._measure import THREADS, machine_info, markdown_table
 
@@ -42,7 +42,7 @@ class Settings:
     heads: int = 8
     dim: int = 64
     features: int = 256
-    chunk: int = DEFAULT_CHUNK
+    chunk: int | None = None  # chunk-parallel: None = default_chunk (per L); the loop: 128
     repeats: int = 7  # timed steps per variant (after one warm-up), taken in turns
     budget_s: float = 60.0  # per (kernel, L): fewer repeats once this much time is spent
     threads: int = THREADS
@@ -247,9 +247,23 @@ def _inputs(batch, heads, length, dim, features, seed=0):
     return [t.requires_grad_() for t in (q, k, v)], grad, w
 
 
-def fwd_bwd(impl: str, kernel: str, inputs, chunk: int) -> Callable[[], None]:
+LOOP_CHUNK = 128  # the loop's default, measured fastest for it on CPU (m=256, d=64)
+
+
+def chunk_of(impl: str, chunk: int | None, inputs) -> int:
+    """The chunk size ``impl`` runs with: ``chunk``, or each kernel's own default."""
+    (q, _, v), _, w = inputs
+    if chunk is not None:
+        return chunk
+    if impl == "loop":
+        return LOOP_CHUNK
+    return default_chunk(q.shape[-2], w.shape[0], v.shape[-1], q.device)
+
+
+def fwd_bwd(impl: str, kernel: str, inputs, chunk: int | None) -> Callable[[], None]:
     """One forward + backward of causal attention through ``impl``."""
     (q, k, v), grad, w = inputs
+    chunk = chunk_of(impl, chunk, inputs)
 
     def step() -> None:
         IMPLS[impl](q, k, v, w, kernel, None, chunk).backward(grad)
@@ -303,6 +317,7 @@ def timings(s: Settings) -> list[dict]:
                 if time.monotonic() > deadline:
                     break
             row = {"kernel": kernel, "length": length, "repeats": len(samples["loop"])}
+            row["chunk"] = chunk_of("chunk-parallel", s.chunk, inputs)
             for impl, got in samples.items():
                 for key in got[0]:
                     row[f"{impl} {key}"] = statistics.median(g[key] for g in got)
@@ -325,13 +340,13 @@ def _tables(counts: list[dict], rows: list[dict]) -> tuple[str, str]:
         ["kernel", "L", "loop ops", "chunk-parallel ops"],
         [[c["kernel"], c["length"], c["loop"], c["chunk-parallel"]] for c in counts],
     )
-    headers = ["kernel", "L", "steps"]
+    headers = ["kernel", "L", "C", "steps"]
     for impl in IMPLS:
         headers += [f"{impl} ms", f"{impl} user+sys ms", f"{impl} faults"]
     headers.append("loop / chunk-parallel (wall)")
     body = []
     for r in rows:
-        line = [r["kernel"], r["length"], r["repeats"]]
+        line = [r["kernel"], r["length"], r["chunk"], r["repeats"]]
         for impl in IMPLS:
             cpu = r[f"{impl} user_s"] + r[f"{impl} sys_s"]
             line += [
@@ -358,7 +373,8 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         torch.set_num_threads(threads)
     load_after = os.getloadavg()
     count_table, time_table = _tables(counts, rows)
-    shape = f"B=1, H={s.heads}, d={s.dim}, m={s.features}, C={s.chunk}, float32"
+    chunks = f"C={s.chunk}" if s.chunk else f"loop C={LOOP_CHUNK}, chunk-parallel C per L"
+    shape = f"B=1, H={s.heads}, d={s.dim}, m={s.features}, {chunks}, float32"
     markdown = "\n\n".join([
         f"### Causal FAVOR+: dispatched ops per call, forward + backward "
         f"(B={s.count_batch}, H={s.heads}, d={s.dim}, m={s.count_features})",
