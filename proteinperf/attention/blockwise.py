@@ -175,7 +175,7 @@ def _causal_features(q, k, w, keep, kernel):
     """φ(q) and the key features κ̃ (zero for padded keys), (BH, L, m), and (softmax) the
     running max M_j of the key logits, (BH, L). In place: no projection is kept (relu's
     backward reads its mask off the features: ReLU(x) + ε > ε exactly where x > 0, short of
-    0 < x < ε·2⁻²⁴, where the kink makes any slope as good)."""
+    0 < x < ε·2⁻²⁴ in float32, where the kink makes any slope as good)."""
     proj = q @ w.T
     if kernel == "relu":
         phi_q = proj.clamp_min_(0.0).add_(RELU_EPSILON)
