@@ -107,11 +107,11 @@ def favor_step(
 ) -> tuple[torch.Tensor, FavorState]:
     """Causal FAVOR+ of C new positions after the prefix in ``state``: (out, new state).
 
-    Position i sees the prefix and the new positions ≤ i. Runs in chunks of ``chunk_size``
-    (None: ``favor.default_chunk``),
-    all at once (``favor.causal_linear_attention``): each chunk forms its masked product
-    directly and reads the state before it from one scan over the chunks, so a long prompt
-    costs O(C + m + m·d/C) memory per position, and C = 1 is one token of decoding.
+    Position i sees the prefix and the new positions ≤ i. Several positions run in chunks of
+    ``chunk_size`` (None: ``favor.default_chunk``), all at once
+    (``favor.causal_linear_attention``): each chunk forms its masked product directly and
+    reads the state before it from one scan over the chunks, so a long prompt costs
+    O(C + m + m·d/C) memory per position. One position (decoding) joins the state directly.
     """
     check_kernel_for_causal(kernel)
     out_dtype = v.dtype
@@ -120,13 +120,18 @@ def favor_step(
         state = FavorState(*_upcast(*state))
         phi_q, phi_k, log_scale = feature_maps(q, k, features, kernel, key_padding_mask)
         v_ext = F.pad(v, (0, 1), value=1.0)
-        if chunk_size is None:
-            chunk_size = default_chunk(q.shape[-2], phi_q.shape[-1], v.shape[-1], q.device)
-        out, (context, shift) = causal_linear_attention(
-            phi_q, phi_k, log_scale, v_ext, chunk_size, state.context, state.shift
-        )
+        if q.shape[-2] == 1:  # one token (~10 ops): it joins the state, then reads it
+            state = _absorb(state, phi_k, log_scale, v_ext)
+            out = phi_q @ state.context
+        else:
+            if chunk_size is None:
+                chunk_size = default_chunk(q.shape[-2], phi_q.shape[-1], v.shape[-1], q.device)
+            out, state = causal_linear_attention(
+                phi_q, phi_k, log_scale, v_ext, chunk_size, state.context, state.shift
+            )
+            state = FavorState(*state)
         out = out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)
-    return out.to(out_dtype), FavorState(context, shift)
+    return out.to(out_dtype), state
 
 
 # --- one decoding position, fused --------------------------------------------------------
