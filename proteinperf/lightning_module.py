@@ -103,30 +103,44 @@ class ProteinLM(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward and loss
 
-    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None):
-        return self.model(tokens, padding_mask=padding_mask)["logits"]
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        padded: bool | None = None,
+    ):
+        return self.model(tokens, padding_mask=padding_mask, padded=padded)["logits"]
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch["tokens"], batch["padding_mask"])
+        # No host synchronisation: no device value is read into Python (no .item() or
+        # bool(tensor); no boolean-mask indexing, whose output size is data-dependent), so a
+        # GPU step is queued without waiting; the collate says on the host whether a batch
+        # has padding. Metrics stay tensors until Lightning logs them.
+        logits = self(batch["tokens"], batch["padding_mask"], batch.get("padded"))
         targets = batch["targets"]
         selected = targets != IGNORE
-        n = int(selected.sum())
-        logits, targets = logits[selected].float(), targets[selected]
-        loss = F.cross_entropy(logits, targets) if n else logits.sum() * 0.0
+        n = selected.sum()  # target tokens
+        per_target = n.clamp_min(1)  # no targets: loss 0 (with a zero gradient), not 0/0
+        total = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        loss = total / per_target
         with torch.no_grad():
-            acc = (logits.argmax(-1) == targets).float().mean() if n else loss.new_zeros(())
+            acc = ((logits.argmax(-1) == targets) & selected).sum() / per_target
         if stage == "train":
-            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=max(n, 1))
-            self.log("train/acc", acc, prog_bar=True, batch_size=max(n, 1))
-            self.log("train/ppl", loss.detach().exp(), batch_size=max(n, 1))
+            # Logged per step only: Lightning weighs values by batch_size only in epoch means.
+            self.log("train/loss", loss.detach(), prog_bar=True)
+            self.log("train/acc", acc, prog_bar=True)
+            self.log("train/ppl", loss.detach().exp())
             return loss
         getattr(self, f"{stage}_loss").update(loss.detach(), n)
         getattr(self, f"{stage}_acc").update(acc, n)
         if self.unigram_log_probs.numel():
             # Updated (with weight 0) even without targets: every rank must reach compute().
-            log_p, zero = self.unigram_log_probs, loss.new_zeros(())
-            self.unigram_loss.update(-log_p[targets].mean() if n else zero, n)
-            self.unigram_acc.update((targets == log_p.argmax()).float().mean() if n else zero, n)
+            log_p = self.unigram_log_probs
+            nll = -(log_p[targets.clamp_min(0)] * selected).sum() / per_target
+            self.unigram_loss.update(nll, n)
+            self.unigram_acc.update(((targets == log_p.argmax()) & selected).sum() / per_target, n)
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -435,7 +435,10 @@ class PerformerLM(nn.Module):
         padding_mask: torch.Tensor | None = None,  # (B, L) bool, True = real token
         repr_layers: Sequence[int] = (),
         return_attention_inputs: bool = False,
+        padded: bool | None = None,  # any padding in the batch, where the caller knows
     ) -> dict:
+        """``padded`` False lets attention skip the mask (SDPA's fastest kernels need none);
+        None reads it off the mask, which waits for the device (a host synchronisation)."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         if padding_mask is None:
@@ -449,7 +452,9 @@ class PerformerLM(nn.Module):
             representations[0] = x
         x = self.dropout(x)
 
-        key_padding_mask = None if bool(padding_mask.all()) else padding_mask
+        if padded is None:
+            padded = not bool(padding_mask.all())
+        key_padding_mask = padding_mask if padded else None
         rotary = None
         if self.config.positional == "rotary":
             rotary = rotary_tables(tokens.shape[1], self.config.head_dim, tokens.device)

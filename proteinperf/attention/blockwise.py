@@ -19,6 +19,14 @@ from __future__ import annotations
 import torch
 
 from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
+from .scan import (
+    chunk_prefixes,
+    chunk_suffixes,
+    chunk_weights,
+    future_mask,
+    pad_positions,
+    pair_decay,
+)
 
 FUSED_KERNELS = ("softmax", "relu")
 _BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}  # feature entries per block
@@ -163,153 +171,159 @@ def _causal_key_logits(k_blk, w, kernel, keep_blk):
     return _key_logits(k_blk, w, kernel, keep_blk, MASKED_LOG_SCALE)
 
 
-def _causal_key_features(logits, kernel, running, keep_blk):
-    """κ̃_j = exp(t_j − M_j) ≤ 1 (softmax) or ReLU(t_j) + ε (relu), zero for padded keys."""
+def _causal_features(q, k, w, keep, kernel):
+    """φ(q) and the key features κ̃ (zero for padded keys), (BH, L, m), and (softmax) the
+    running max M_j of the key logits, (BH, L). In place: no projection is kept (relu's
+    backward reads its mask off the features: ReLU(x) + ε > ε exactly where x > 0, short of
+    0 < x < ε·2⁻²⁴ in float32, where the kink makes any slope as good)."""
+    proj = q @ w.T
     if kernel == "relu":
-        phi = torch.relu(logits).add_(RELU_EPSILON)
+        phi_q = proj.clamp_min_(0.0).add_(RELU_EPSILON)
     else:
-        phi = (logits - running.unsqueeze(-1)).exp_()
-    return phi if keep_blk is None else phi.mul_(keep_blk.unsqueeze(-1))
+        phi_q = proj.sub_(proj.amax(-1, keepdim=True)).exp_()
+    logits = _causal_key_logits(k, w, kernel, keep)
+    if kernel == "relu":
+        kappa, running = logits.clamp_min_(0.0).add_(RELU_EPSILON), None
+    else:
+        running = logits.amax(-1).cummax(-1).values
+        kappa = logits.sub_(running.unsqueeze(-1)).exp_()  # κ̃_j = exp(t_j − M_j)
+    if keep is not None:
+        kappa = kappa.mul_(keep.unsqueeze(-1))
+    return phi_q, kappa, running
 
 
-def _pair_decay(running, future):
-    """exp(M_j − M_i) for j ≤ i inside a chunk, 0 for j > i: (BH, C, C), entries ≤ 1."""
-    diff = running.unsqueeze(-2) - running.unsqueeze(-1)
-    return diff.masked_fill_(future, -torch.inf).exp_()
+class _Decays:
+    """The stabiliser's weights for chunks of C: pair (i, j ≤ i) exp(M_j − M_i), (BH, N, C, C);
+    query i from the prefix exp(E_{n−1} − M_i) and key j to its chunk's end exp(M_j − E_n),
+    (BH, N, C, 1); the scan over chunks (scan.chunk_weights). All ≤ 1. relu: 0/1 masks."""
+
+    def __init__(self, running, future, chunks, like):
+        if running is None:
+            self.pair = (~future).to(like.dtype)
+            self.scan = chunk_weights(like.new_zeros(chunks), like.new_zeros(()))
+            self.from_prev = self.to_end = None
+            return
+        self.pair = pair_decay(running, future)
+        ends = running[..., -1]  # E_n, (BH, N)
+        start = torch.full_like(ends[:, 0], MASKED_LOG_SCALE)
+        self.scan = chunk_weights(ends, start)
+        before = torch.cat([start.unsqueeze(-1), ends[:, :-1]], -1)  # E_{n−1}
+        self.from_prev = torch.exp(before.unsqueeze(-1) - running).unsqueeze(-1)
+        self.to_end = torch.exp(running - ends.unsqueeze(-1)).unsqueeze(-1)
+
+
+def _scaled(x, factor, inplace=False):
+    if factor is None:
+        return x
+    return x.mul_(factor) if inplace else x * factor
+
+
+def _zero_where_at_most(grad, x, threshold):
+    """grad[x ≤ threshold] = 0, in place: ReLU's backward op, one pass and no mask tensor
+    (masked_fill_ with an (L, m) bool mask is ~10x slower on CPU)."""
+    return torch.ops.aten.threshold_backward.grad_input(grad, x, threshold, grad_input=grad)
+
+
+def _feature_backward(grad, features, kernel):
+    """From d features to d projections, in place. relu: zero where the features sit at ε
+    (ReLU's flat side, or κ̃ = 0: a padded key); softmax: times the features, as
+    d exp(x)/dx = exp(x) (the shifts are constants)."""
+    features = features.view_as(grad)
+    if kernel == "relu":
+        return _zero_where_at_most(grad, features, RELU_EPSILON)
+    return grad.mul_(features)
+
+
+def _bmm(a, b, out):
+    """a @ b over (BH, N, ·, ·) into ``out`` (a dead buffer of that shape)."""
+    torch.bmm(a.flatten(0, 1), b.flatten(0, 1), out=out.flatten(0, 1))
+    return out
+
+
+def _add_bmm(acc, a, b):
+    """acc += a @ b in place over (BH, N, ·, ·): one pass, no product temporary."""
+    acc.flatten(0, 1).baddbmm_(a.flatten(0, 1), b.flatten(0, 1))
+    return acc
 
 
 class CausalFavor(torch.autograd.Function):
-    """Causal FAVOR+ over chunks of C positions with a carried (m, d+1) state.
+    """Causal FAVOR+ over N chunks of C positions, all chunks at once (scan.py).
 
     Key logits are shifted by the running max M_i = max_{j≤i} max_m t_jm (never by a max over
     future keys), so every exponent is ≤ 0 and output i depends on keys ≤ i only, also in
-    floating point. Pair (i, j ≤ i) inside a chunk is weighted exp(M_j − M_i); the state after
-    chunk n is kept relative to E_n, the running max at its last row. Backward runs the chunks
-    in reverse with a suffix state G_n = Σ_{i after chunk n} exp(E_n − M_i) φ(q)_i do_iᵀ and
-    recomputes the features; only the N chunk-start states (N·m·(d+1)) are stored.
+    floating point. Per chunk: the masked (C, C) products inside it, and its state
+    S_n = Σ_{j∈n} exp(M_j − E_n) κ̃_j v'_jᵀ; the prefixes P_n (the states before each chunk)
+    are one scan over the S_n. Backward recomputes the features and runs the scan backwards:
+    dS_n = Σ_{n' > n} exp(E_n − E_{n'−1}) dP_n'. Saved: q, k, v' and the N prefixes
+    (N·m·(d+1)), no (L, m) feature tensor. A ragged last chunk is padded with zeros: its
+    padded keys come after every real query and the final state is not returned.
     """
 
     @staticmethod
     def forward(ctx, q, k, v_ext, w, keep, kernel, chunk):
         bh, length, _ = q.shape
-        m, e = w.shape[0], v_ext.shape[-1]
-        scaled = kernel != "relu"
-        state = q.new_zeros(bh, m, e)
-        end_prev = q.new_full((bh,), MASKED_LOG_SCALE)
-        starts, ends_prev = [], []
-        running_all = q.new_zeros(bh, length)
-        out_ext = torch.empty(bh, length, e, dtype=q.dtype, device=q.device)
-        for lo in range(0, length, chunk):
-            sl = slice(lo, lo + chunk)
-            keep_blk = None if keep is None else keep[:, sl]
-            starts.append(state)
-            ends_prev.append(end_prev)
-            phi_q, _ = _query_features(q[:, sl], w, kernel)
-            logits = _causal_key_logits(k[:, sl], w, kernel, keep_blk)
-            size = logits.shape[1]
-            future = torch.ones(size, size, dtype=torch.bool, device=q.device).triu(1)
-            if scaled:
-                row_max = logits.amax(-1)
-                running = torch.maximum(row_max.cummax(-1).values, end_prev.unsqueeze(-1))
-                running_all[:, sl] = running
-                kappa = _causal_key_features(logits, kernel, running, keep_blk)
-                scores = (phi_q @ kappa.transpose(1, 2)).mul_(_pair_decay(running, future))
-                inter = (phi_q @ state).mul_(
-                    torch.exp(end_prev.unsqueeze(-1) - running).unsqueeze(-1)
-                )
-                end = running[:, -1]
-                to_end = torch.exp(running - end.unsqueeze(-1)).unsqueeze(-1)
-                state = state * torch.exp(end_prev - end)[:, None, None] + kappa.transpose(1, 2) @ (
-                    v_ext[:, sl] * to_end
-                )
-                end_prev = end
-            else:
-                kappa = _causal_key_features(logits, kernel, None, keep_blk)
-                scores = (phi_q @ kappa.transpose(1, 2)).masked_fill_(future, 0.0)
-                inter = phi_q @ state
-                state = state + kappa.transpose(1, 2) @ v_ext[:, sl]
-            out_ext[:, sl] = torch.baddbmm(inter, scores, v_ext[:, sl])
+        e = v_ext.shape[-1]
+        size = min(chunk, length)
+        n = -(-length // size)
+        pad = n * size - length
+        q, k, v_ext = (pad_positions(t, pad, -2) for t in (q, k, v_ext))
+        keep = None if keep is None else pad_positions(keep, pad, -1, False)
+        phi_q, kappa, running = _causal_features(q, k, w, keep, kernel)
+        phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, v_ext))
+        running = None if running is None else running.view(bh, n, size)
+        decays = _Decays(running, future_mask(size, q.device), n, q)
+        states = kappa.transpose(-1, -2) @ _scaled(ve, decays.to_end)  # (BH, N, m, e)
+        prefixes, _ = chunk_prefixes(states, decays.scan)
+        del states
+        scores = (phi_q @ kappa.transpose(-1, -2)).mul_(decays.pair)  # (BH, N, C, C)
+        out_ext = _add_bmm(_scaled(phi_q @ prefixes, decays.from_prev, True), scores, ve)
+        out_ext = out_ext.view(bh, n * size, e)[:, :length]
         den = out_ext[..., -1:] + DENOMINATOR_EPS
         out = out_ext[..., :-1] / den
-        ctx.save_for_backward(
-            q,
-            k,
-            v_ext,
-            w,
-            keep,
-            torch.stack(starts, 1),
-            torch.stack(ends_prev, 1),
-            running_all,
-            den,
-            out,
-        )
+        ctx.save_for_backward(q, k, v_ext, w, keep, prefixes, den, out)
         ctx.kernel, ctx.chunk = kernel, chunk
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v_ext, w, keep, starts, ends_prev, running_all, den, out = ctx.saved_tensors
-        kernel, chunk = ctx.kernel, ctx.chunk
-        scaled = kernel != "relu"
-        bh, length, _ = q.shape
+        q, k, v_ext, w, keep, prefixes, den, out = ctx.saved_tensors
+        kernel = ctx.kernel
+        bh, padded, _ = q.shape
+        n, length = prefixes.shape[1], grad_out.shape[1]
+        size = padded // n
         grad_o = torch.cat([grad_out / den, -(grad_out * out).sum(-1, keepdim=True) / den], -1)
-        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v_ext)
-        suffix = torch.zeros_like(starts[:, 0])  # G_n, relative to E_n
-        chunk_starts = list(range(0, length, chunk))
-        for n in reversed(range(len(chunk_starts))):
-            sl = slice(chunk_starts[n], chunk_starts[n] + chunk)
-            keep_blk = None if keep is None else keep[:, sl]
-            do, ve = grad_o[:, sl], v_ext[:, sl]
-            state, end_prev = starts[:, n], ends_prev[:, n]
-            phi_q, proj_q = _query_features(q[:, sl], w, kernel)
-            logits = _causal_key_logits(k[:, sl], w, kernel, keep_blk)
-            size = logits.shape[1]
-            future = torch.ones(size, size, dtype=torch.bool, device=q.device).triu(1)
-            if scaled:
-                running = running_all[:, sl]
-                kappa = _causal_key_features(logits, kernel, running, keep_blk)
-                pair = _pair_decay(running, future)
-                from_prev = torch.exp(end_prev.unsqueeze(-1) - running).unsqueeze(-1)  # (BH,C,1)
-                end = running[:, -1]
-                to_end = torch.exp(running - end.unsqueeze(-1)).unsqueeze(-1)
-            else:
-                kappa = _causal_key_features(logits, kernel, None, keep_blk)
-                pair = (~future).to(q.dtype).expand(bh, size, size)
-                from_prev = to_end = None
-            # Query side: dφq_i = Σ_j pair_ij (do_i·v'_j) κ̃_j + [exp(E_{n-1} − M_i)] S do_i
-            weights = (do @ ve.transpose(1, 2)).mul_(pair)  # (BH, C_i, C_j)
-            grad_phi_q = weights @ kappa
-            inter_q = do @ state.transpose(1, 2)
-            grad_phi_q += inter_q if from_prev is None else inter_q.mul_(from_prev)
-            if scaled:
-                grad_q[:, sl] = grad_phi_q.mul_(phi_q) @ w
-            else:
-                grad_q[:, sl] = grad_phi_q.mul_(proj_q > 0) @ w
-            # Key side: inner_j = Σ_{i≥j} exp(M_j − M_i)(do_i·v'_j) φq_i, in-chunk + later chunks.
-            inner = weights.transpose(1, 2) @ phi_q
-            later = ve @ suffix.transpose(1, 2)
-            inner += later if to_end is None else later.mul_(to_end)
-            scores = (phi_q @ kappa.transpose(1, 2)).mul_(pair)  # (BH, C_i, C_j)
-            later_v = kappa @ suffix
-            grad_v[:, sl] = torch.baddbmm(
-                later_v if to_end is None else later_v.mul_(to_end), scores.transpose(1, 2), do
-            )
-            if scaled:
-                grad_logits = inner.mul_(kappa)
-                grad_k[:, sl] = grad_logits @ w - k[:, sl] * grad_logits.sum(-1, keepdim=True)
-            else:
-                mask = logits > 0
-                if keep_blk is not None:
-                    mask &= keep_blk.unsqueeze(-1)
-                grad_k[:, sl] = inner.mul_(mask) @ w
-            # G_{n-1} = exp(E_{n-1} − E_n) G_n + Σ_{i∈n} exp(E_{n-1} − M_i) φq_i do_iᵀ
-            if scaled:
-                suffix = suffix * torch.exp(end_prev - end)[:, None, None] + phi_q.transpose(
-                    1, 2
-                ) @ (do * from_prev)
-            else:
-                suffix = suffix + phi_q.transpose(1, 2) @ do
-        return grad_q, grad_k, grad_v, None, None, None, None
+        do = pad_positions(grad_o, padded - length, -2).view(bh, n, size, -1)
+        phi_q, kappa, running = _causal_features(q, k, w, keep, kernel)
+        phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, v_ext))
+        running = None if running is None else running.view(bh, n, size)
+        decays = _Decays(running, future_mask(size, q.device), n, q)
+        # Query side: dφq_i = Σ_{j≤i} pair_ij (do_i·v'_j) κ̃_j + exp(E_{n−1} − M_i) P_n do_i.
+        # Ordered so that at most four (L, m)-sized buffers are alive at once.
+        do_prev = _scaled(do, decays.from_prev)
+        weights = (do @ ve.transpose(-1, -2)).mul_(decays.pair)  # (BH, N, C_i, C_j)
+        grad_phi_q = _add_bmm(do_prev @ prefixes.transpose(-1, -2), weights, kappa)
+        grad_states = chunk_suffixes(phi_q.transpose(-1, -2) @ do_prev, decays.scan)
+        del do_prev
+        grad_q = _feature_backward(grad_phi_q.view(bh, padded, -1), phi_q, kernel) @ w
+        # Key side, in-chunk pairs and (through S_n) every later query. Into dφq's buffer:
+        # fresh (L, m) memory costs the kernel's page zeroing, about as much as the product.
+        ve_end = _scaled(ve, decays.to_end)
+        later = _bmm(ve_end, grad_states.transpose(-1, -2), out=grad_phi_q)
+        grad_kappa = _add_bmm(later, weights.transpose(-1, -2), phi_q)
+        scores = _bmm(phi_q, kappa.transpose(-1, -2), out=weights).mul_(decays.pair)
+        del phi_q
+        grad_v = _add_bmm(
+            _scaled(kappa @ grad_states, decays.to_end, True), scores.transpose(-1, -2), do
+        )
+        del scores, weights, grad_states
+        grad_v = grad_v.view(bh, padded, -1)
+        grad_logits = _feature_backward(grad_kappa.view(bh, padded, -1), kappa, kernel)
+        if kernel == "relu":
+            grad_k = grad_logits @ w
+        else:  # logits = Wk̂ − |k̂|²/2  =>  dk̂ = Wᵀg − k̂ Σ_m g
+            grad_k = grad_logits @ w - k * grad_logits.sum(-1, keepdim=True)
+        trim = slice(0, length)
+        return grad_q[:, trim], grad_k[:, trim], grad_v[:, trim], None, None, None, None
 
 
 def causal_favor(q, k, v, features, kernel, key_padding_mask, chunk):

@@ -12,14 +12,33 @@ in naive.py:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .blockwise import FUSED_KERNELS, bidirectional_favor, causal_favor
 from .naive import naive_attention_weights
 from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
+from .scan import chunk_prefixes, chunk_weights, future_mask, pad_positions
 
-DEFAULT_CHUNK = 128  # measured fastest on CPU for m=256, d=64 (64: +6%, 256: +18%)
+
+def default_chunk(length: int, nb_features: int, dim_v: int, device: torch.device) -> int:
+    """Positions per chunk of the causal paths when the caller names none.
+
+    Per position, the products inside a chunk cost C·(m + e) and the scan over the L/C chunk
+    states (L/C)²·m·e/L, e = d_v + 1: their sum is least at C* = (2·L·m·e / (m + e))^(1/3).
+    Small (C, C) products run below the large ones' speed, so the power of two at or above
+    1.3·C*, between 16 and 256; on a GPU at least 64 (matrix-unit tiles). Measured on CPU,
+    fwd+bwd, one thread, H=8 (chosen C in bold): L=256, m=64, d=16, B=16: C=16 59 ms, **32**
+    54, 64 66, 128 87; L=256, m=256, d=64: 32 25, **64** 20, 128 24; L=1024: 32 117, **64**
+    97, 128 103; L=4096 (softmax): 64 564, **128** 563, 256 632.
+    """
+    e = dim_v + 1
+    best = 1.3 * (2 * length * nb_features * e / (nb_features + e)) ** (1 / 3)
+    chunk = 1 << max(0, math.ceil(math.log2(best)))
+    floor = 64 if device.type == "cuda" else 16
+    return min(max(chunk, floor), 256)
 
 
 def favor_attention(
@@ -30,20 +49,23 @@ def favor_attention(
     causal: bool = False,
     kernel: str = "softmax",
     key_padding_mask: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
     block_size: int | None = None,
 ) -> torch.Tensor:
     """Linear-time attention with random features.
 
     q, k: (B, H, L, d); v: (B, H, L, d_v); features: (m, d) from ``draw_features``;
     key_padding_mask: bool (B, L), True = real token. Returns (B, H, L, d_v) in v's dtype.
-    chunk_size: positions per chunk of the causal paths. block_size: rows per block of the
-    fused bidirectional kernels (FUSED_KERNELS); None sizes blocks to the device's cache. Both
-    change only speed and memory (and float rounding), never the result.
+    chunk_size: positions per chunk of the causal paths; None picks it from L, m and the
+    device (``default_chunk``). block_size: rows per block of the fused bidirectional kernels
+    (FUSED_KERNELS); None sizes blocks to the device's cache. Both change only speed and
+    memory (and float rounding), never the result.
     Features and contractions run in float32 (float64 for float64 inputs) even under
     autocast: exp of bf16 logits loses the estimator, and φ(K)ᵀV sums L terms.
     """
     _check_shapes(q, k, v, features, key_padding_mask)
+    if chunk_size is None:
+        chunk_size = default_chunk(q.shape[-2], features.shape[0], v.shape[-1], q.device)
     _check_size("chunk_size", chunk_size)
     if block_size is not None:
         _check_size("block_size", block_size)
@@ -63,7 +85,7 @@ def favor_attention(
         # A ones column turns the denominator D = φ(Q)φ(K)ᵀ1 into one more output column.
         v_ext = F.pad(v, (0, 1), value=1.0)
         if causal:
-            out = _causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext, chunk_size)
+            out, _ = causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext, chunk_size)
         else:
             out = _bidirectional_linear_attention(phi_q, phi_k, log_scale_k, v_ext)
         out = out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)
@@ -130,59 +152,48 @@ def _bidirectional_linear_attention(phi_q, phi_k, log_scale_k, v_ext):
     return phi_q @ context
 
 
-def _causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext, chunk: int):
-    """Causal φ(Q)·prefix-sums of φ(K)ᵀ[V 1] without an (L, m, d) tensor.
+def causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext, chunk: int, context=None, shift=None):
+    """Causal φ(Q)·prefix-sums of φ(K)ᵀ[V 1] without an (L, m, d) tensor, all chunks at once.
 
-    Positions are cut into N chunks of C. Inside a chunk the masked (C, C) product is formed
-    directly; across chunks an (m, d+1) state is carried. Memory is O(L·(C + m) + N·m·d),
-    time O(L·m·d + L·C·(m + d)); autograd saves the same tensors, so backward is as lean.
+    Positions are cut into N chunks of C (scan.py). Inside a chunk the masked (C, C) product
+    is formed directly; the state each chunk reads is one scan over the N chunk states.
+    Memory O(L·(C + m) + N·m·d), time O(L·m·d + L·C·(m + d) + N²·m·d); autograd saves the same.
 
     Key scales s_j are shifted by the running max M_i = max_{j'≤i} s_j' (never by a max over
     future keys): every exponent is ≤ 0 and output i depends on keys ≤ i only, also in
-    floating point. The carried state of chunk n is kept relative to E_n = M at its last row.
+    floating point. The state of chunk n is kept relative to E_n = M at its last row.
+    ``context`` (B, H, m, e) and ``shift`` (B, H) are a state to start from (relative to
+    ``shift``; None: no keys yet). Returns [numerator, denominator] (B, H, L, e) and the
+    state after the last position, (context, shift); shift stays None for unscaled features.
     """
     b, h, length, m = phi_q.shape
     e = v_ext.shape[-1]
-    pad = (-length) % chunk
-    if pad:
-        phi_q = F.pad(phi_q, (0, 0, 0, pad))
-        phi_k = F.pad(phi_k, (0, 0, 0, pad))
-        v_ext = F.pad(v_ext, (0, 0, 0, pad))
-        if log_scale_k is not None:
-            log_scale_k = F.pad(log_scale_k, (0, pad), value=MASKED_LOG_SCALE)
-    n = (length + pad) // chunk
-    pq = phi_q.view(b, h, n, chunk, m)
-    pk = phi_k.view(b, h, n, chunk, m)
-    ve = v_ext.view(b, h, n, chunk, e)
-    future = torch.ones(chunk, chunk, dtype=torch.bool, device=pq.device).triu(1)
-
+    size = min(chunk, length)
+    n = -(-length // size)
+    pad = n * size - length
+    pq, pk, ve = (pad_positions(t, pad, -2).view(b, h, n, size, -1) for t in (phi_q, phi_k, v_ext))
+    if context is None:
+        context = phi_q.new_zeros(b, h, m, e)
+    future = future_mask(size, pq.device)
     scores = pq @ pk.transpose(-1, -2)  # (B, H, N, C, C)
     if log_scale_k is None:
-        intra = scores.masked_fill(future, 0.0) @ ve
-        states = pk.transpose(-1, -2) @ ve  # (B, H, N, m, e)
-        prefix = states.cumsum(2) - states  # state before each chunk
-        return (intra + pq @ prefix).view(b, h, n * chunk, e)[:, :, :length]
+        weights = chunk_weights(pq.new_zeros(n), pq.new_zeros(()))
+        prefixes, final = chunk_prefixes(pk.transpose(-1, -2) @ ve, weights, context)
+        out = scores.masked_fill_(future, 0.0) @ ve + pq @ prefixes
+        return out.view(b, h, n * size, e)[:, :, :length], (final, shift)
 
-    s = log_scale_k.view(b, h, n, chunk)
-    running = log_scale_k.detach().cummax(-1).values.view(b, h, n, chunk)  # M_i
-    chunk_end = running[..., -1]  # E_n, (B, H, N)
-    first = torch.full_like(chunk_end[..., :1], MASKED_LOG_SCALE)
-    before = torch.cat([first, chunk_end[..., :-1]], -1)  # E_{n-1}
+    if shift is None:
+        shift = phi_q.new_full((b, h), MASKED_LOG_SCALE)
+    s = pad_positions(log_scale_k, pad, -1, MASKED_LOG_SCALE)
+    running = torch.maximum(s.detach().cummax(-1).values, shift.unsqueeze(-1))  # M_i
+    s, running = s.view(b, h, n, size), running.view(b, h, n, size)
+    ends = running[..., -1]  # E_n, (B, H, N)
+    before = torch.cat([shift.unsqueeze(-1), ends[..., :-1]], -1)  # E_{n-1}
 
     decay = (s.unsqueeze(-2) - running.unsqueeze(-1)).masked_fill(future, -torch.inf).exp()
     intra = (scores * decay) @ ve
-
-    states = pk.transpose(-1, -2) @ (ve * torch.exp(s - chunk_end.unsqueeze(-1)).unsqueeze(-1))
-    carry = torch.exp(before - chunk_end)  # E_{n-1} -> E_n rescaling, ≤ 1
-    # A sequential scan over chunks: the rescaling makes cumsum inapplicable, and N = L/C
-    # small (m, e) updates cost little next to the batched products around them.
-    # unbind (not indexing) so that backward stacks N gradients instead of filling N
-    # full-size zero tensors.
-    prefix = []
-    state = torch.zeros_like(states[:, :, 0])
-    for chunk_state, chunk_carry in zip(states.unbind(2), carry.unbind(2)):
-        prefix.append(state)
-        state = state * chunk_carry[..., None, None] + chunk_state
-    prefix = torch.stack(prefix, dim=2)  # relative to E_{n-1}
-    inter = (pq @ prefix) * torch.exp(before.unsqueeze(-1) - running).unsqueeze(-1)
-    return (intra + inter).view(b, h, n * chunk, e)[:, :, :length]
+    states = pk.transpose(-1, -2) @ (ve * torch.exp(s - ends.unsqueeze(-1)).unsqueeze(-1))
+    prefixes, final = chunk_prefixes(states, chunk_weights(ends, shift), context)
+    inter = (pq @ prefixes) * torch.exp(before.unsqueeze(-1) - running).unsqueeze(-1)
+    out = (intra + inter).view(b, h, n * size, e)[:, :, :length]
+    return out, (final, ends[..., -1])

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .favor import DEFAULT_CHUNK, DENOMINATOR_EPS
+from .favor import DENOMINATOR_EPS, causal_linear_attention, default_chunk
 from .phi import MASKED_LOG_SCALE, RELU_EPSILON, check_kernel_for_causal, feature_maps
 
 
@@ -103,13 +103,15 @@ def favor_step(
     features: torch.Tensor,
     kernel: str = "softmax",
     key_padding_mask: torch.Tensor | None = None,  # (B, C)
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, FavorState]:
     """Causal FAVOR+ of C new positions after the prefix in ``state``: (out, new state).
 
-    Position i sees the prefix and the new positions ≤ i. Runs in chunks of ``chunk_size``:
-    each chunk forms its masked (C, C) product directly and then joins the state, so a long
-    prompt costs O(C·(m + d)) memory per position, and C = 1 is one token of decoding.
+    Position i sees the prefix and the new positions ≤ i. Several positions run in chunks of
+    ``chunk_size`` (None: ``favor.default_chunk``), all at once
+    (``favor.causal_linear_attention``): each chunk forms its masked product directly and
+    reads the state before it from one scan over the chunks, so a long prompt costs
+    O(C + m + m·d/C) memory per position. One position (decoding) joins the state directly.
     """
     check_kernel_for_causal(kernel)
     out_dtype = v.dtype
@@ -118,35 +120,18 @@ def favor_step(
         state = FavorState(*_upcast(*state))
         phi_q, phi_k, log_scale = feature_maps(q, k, features, kernel, key_padding_mask)
         v_ext = F.pad(v, (0, 1), value=1.0)
-        outs = []
-        for lo in range(0, q.shape[-2], chunk_size):
-            sl = slice(lo, lo + chunk_size)
-            s = None if log_scale is None else log_scale[..., sl]
-            out, state = _chunk(state, phi_q[..., sl, :], phi_k[..., sl, :], s, v_ext[..., sl, :])
-            outs.append(out)
-        out = torch.cat(outs, dim=-2)
+        if q.shape[-2] == 1:  # one token (~10 ops): it joins the state, then reads it
+            state = _absorb(state, phi_k, log_scale, v_ext)
+            out = phi_q @ state.context
+        else:
+            if chunk_size is None:
+                chunk_size = default_chunk(q.shape[-2], phi_q.shape[-1], v.shape[-1], q.device)
+            out, state = causal_linear_attention(
+                phi_q, phi_k, log_scale, v_ext, chunk_size, state.context, state.shift
+            )
+            state = FavorState(*state)
         out = out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)
     return out.to(out_dtype), state
-
-
-def _chunk(state, phi_q, phi_k, log_scale, v_ext):
-    """One chunk: [numerator, denominator] (B, H, C, d_v + 1) and the state after it."""
-    size = phi_q.shape[-2]
-    if size == 1:  # one token: it joins the state, then reads it (shift E_i = M_i)
-        state = _absorb(state, phi_k, log_scale, v_ext)
-        return phi_q @ state.context, state
-    future = torch.ones(size, size, dtype=torch.bool, device=phi_q.device).triu(1)
-    scores = phi_q @ phi_k.transpose(-1, -2)  # (B, H, C, C)
-    if log_scale is None:
-        intra = scores.masked_fill(future, 0.0) @ v_ext
-        return intra + phi_q @ state.context, _absorb(state, phi_k, log_scale, v_ext)
-    # M_i = running max of s over the prefix and this chunk's keys ≤ i.
-    running = torch.maximum(log_scale.cummax(-1).values, state.shift.unsqueeze(-1))
-    # Pair (i, j ≤ i) weighted exp(s_j − M_i) ≤ 1; the prefix state is rescaled E → M_i.
-    decay = (log_scale.unsqueeze(-2) - running.unsqueeze(-1)).masked_fill(future, -torch.inf)
-    intra = (scores * decay.exp()) @ v_ext
-    inter = (phi_q @ state.context) * torch.exp(state.shift.unsqueeze(-1) - running).unsqueeze(-1)
-    return intra + inter, _absorb(state, phi_k, log_scale, v_ext)
 
 
 # --- one decoding position, fused --------------------------------------------------------

@@ -6,4 +6,14 @@ Each benchmark is a submodule ``proteinperf.benchmarks.<name>`` exposing
 ``<out_dir>/<name>.md``. Shared measuring helpers live in ``proteinperf.benchmarks._measure``.
 """
 
-BENCHMARKS = ("attention", "data", "training", "embedding", "esm", "generation", "probe", "heldout")
+BENCHMARKS = (
+    "attention",
+    "causal",
+    "data",
+    "training",
+    "embedding",
+    "esm",
+    "generation",
+    "probe",
+    "heldout",
+)

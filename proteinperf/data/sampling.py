@@ -90,8 +90,10 @@ def clm_example(tokens: np.ndarray):
     return tokens, targets
 
 
-def collate(examples: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Pad to the longest example: tokens with <pad>, targets with -100."""
+def collate(examples: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Pad to the longest example: tokens with <pad>, targets with -100; "padded" (a Python
+    bool) says whether any example was padded, so that the training step need not ask the
+    device."""
     a = get_alphabet()
     width = max(t.size for t, _ in examples)
     tokens = torch.full((len(examples), width), a.padding_idx, dtype=torch.long)
@@ -99,7 +101,9 @@ def collate(examples: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Te
     for i, (t, y) in enumerate(examples):
         tokens[i, : t.size] = torch.from_numpy(t)
         targets[i, : y.size] = torch.from_numpy(y)
-    return {"tokens": tokens, "padding_mask": tokens != a.padding_idx, "targets": targets}
+    padding_mask = tokens != a.padding_idx
+    padded = not bool(padding_mask.all())  # on the host, where reading it costs no wait
+    return {"tokens": tokens, "padding_mask": padding_mask, "targets": targets, "padded": padded}
 
 
 def plan_batches(

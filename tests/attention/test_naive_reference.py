@@ -16,6 +16,7 @@ from proteinperf.attention import (
     favor_attention,
     naive_attention,
 )
+from proteinperf.attention.favor import default_chunk
 
 # softmax_opt fits its parameter to all keys: bidirectional only.
 CASES = [(kernel, causal) for kernel in KERNELS for causal in (False, True)]
@@ -57,7 +58,11 @@ def _values_and_grads(fn, q, k, v, upstream):
 
 
 @pytest.mark.parametrize("kernel, causal", CASES)
-@pytest.mark.parametrize("length, size", [(1, 4), (24, 4), (23, 4), (23, 1)])
+# (L, size): one position; whole chunks; a ragged last chunk; size 1; one chunk larger than L;
+# two whole chunks; many chunks with a ragged last one.
+@pytest.mark.parametrize(
+    "length, size", [(1, 4), (24, 4), (23, 4), (23, 1), (5, 16), (16, 8), (40, 7)]
+)
 @pytest.mark.parametrize("pattern", [None, "ragged", "first_block_padded"])
 def test_linear_time_paths_match_the_reference(kernel, causal, length, size, pattern):
     q, k, v, w = _inputs(length, kernel)
@@ -119,9 +124,9 @@ def test_gradcheck_float64_across_block_boundaries(kernel, causal):
     def f(q, k, v):
         return favor_attention(q, k, v, w, causal, kernel, mask, chunk_size=3, block_size=2)
 
-    # The full Jacobian for the hand-written bidirectional backward; elsewhere random
-    # projections of it (fast mode: the causal loops make the full one slow).
-    full = kernel in FUSED_KERNELS and not causal
+    # The full Jacobian for the hand-written backward passes (both directions); for the
+    # autograd paths random projections of it.
+    full = kernel in FUSED_KERNELS
     assert torch.autograd.gradcheck(f, (q, k, v), fast_mode=not full)
 
 
@@ -166,8 +171,28 @@ def test_block_and_chunk_sizes_reach_the_fused_kernels(monkeypatch):
     favor_attention(q, k, v, w, block_size=3)
     favor_attention(q, k, v, w, causal=True, chunk_size=5)
     favor_attention(q, k, v, w)  # default: blocks sized to the cache
-    default = blockwise.block_rows(2 * 2, M, q.device)
-    assert seen == [("BidirectionalFavor", 3), ("CausalFavor", 5), ("BidirectionalFavor", default)]
+    favor_attention(q, k, v, w, causal=True)  # default: chunks sized to L, m, the device
+    rows = blockwise.block_rows(2 * 2, M, q.device)
+    chunk = default_chunk(10, M, D, q.device)
+    assert seen == [
+        ("BidirectionalFavor", 3),
+        ("CausalFavor", 5),
+        ("BidirectionalFavor", rows),
+        ("CausalFavor", chunk),
+    ]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_default_chunk_is_a_bounded_power_of_two(device):
+    device = torch.device(device)  # only its type is read: no GPU needed
+    sizes = [
+        default_chunk(length, m, d, device)
+        for length in (1, 256, 4096, 1 << 20)
+        for m, d in ((16, 8), (64, 16), (256, 64))
+    ]
+    assert all(c & (c - 1) == 0 and 16 <= c <= 256 for c in sizes)
+    assert min(sizes) >= (64 if device.type == "cuda" else 16)
+    assert default_chunk(256, 256, 64, device) <= default_chunk(4096, 256, 64, device)
 
 
 @pytest.mark.parametrize("bad", [0, -2, 2.5])

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from proteinperf.attention import draw_features, favor_attention, softmax_attention
+from proteinperf.attention import draw_features, favor_attention, naive_attention, softmax_attention
 from proteinperf.attention.recurrent import (
     FavorState,
     favor_step,
@@ -181,3 +181,24 @@ def test_kv_token_step_equals_kv_step():
     drop = torch.cat((torch.arange(20), torch.tensor([21])))
     alone = softmax_attention(q[1:, :, drop], k[1:, :, drop], v[1:, :, drop], causal=True)
     torch.testing.assert_close(out[1], alone[0, :, -1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu", "softmax_hyp"])
+def test_prompt_after_a_state_matches_the_reference_and_update_state(kernel):
+    # After a 5-position prefix, the rest in one call (chunks of 7: a ragged last chunk), keys
+    # of row 1 padded in the middle and at the end: outputs are the quadratic reference's,
+    # and the state returned is the one update_state builds key by key.
+    q, k, v, w = _inputs(dtype=torch.float64)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 20:30] = False
+    mask[1, 90:] = False
+    start = init_state(B, H, M, D, dtype=q.dtype)
+    _, start = favor_step(start, q[:, :, :5], k[:, :, :5], v[:, :, :5], w, kernel)
+    out, state = favor_step(
+        start, q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], w, kernel, mask[:, 5:], chunk_size=7
+    )
+    reference = naive_attention(q, k, v, w, causal=True, kernel=kernel, key_padding_mask=mask)
+    torch.testing.assert_close(out, reference[:, :, 5:], rtol=1e-9, atol=1e-11)
+    updated = update_state(start, k[:, :, 5:], v[:, :, 5:], w, kernel, mask[:, 5:])
+    torch.testing.assert_close(state.shift, updated.shift, rtol=0, atol=0)
+    torch.testing.assert_close(state.context, updated.context, rtol=1e-10, atol=1e-12)
