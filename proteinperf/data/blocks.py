@@ -13,7 +13,7 @@ import pyarrow as pa
 from proteinperf.constants import SPLITS  # noqa: F401  (re-exported: blocks.SPLITS)
 
 from .alphabet import get_alphabet
-from .fasta import HEADER_FIELDS, INT_FIELDS, INVALID_POLICIES, MARKERS, UNIREF_PREFIX
+from .fasta import HEADER_FIELDS, INT_FIELDS, INVALID_POLICIES, MARKERS, NO_ID, UNIREF_PREFIX
 
 TRAIN, VALID, TEST, DROPPED = 0, 1, 2, 3
 DROP, STAR = 254, 253  # lut values: whitespace (removed) and '*' (removed when trailing)
@@ -100,6 +100,11 @@ def parse_block(
         a, tokens, titles, scratch.rec, _LUT, _KEYS, _KEY_LENS, policy, get_alphabet().unk_idx
     )
     rec = scratch.rec[:, :n]
+    no_id = np.flatnonzero(rec[k.ID_END] == rec[k.H0])
+    if no_id.size:
+        row = int(no_id[0])
+        line = int(np.count_nonzero(a[: max(rec[k.SEQ_S, row] - 1, 0)] == 10)) + 1
+        return _error(a, titles, rec, row, line, NO_ID)
     if error_at >= 0:
         byte = int(a[error_at])
         char = chr(byte) if 32 < byte < 127 else f"\\x{byte:02x}"

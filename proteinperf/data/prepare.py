@@ -112,6 +112,10 @@ def prepare(
     workers = workers or min(os.cpu_count() or 1, 8)
     if cluster_identity is not None and clusters_file is not None:
         raise DataError("give either a cluster identity or a clusters file, not both")
+    if cluster_identity is not None:
+        from .cluster import check_cluster_options
+
+        check_cluster_options(cluster_identity, cluster_coverage)
     # Built in a temporary folder beside `out`, which replaces `out` only once complete.
     with atomic_output(out, directory=True) as tmp:
         clusters, clustering = None, None
@@ -121,6 +125,7 @@ def prepare(
             clusters, clustering = _clusters(
                 inputs,
                 tmp,
+                out.parent / f"{out.name}.mmseqs.log",
                 cluster_identity,
                 cluster_method,
                 cluster_coverage,
@@ -147,8 +152,9 @@ def _is_uniref(path: Path) -> bool:
     return head.startswith(b">UniRef")
 
 
-def _clusters(inputs, tmp, identity, method, coverage, seed, workers, progress):
-    """(ClusterMap or None, the manifest's "clustering" entry)."""
+def _clusters(inputs, tmp, log, identity, method, coverage, seed, workers, progress):
+    """(ClusterMap or None, the manifest's "clustering" entry). MMseqs2's output goes to
+    `log`, outside the temporary corpus: kept if it fails (its message names it), else removed."""
     from .cluster import ClusterMap, cluster_fasta
 
     entry = {"identity": identity, "coverage": coverage, "method": method}
@@ -159,8 +165,11 @@ def _clusters(inputs, tmp, identity, method, coverage, seed, workers, progress):
         print(f"clustering at {identity:.0%} identity with MMseqs2 ({method})", file=sys.stderr)
     t0 = time.monotonic()
     work = tmp / ".mmseqs"
-    table = cluster_fasta(inputs, identity, work, coverage=coverage, method=method, threads=workers)
+    table = cluster_fasta(
+        inputs, identity, work, coverage=coverage, method=method, threads=workers, log=log
+    )
     shutil.rmtree(work, ignore_errors=True)
+    log.unlink(missing_ok=True)
     clusters = ClusterMap.from_table(table, seed)
     entry.update(clusters=clusters.clusters, seconds=round(time.monotonic() - t0, 3))
     return clusters, entry
@@ -273,7 +282,8 @@ def _build(
             for r, n_in in _parsed_blocks(tasks, parse_options, pool, workers, sums is None):
                 if r["error"] is not None:
                     line, rec_id, what = r["error"]
-                    raise FastaFormatError(f"{path}:{lines + line}: record '{rec_id}': {what}")
+                    record = f"record '{rec_id}': " if rec_id else ""
+                    raise FastaFormatError(f"{path}:{lines + line}: {record}{what}")
                 lines += r["newlines"]
                 if sums is None:
                     digest.update(r["checksum"].to_bytes(4, "little"))

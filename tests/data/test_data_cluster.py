@@ -189,9 +189,26 @@ def test_failing_mmseqs_leaves_nothing_behind(tmp_path, monkeypatch, planted):
     fake.chmod(0o755)
     monkeypatch.setenv("PROTEINPERF_MMSEQS", str(fake))
     out = tmp_path / "out"
-    with pytest.raises(MMseqsError, match=r"exit 3\): Error: out of disk space"):
+    with pytest.raises(MMseqsError, match=r"exit 3\): Error: out of disk space") as err:
         prepare([planted], out, progress=False, cluster_identity=0.5)
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+    log = tmp_path / "out.mmseqs.log"  # the log the message names is still there to read
+    assert str(err.value).endswith(f"(log: {log})")
+    assert log.read_text() == "Error: out of disk space\n"
+
+
+@pytest.mark.parametrize("coverage", [-0.1, 1.5, float("nan")])
+def test_cluster_coverage_is_range_checked_before_anything_runs(
+    tmp_path, monkeypatch, planted, coverage
+):
+    fake = tmp_path / "mmseqs"
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path}/ran\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PROTEINPERF_MMSEQS", str(fake))
+    with pytest.raises(DataError, match=r"cluster coverage must be in \[0, 1\]"):
+        prepare([planted], tmp_path / "o", progress=False, cluster_identity=0.5,
+                cluster_coverage=coverage)  # fmt: skip
+    assert not (tmp_path / "ran").exists() and sorted(tmp_path.iterdir()) == [fake]
 
 
 def test_bad_cluster_arguments(tmp_path, planted):
