@@ -137,8 +137,18 @@ def parse_block(
 
     key_hash = k.hash_ranges(titles, rec[k.KEY_S], rec[k.KEY_E], np.uint64(seed))
     cluster_index = None
+    unclustered_id = None
     if clusters is not None:
         cluster_index, key_hash = clusters.lookup(key_hash)
+        # A kept record the clustering does not list would be split on its own: counted, and
+        # the first one named, so that prepare refuses an incomplete clustering.
+        unclustered = np.flatnonzero((cluster_index < 0) & ~dropped)
+        stats["unclustered"] = int(unclustered.size)
+        if unclustered.size:
+            row = int(unclustered[0])
+            unclustered_id = bytes(titles[rec[k.H0, row] : rec[k.ID_END, row]]).decode(
+                "utf-8", "replace"
+            )
     split = split_of_hash(key_hash, valid_fraction, test_fraction)
     split[dropped] = DROPPED
     id_hash = k.hash_ranges(titles, rec[k.H0], rec[k.ID_END], np.uint64(ID_HASH_SEED))
@@ -147,6 +157,7 @@ def parse_block(
         "error": None,
         "stats": stats,
         "id_hashes": np.sort(id_hash[~dropped]),  # sorted: runs for prepare's duplicate count
+        "unclustered_id": unclustered_id,
         "tokens": [],
         "lengths": [],
         "meta": [],

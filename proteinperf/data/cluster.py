@@ -242,8 +242,12 @@ class ClusterMap:
     FASTA parser's split key, so a record's split becomes that of its representative.
     """
 
-    def __init__(self, members: pa.Array, representatives: pa.Array, seed: int):
+    def __init__(
+        self, members: pa.Array, representatives: pa.Array, seed: int, source: str = "clustering"
+    ):
         from .blocks import hash_strings, split_keys
+
+        self.source = source  # where the clustering came from, for messages
 
         member_hash = hash_strings(split_keys(members), seed)
         order = np.argsort(member_hash, kind="stable")
@@ -253,8 +257,23 @@ class ClusterMap:
         self.clusters = int(pc.count_distinct(representatives).as_py())
 
     @classmethod
-    def from_table(cls, table: pa.Table, seed: int) -> ClusterMap:
-        return cls(table["id"].combine_chunks(), table["cluster"].combine_chunks(), seed)
+    def from_table(cls, table: pa.Table, seed: int, source: str = "clustering") -> ClusterMap:
+        return cls(table["id"].combine_chunks(), table["cluster"].combine_chunks(), seed, source)
+
+    def check_complete(self, records: int, missing: int, example: str | None) -> None:
+        """DataError unless every one of the `records` kept records is in a cluster: a record
+        left out would be split alone, and its relatives could land in another split."""
+        if not missing:
+            return
+        if missing == records:
+            raise DataError(
+                f"{self.source}: none of the {records:,} FASTA records is in it (e.g. "
+                f"'{example}'); is it the clustering of this FASTA?"
+            )
+        raise DataError(
+            f"{self.source}: {missing:,} of the {records:,} FASTA records are in no cluster "
+            f"(e.g. '{example}'); the clustering must list every record"
+        )
 
     def lookup(self, key_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(index into the map or -1, the hash to split by) for each record's key hash."""

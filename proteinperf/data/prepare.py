@@ -82,7 +82,7 @@ def prepare(
     splits, so no valid/test record has a relative of >= F identity in train. UniRef input is
     already clustered: its cluster ids are the split keys, and no clustering runs.
     `clusters_file` instead takes a finished clustering (MMseqs2's `representative<TAB>member`
-    TSV, e.g. from `mmseqs createtsv`); records it does not list are clusters of their own.
+    TSV, e.g. from `mmseqs createtsv`), which must list every record kept.
     `direct_io`: write the token files around the page cache where the filesystem allows
     (data/direct.py); False for plain buffered writes (e.g. on a slow disk, where the page
     cache lets prepare finish before the bytes reach it).
@@ -170,7 +170,7 @@ def _clusters(inputs, tmp, log, identity, method, coverage, seed, workers, progr
     )
     shutil.rmtree(work, ignore_errors=True)
     log.unlink(missing_ok=True)
-    clusters = ClusterMap.from_table(table, seed)
+    clusters = ClusterMap.from_table(table, seed, source=f"MMseqs2's clustering ({method})")
     entry.update(clusters=clusters.clusters, seconds=round(time.monotonic() - t0, 3))
     return clusters, entry
 
@@ -178,7 +178,7 @@ def _clusters(inputs, tmp, log, identity, method, coverage, seed, workers, progr
 def _clusters_from_file(path, seed):
     from .cluster import ClusterMap, read_cluster_tsv
 
-    clusters = ClusterMap.from_table(read_cluster_tsv(path), seed)
+    clusters = ClusterMap.from_table(read_cluster_tsv(path), seed, source=str(path))
     return clusters, {"method": "file", "file": str(path), "clusters": clusters.clusters}
 
 
@@ -266,6 +266,7 @@ def _build(
     summer = ThreadPoolExecutor(1) if workers > 1 else None
     stop = threading.Event()
     described = []
+    unclustered_id = None  # the first kept record the clustering does not list
     scratches = _ScratchPool()
     t0 = time.monotonic()
     finished = False
@@ -290,6 +291,7 @@ def _build(
                 else:
                     lead.release()
                 writer.add(r)
+                unclustered_id = unclustered_id or r["unclustered_id"]
                 r["release"]()  # its tokens are written: the buffers can take the next block
                 bar.update(n_in)
                 done = sum(writer.records)
@@ -317,6 +319,10 @@ def _build(
             writer.close()
         else:
             writer.abandon()  # the error in flight is the one to report
+    if clusters is not None:
+        clusters.check_complete(
+            sum(writer.records), writer.stats.get("unclustered", 0), unclustered_id
+        )
     if sum(writer.records) == 0:
         raise DataError(
             f"{', '.join(map(str, inputs))}: no records kept ({_skips_text(writer.stats)})"
