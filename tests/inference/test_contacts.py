@@ -124,3 +124,27 @@ def test_cli_contact_head_missing_or_borrowed(tmp_path, contact_checkpoint, caps
     args = ["contacts", str(favor), fasta, str(out), "--contact-head", str(with_head), "--quiet"]
     assert main(args) == 0
     assert np.load(out / "p1.npz")["probabilities"].shape == (33, 33)
+
+
+def test_cli_reads_the_whole_input_before_the_first_map(
+    tmp_path, contact_checkpoint, capsys, monkeypatch
+):
+    import gzip
+
+    import proteinperf.inference.contacts as contacts
+
+    computed = []
+    real = contacts.predict_contacts
+    monkeypatch.setattr(
+        contacts, "predict_contacts", lambda *a, **k: computed.append(1) or real(*a, **k)
+    )
+    with_head, _ = contact_checkpoint
+    records = "".join(f">p{i}\n{PROTEINS['p1']}\n" for i in range(2000))
+    fasta = tmp_path / "in.fasta.gz"
+    whole = gzip.compress(records.encode(), mtime=0)
+    fasta.write_bytes(whole[: len(whole) - 40])  # cut off: the last records cannot be read
+    out = tmp_path / "maps"
+    assert main(["contacts", str(with_head), str(fasta), str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt compressed file" in err and err.count("\n") == 1
+    assert computed == [] and not out.exists()
