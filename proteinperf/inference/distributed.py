@@ -297,6 +297,16 @@ def resolve_accelerator(accelerator: str | None, model) -> str:
     return accelerator
 
 
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    """Digest of a file's bytes: a resumed run must read the same input, and path, size and
+    mtime do not prove that (an in-place edit can keep the size and restore the mtime)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run_bulk(
     model,
     task,
@@ -318,7 +328,7 @@ def run_bulk(
         "task": task.name,
         "fasta": str(Path(scan.fasta).resolve()),
         "fasta_size": os.path.getsize(scan.fasta),
-        "fasta_mtime_ns": os.stat(scan.fasta).st_mtime_ns,
+        "fasta_sha256": file_sha256(scan.fasta),
         "truncate": scan.truncate,
         "invalid": scan.invalid,
         "records": len(scan.ids),
