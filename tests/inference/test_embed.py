@@ -257,3 +257,86 @@ def test_unknown_layer_is_one_line(tmp_path, checkpoints, fasta, capsys):
         "0..2 (0 = token embeddings) or -3..-1 counted from the end"
     )
     assert not out.exists()
+
+
+def _full_disk_after(calls: int):
+    """A stand-in for a write that finds the disk full after ``calls`` successful ones."""
+    import errno
+
+    count = [0]
+
+    def check():
+        count[0] += 1
+        if count[0] > calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    return check
+
+
+def test_full_disk_while_merging_is_one_line_and_leaves_no_output(
+    tmp_path, checkpoints, fasta, capsys, monkeypatch
+):
+    """HDF5 reports a failed write as a ValueError with its errno inside; torch.save as a
+    RuntimeError; both become the one line naming the output, and nothing is left but the
+    shards (so that --resume can merge once there is room)."""
+    import builtins
+
+    from proteinperf.inference import writers
+
+    full = _full_disk_after(2)
+
+    def hdf5_group(self, name, *a, **k):
+        try:
+            full()
+        except OSError:
+            raise ValueError(
+                "Unable to synchronously create group (file write failed: time = x\n, "
+                "filename = 'x', file descriptor = 3, errno = 28, error message = 'No space "
+                "left on device', buf = 0x0, total write size = 328)"
+            ) from None
+        return real_group(self, name, *a, **k)
+
+    real_group = h5py.Group.create_group
+    monkeypatch.setattr(h5py.Group, "create_group", hdf5_group)
+    ckpt = str(checkpoints["favor_relu"])
+    out = tmp_path / "e.h5"
+    assert main(["embed", ckpt, fasta, str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"proteinperf embed: error: {out}: No space left on device\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if "e.h5" in p.name) == [".e.h5.shards"]
+    monkeypatch.undo()
+
+    real_open = builtins.open
+    full = _full_disk_after(2)
+
+    def tight_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        if str(path).endswith(".pt") and "w" in mode:
+            write = f.write
+            f.write = lambda data: full() or write(data)
+        return f
+
+    monkeypatch.setattr(writers, "open", tight_open, raising=False)
+    out = tmp_path / "pt"
+    assert main(["embed", ckpt, fasta, str(out), "--format", "pt-dir", "--quiet"]) == 2
+    assert capsys.readouterr().err == f"proteinperf embed: error: {out}: No space left on device\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if "pt" in p.name) == [".pt.shards"]
+
+
+def test_merge_without_room_is_refused_first_and_resumes(
+    tmp_path, checkpoints, fasta, capsys, monkeypatch
+):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 4096, 4096))
+    ckpt = str(checkpoints["favor_relu"])
+    out = tmp_path / "e.h5"
+    assert main(["embed", ckpt, fasta, str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"proteinperf embed: error: {out}: No space left on device: it needs")
+    assert err.endswith("rerun with --resume\n") and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob(".e.h5.tmp*"))
+    monkeypatch.undo()
+    assert main(["embed", ckpt, fasta, str(out), "--quiet", "--resume"]) == 0
+    assert out.is_file() and not list(tmp_path.glob(".e.h5*"))
