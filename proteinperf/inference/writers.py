@@ -83,53 +83,99 @@ _entries = record_arrays
 
 
 class H5Writer:
-    """One HDF5 file: ``/<name>/<kind>/<layer>`` datasets, attrs id/length, ``/_index``."""
+    """One HDF5 file: ``/<name>/<kind>/<layer>`` datasets, attrs id/length, ``/_index``.
+
+    HDF5 writes through a ``_WriteGuard`` (h5py's file-object driver): HDF5 does not recover
+    from a failed write (the file can then be neither flushed nor closed, and the library
+    crashes the process at exit), so a full disk is kept from it and raised here instead.
+    """
 
     def __init__(self, path: Path, metadata: dict):
         import h5py
 
         self._h5py = h5py
-        self.file = h5py.File(path, "w", libver="earliest", track_order=False)
+        self.guard = _WriteGuard(path)
+        self.file = h5py.File(self.guard, "w", libver="earliest", track_order=False)
         for key, value in metadata.items():
             self.file.attrs[key] = value
 
     def add(self, name: str, record_id: str, result: dict) -> None:
-        with _hdf5_os_errors():
-            group = self.file.create_group(name)
-            group.attrs["id"] = record_id
-            group.attrs["length"] = result["length"]
-            for kind, layer, array in _entries(result):
-                group.create_dataset(f"{kind}/{layer}", data=array, track_times=False)
+        group = self.file.create_group(name)
+        group.attrs["id"] = record_id
+        group.attrs["length"] = result["length"]
+        for kind, layer, array in _entries(result):
+            group.create_dataset(f"{kind}/{layer}", data=array, track_times=False)
+        self.guard.check()
 
     def close(self, ids: list[str], names: list[str]) -> None:
-        with _hdf5_os_errors():
-            index = self.file.create_group(INDEX_KEY)
-            strings = self._h5py.string_dtype()
-            index.create_dataset(
-                "ids", data=np.array(ids, dtype=object), dtype=strings, track_times=False
-            )
-            index.create_dataset(
-                "keys", data=np.array(names, dtype=object), dtype=strings, track_times=False
-            )
-            self.file.close()
+        index = self.file.create_group(INDEX_KEY)
+        strings = self._h5py.string_dtype()
+        index.create_dataset(
+            "ids", data=np.array(ids, dtype=object), dtype=strings, track_times=False
+        )
+        index.create_dataset(
+            "keys", data=np.array(names, dtype=object), dtype=strings, track_times=False
+        )
+        self.file.close()
+        self.guard.close()  # raises the first failed write, if any
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):  # (the file is discarded; the first error counts)
+        with contextlib.suppress(Exception):  # (discarded: the error in flight is the one)
             self.file.close()
+        with contextlib.suppress(OSError):
+            self.guard.close()
 
 
-@contextlib.contextmanager
-def _hdf5_os_errors():
-    """HDF5 reports a failed write (a full disk) as a ValueError or RuntimeError whose
-    multi-line text holds "errno = N": raised again as that OSError."""
-    try:
-        yield
-    except (OSError, RuntimeError, ValueError) as err:
-        found = re.search(r"errno = (\d+)", str(err))
-        if found is None:
-            raise
-        code = int(found.group(1))
-        raise OSError(code, os.strerror(code)) from err
+class _WriteGuard:
+    """The file HDF5 writes through. A write that fails (a full disk) is recorded and
+    reported to HDF5 as done, the data dropped; ``check`` and ``close`` raise it."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "w+b")
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if self.error is None:
+            try:
+                self.f.write(data)
+                self.f.flush()  # a full disk shows here, not at a later flush
+            except OSError as err:
+                self.error = err
+        if self.error is not None:
+            self.f.seek(size, os.SEEK_CUR)  # HDF5 tracks the position it wrote to
+        return size
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.f.close()
+        self.check()
+
+    def read(self, size: int = -1) -> bytes:
+        return self.f.read(size)
+
+    def readinto(self, buffer) -> int:
+        return self.f.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.f.truncate(size)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.f.flush()
+            except OSError as err:
+                self.error = err
 
 
 class NpzWriter:
