@@ -127,55 +127,88 @@ class H5Writer:
 
 
 class _WriteGuard:
-    """The file HDF5 writes through. A write that fails (a full disk) is recorded and
-    reported to HDF5 as done, the data dropped; ``check`` and ``close`` raise it."""
+    """The file HDF5 writes through (positioned reads and writes, no buffer). A write that
+    fails (a full disk) is recorded and reported to HDF5 as done: that write and all later ones
+    are held in memory, and reads see them, so HDF5 stays consistent until ``check`` (after each
+    record) or ``close`` raises the error and the file is discarded."""
 
     def __init__(self, path: Path):
-        self.f = open(path, "w+b")
+        self.f = open(path, "w+b", buffering=0)
+        self.fd = self.f.fileno()
+        self.pos = 0
         self.error: OSError | None = None
+        self.held: list[tuple[int, bytes]] = []  # (offset, data) written after the error
+        self.size = 0  # the file's logical size once writes are held
 
     def write(self, data) -> int:
-        size = memoryview(data).nbytes
+        data = memoryview(data).cast("B")
         if self.error is None:
             try:
-                self.f.write(data)
-                self.f.flush()  # a full disk shows here, not at a later flush
+                done = os.pwrite(self.fd, data, self.pos)
+                while done < len(data):
+                    done += os.pwrite(self.fd, data[done:], self.pos + done)
             except OSError as err:
                 self.error = err
+                self.size = max(os.fstat(self.fd).st_size, self.pos)
         if self.error is not None:
-            self.f.seek(size, os.SEEK_CUR)  # HDF5 tracks the position it wrote to
+            self.held.append((self.pos, bytes(data)))
+            self.size = max(self.size, self.pos + len(data))
+        self.pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.held and size is not None and size >= 0:
+            out = os.pread(self.fd, size, self.pos)
+            self.pos += len(out)
+            return out
+        end = self._size() if size is None or size < 0 else self.pos + size
+        out = bytearray(os.pread(self.fd, max(end - self.pos, 0), self.pos))
+        for offset, data in self.held:  # in write order: later writes win
+            lo, hi = max(offset, self.pos), min(offset + len(data), end)
+            if lo < hi:
+                if len(out) < hi - self.pos:
+                    out.extend(bytes(hi - self.pos - len(out)))
+                out[lo - self.pos : hi - self.pos] = data[lo - offset : hi - offset]
+        self.pos += len(out)
+        return bytes(out)
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self._size()}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            os.ftruncate(self.fd, size)
+        else:
+            self.size = size
+            self.held = [(o, d[: max(size - o, 0)]) for o, d in self.held if o < size]
         return size
+
+    def flush(self) -> None:
+        pass
+
+    def _size(self) -> int:
+        return self.size if self.error is not None else os.fstat(self.fd).st_size
 
     def check(self) -> None:
         if self.error is not None:
             raise self.error
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.f.close()
+        self.f.close()
+        self.held = []
         self.check()
-
-    def read(self, size: int = -1) -> bytes:
-        return self.f.read(size)
-
-    def readinto(self, buffer) -> int:
-        return self.f.readinto(buffer)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self.f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def truncate(self, size: int | None = None) -> int:
-        return self.f.truncate(size)
-
-    def flush(self) -> None:
-        if self.error is None:
-            try:
-                self.f.flush()
-            except OSError as err:
-                self.error = err
 
 
 class NpzWriter:

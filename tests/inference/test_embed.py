@@ -294,7 +294,13 @@ def test_full_disk_while_merging_is_one_line_and_leaves_no_output(
             f.write = lambda data: full() or write(data)
         return f
 
-    monkeypatch.setattr(writers, "open", tight_open, raising=False)
+    if fmt == "h5":  # HDF5 writes through positioned writes
+        import os
+
+        real_pwrite = os.pwrite
+        monkeypatch.setattr(os, "pwrite", lambda *args: full() or real_pwrite(*args))
+    else:
+        monkeypatch.setattr(writers, "open", tight_open, raising=False)
     out = tmp_path / f"e.{fmt}"
     argv = ["embed", str(checkpoints["favor_relu"]), fasta, str(out), "--format", fmt]
     assert main([*argv, "--quiet"]) == 2
@@ -324,3 +330,53 @@ def test_merge_without_room_is_refused_first_and_resumes(
     monkeypatch.undo()
     assert main(["embed", ckpt, fasta, str(out), "--quiet", "--resume"]) == 0
     assert out.is_file() and not list(tmp_path.glob(".e.h5*"))
+
+
+def test_h5_writer_survives_a_full_disk_at_any_write(tmp_path, monkeypatch):
+    """Whichever HDF5 write finds the disk full (data, metadata, the index at close), the
+    writer raises that OSError and the process goes on: HDF5 never sees the failure (it
+    cannot recover from one, and used to crash the process)."""
+    import errno
+    import os
+
+    from proteinperf.inference.writers import H5Writer
+
+    records = [
+        {"length": 5, "mean_representations": {1: torch.rand(D)}, "representations": {1: x}}
+        for x in torch.rand(6, 5, D)
+    ]
+    real_pwrite = os.pwrite
+    budget = [0]
+
+    def pwrite(fd, data, offset):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    outcomes = set()
+    for writes in range(0, 130, 3):  # (6 records: ~12 writes, then ~110 as the file closes)
+        budget[0] = writes
+        path = tmp_path / f"f{writes}.h5"
+        writer = H5Writer(path, {"layers": [1]})
+        names = [f"r{i}" for i in range(len(records))]
+        try:
+            for name, record in zip(names, records):
+                writer.add(name, name, record)
+            writer.close(names, names)
+            outcomes.add("complete")
+        except OSError as err:
+            outcomes.add("failed")
+            assert err.errno == errno.ENOSPC
+            writer.abort()
+    assert {"failed", "complete"} <= outcomes
+    budget[0] = 10**9
+    ok = tmp_path / "ok.h5"  # and HDF5 still works afterwards
+    writer = H5Writer(ok, {})
+    writer.add("a", "a", records[0])
+    writer.close(["a"], ["a"])
+    with h5py.File(ok) as f:
+        np.testing.assert_array_equal(
+            f["a/representations/1"][:], records[0]["representations"][1].numpy()
+        )
