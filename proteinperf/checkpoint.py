@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.atomic import atomic_output
+from proteinperf.checksum import file_sha256
 from proteinperf.errors import ProteinperfError
 from proteinperf.model import ModelConfig, PerformerLM
 from proteinperf.plain import plain
@@ -98,7 +99,7 @@ def resolve_checkpoint(name_or_path) -> Path:
         raise CheckpointError(f"checkpoint {models.unknown_name_message(str(name_or_path))}")
     expected = models.card_sha256(path)
     if expected is not None and not path.is_dir():
-        actual = models.file_sha256(path)
+        actual = file_sha256(path)
         if actual != expected:
             raise CheckpointError(
                 f"checkpoint {path}: sha256 {actual[:16]}... differs from its card's "

@@ -9,7 +9,6 @@ Every command that takes a CHECKPOINT accepts a name, through
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.atomic import atomic_output
+from proteinperf.checksum import file_sha256
 from proteinperf.errors import InputError
 
 MODELS_DIR_ENV = "PROTEINPERF_MODELS_DIR"
@@ -81,14 +81,6 @@ def resolve(name_or_path) -> Path:
         return path
     found = registry().get(str(name_or_path))
     return found if found is not None else path
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def card_sha256(path) -> str | None:
@@ -158,7 +150,6 @@ __all__ = [
     "PACKAGE_DIR",
     "card_sha256",
     "export_model",
-    "file_sha256",
     "list_models",
     "model_card",
     "registry",

@@ -15,6 +15,7 @@ from proteinperf.checkpoint import (
     resolve_checkpoint,
     save_model,
 )
+from proteinperf.checksum import file_sha256
 from proteinperf.cli import main
 from proteinperf.model import ModelConfig, PerformerLM
 
@@ -96,7 +97,7 @@ def test_a_named_model_whose_bytes_changed_is_refused(models_dir, trained, capsy
     path, _ = trained
     out = models.export_model(path, models_dir / "tiny-bid.pt")
     card = json.loads(out.with_suffix(".json").read_text())
-    assert card["sha256"] == models.file_sha256(out)
+    assert card["sha256"] == file_sha256(out)
     data = bytearray(out.read_bytes())
     data[len(data) // 2] ^= 0x04  # a flipped bit inside the weights: torch.load does not notice
     out.write_bytes(bytes(data))
@@ -137,4 +138,4 @@ def test_shipped_models_load_and_match_their_cards():
         assert card["test"]["accuracy"] > card["unigram"]["accuracy"]
         for key in ("data", "split", "steps", "seconds", "far", "limits"):
             assert card.get(key), (path.stem, key)
-        assert card["sha256"] == models.file_sha256(path), path.stem
+        assert card["sha256"] == file_sha256(path), path.stem

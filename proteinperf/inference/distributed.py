@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from proteinperf.checksum import file_sha256
 from proteinperf.constants import DUPLICATE_POLICIES
 from proteinperf.data.fasta import DataError
 from proteinperf.errors import ConfigError, InputError
@@ -295,16 +296,6 @@ def resolve_accelerator(accelerator: str | None, model) -> str:
     if accelerator in (None, "auto"):
         return next(model.parameters()).device.type
     return accelerator
-
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    """Digest of a file's bytes: a resumed run must read the same input, and path, size and
-    mtime do not prove that (an in-place edit can keep the size and restore the mtime)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_bulk(
