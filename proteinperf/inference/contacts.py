@@ -38,6 +38,12 @@ def read_contact_regression(path) -> dict:
             f"checkpoint {path}: no contact head (contact_regression); convert an ESM-2 model "
             "with `proteinperf convert-esm`, which keeps it, or borrow one with --contact-head"
         )
+    for key in ("weight", "bias"):
+        if not bool(torch.isfinite(regression[key]).all()):
+            raise CheckpointError(
+                f"checkpoint {path}: contact_regression.{key} holds NaN or infinite values "
+                "(a damaged file); it would give NaN maps"
+            )
     return {"weight": regression["weight"].float(), "bias": regression["bias"].float()}
 
 

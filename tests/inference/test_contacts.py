@@ -148,3 +148,19 @@ def test_cli_reads_the_whole_input_before_the_first_map(
     err = capsys.readouterr().err
     assert "truncated or corrupt compressed file" in err and err.count("\n") == 1
     assert computed == [] and not out.exists()
+
+
+def test_a_contact_head_with_nan_is_refused(tmp_path, tiny_esm2, capsys):
+    esm_model, _ = tiny_esm2
+    regression = contact_regression_of(esm_model)
+    regression["weight"][0, 3] = float("nan")
+    ckpt = save_model(
+        tmp_path / "nan.ckpt",
+        performer_from_esm_model(esm_model),
+        extra={"contact_regression": regression},
+    )
+    fasta = write_fasta(tmp_path / "in.fasta", PROTEINS)
+    assert main(["contacts", str(ckpt), fasta, str(tmp_path / "maps"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "contact_regression.weight holds NaN or infinite values" in err
+    assert err.count("\n") == 1 and not (tmp_path / "maps").exists()
