@@ -17,7 +17,7 @@ from proteinperf.data.blocks import (
     parse_block,
     split_keys,
 )
-from proteinperf.data.fasta import normalise
+from proteinperf.data.fasta import NO_ID, normalise
 
 TRICKY = [
     # a short last line whose width guess lands on a newline inside the next record
@@ -179,8 +179,6 @@ def test_prepare_names_the_line_of_a_header_without_an_id(tmp_path, capsys):
     fasta = tmp_path / "x.fa"
     fasta.write_bytes(b">a\nMKV\n>b\nMK\n>\nMKV\n")
     assert main(["prepare", str(fasta), "--out", str(tmp_path / "c"), "--quiet"]) == 2
-    assert (
-        capsys.readouterr().err
-        == f"proteinperf prepare: error: {fasta}:5: header line has no id (the id is the first word after '>')\n"
-    )
+    err = capsys.readouterr().err
+    assert err == f"proteinperf prepare: error: {fasta}:5: {NO_ID}\n"
     assert not (tmp_path / "c").exists()
