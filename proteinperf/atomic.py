@@ -8,6 +8,7 @@ the final ``os.replace`` is atomic), renamed into place only if the block succee
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -49,7 +50,8 @@ def atomic_output(path, directory: bool = False, fsync: bool = False) -> Iterato
         os.close(fd)
         tmp = Path(name)
     try:
-        yield tmp
+        with naming_errors(path):
+            yield tmp
         os.chmod(tmp, _default_mode(directory))  # mkstemp/mkdtemp make them private
         if fsync and not directory:
             with open(tmp, "rb") as f:
@@ -117,6 +119,41 @@ def sweep_leftovers(path, report: bool = True) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def naming_errors(path) -> Iterator[None]:
+    """An OSError without a file name (a write that found the disk full, a failed flush) is
+    raised again naming ``path``: the CLI's one line then says which output could not be
+    written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        text = str(err).strip().splitlines()
+        reason = os.strerror(err.errno) if err.errno else (text[0] if text else "write failed")
+        raise OSError(err.errno, reason, str(path)) from err
+
+
+def check_free_space(path, needed: int, then: str = "") -> None:
+    """OSError (ENOSPC, naming ``path``; ``then`` appended to its reason) when the file system
+    ``path`` goes to has fewer than ``needed`` bytes free: refused before writing, not after
+    filling the disk."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"{os.strerror(errno.ENOSPC)}: it needs about {_mb(needed)}, {_mb(free)} free{then}",
+            str(path),
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
 def write_text_atomic(path, text: str) -> Path:
     """``Path(path).write_text(text)``, atomically."""
     with atomic_output(path) as tmp:
@@ -130,4 +167,10 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-__all__ = ["atomic_output", "sweep_leftovers", "write_text_atomic"]
+__all__ = [
+    "atomic_output",
+    "check_free_space",
+    "naming_errors",
+    "sweep_leftovers",
+    "write_text_atomic",
+]

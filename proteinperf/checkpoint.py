@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.atomic import atomic_output
+from proteinperf.checksum import file_sha256
 from proteinperf.errors import ProteinperfError
 from proteinperf.model import ModelConfig, PerformerLM
 from proteinperf.plain import plain
@@ -96,6 +97,14 @@ def resolve_checkpoint(name_or_path) -> Path:
     path = models.resolve(name_or_path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {models.unknown_name_message(str(name_or_path))}")
+    expected = models.card_sha256(path)
+    if expected is not None and not path.is_dir():
+        actual = file_sha256(path)
+        if actual != expected:
+            raise CheckpointError(
+                f"checkpoint {path}: sha256 {actual[:16]}... differs from its card's "
+                f"{expected[:16]}...: the file is damaged; reinstall it or export it again"
+            )
     return path
 
 
@@ -226,6 +235,11 @@ def model_with_weights(
             raise CheckpointError(
                 f"{where}: weight {key} has shape {tuple(tensor.shape)}, the config expects "
                 f"{tuple(expected[key].shape)}"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{where}: weight {key} holds NaN or infinite values (a damaged file, or a "
+                "run that diverged); it would give NaN results"
             )
     model.load_state_dict(state)
     return model

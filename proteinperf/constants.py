@@ -25,5 +25,8 @@ EMBED_INCLUDES = ("mean", "per-token", "bos")
 EMBED_FORMATS = ("h5", "npz", "pt-dir")
 CONTACT_FORMATS = ("npz", "csv")
 SCORE_STRATEGIES = ("log-likelihood", "pseudo-log-likelihood", "wt-marginals")
+# Sampling temperatures besides 0 (greedy): below 0.01 sampling is greedy in all but name, above
+# 100 nearly uniform, and far outside (1e-45, 1e300) logits / T overflows float32 to NaN.
+TEMPERATURE_RANGE = (0.01, 100.0)
 MUTATION_STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood-ratio")
 SPLITS = ("train", "valid", "test")

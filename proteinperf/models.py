@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.atomic import atomic_output
+from proteinperf.checksum import file_sha256
 from proteinperf.errors import InputError
 
 MODELS_DIR_ENV = "PROTEINPERF_MODELS_DIR"
@@ -35,6 +36,7 @@ CARD_FIELDS = (
     "parameters",
     "description",
     "limits",
+    "sha256",
 )
 
 
@@ -81,6 +83,20 @@ def resolve(name_or_path) -> Path:
     return found if found is not None else path
 
 
+def card_sha256(path) -> str | None:
+    """The sha256 the card of a registered model file promises (None for any other file, or a
+    card without one). Loading checks it: a damaged download or a few flipped bytes would
+    otherwise load silently and give other numbers."""
+    path = Path(path)
+    registered = registry().get(path.stem)
+    if registered is None or registered.resolve() != path.resolve():
+        return None
+    card_file = path.with_suffix(".json")
+    if not card_file.is_file():
+        return None
+    return json.loads(card_file.read_text()).get("sha256")
+
+
 def export_model(
     checkpoint,
     out,
@@ -123,6 +139,7 @@ def export_model(
                 "or max_mb=None for a file not to be shipped)"
             )
         card["size_mb"] = round(size_mb, 2)
+        card["sha256"] = file_sha256(tmp)  # checked when the model is loaded by name
         card_tmp.write_text(json.dumps(card, indent=2) + "\n")
     return out
 
@@ -131,6 +148,7 @@ __all__ = [
     "CARD_FIELDS",
     "MODELS_DIR_ENV",
     "PACKAGE_DIR",
+    "card_sha256",
     "export_model",
     "list_models",
     "model_card",

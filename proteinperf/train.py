@@ -30,6 +30,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from proteinperf import resources
+from proteinperf.errors import ConfigError, ProteinperfError
 from proteinperf.preemption import resume_checkpoint, slurm_job_id, slurm_requeued
 
 CHILD_ARGV_ENV = "PROTEINPERF_DDP_CHILD_ARGV"
@@ -247,10 +248,25 @@ def _requeued_resume_point(trainer, output_dir: Path) -> str | None:
     return path
 
 
+# ckpt_path values Lightning resolves itself rather than reading a file.
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def check_ckpt_path(ckpt_path) -> None:
+    """A resume checkpoint that is not there fails here, in one line, before any set-up."""
+    if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_NAMES:
+        return
+    path = Path(str(ckpt_path))
+    if not path.is_file():
+        what = "is a directory, expected a .ckpt file" if path.is_dir() else "no such file"
+        raise ConfigError(f"ckpt_path={ckpt_path}: {what}")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and checkpoint path."""
     import pytorch_lightning as pl
 
+    check_ckpt_path(cfg.get("ckpt_path"))
     pl.seed_everything(cfg.seed, workers=True)
     _default_wandb_offline(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -305,7 +321,16 @@ register_resolvers()
 # conf/ of the checkout, or the copy a wheel ships (proteinperf/_conf): see resources.py
 @hydra.main(version_base="1.3", config_path=str(resources.conf_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except ProteinperfError as err:  # bad input: one line and exit 2, as every other command
+        if os.environ.get("PROTEINPERF_DEBUG"):
+            raise
+        text = str(err).strip().splitlines()
+        print(
+            f"proteinperf train: error: {text[0] if text else type(err).__name__}", file=sys.stderr
+        )
+        sys.exit(2)
     return result["val"].get("val/loss")  # for sweepers that optimise the returned value
 
 

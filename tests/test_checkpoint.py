@@ -106,6 +106,8 @@ def write(path, payload):
         ("mismatch.pt", "mismatch", "weights do not match"),
         ("shape.pt", "shape", "has shape"),
         ("badconfig.pt", "badconfig", "unknown model config keys"),
+        ("nan.pt", "nan", r"weight layers\.0\.fc1\.weight holds NaN or infinite values"),
+        ("inf.pt", "inf", r"weight embed_tokens\.weight holds NaN or infinite values"),
     ],
 )
 def test_bad_files_raise_one_clear_error(tmp_path, model, name, make, match):
@@ -113,7 +115,7 @@ def test_bad_files_raise_one_clear_error(tmp_path, model, name, make, match):
     if make == "truncate":
         save_model(path, model)
         path.write_bytes(path.read_bytes()[:300])
-    elif make in ("newer", "mismatch", "shape", "badconfig"):
+    elif make in ("newer", "mismatch", "shape", "badconfig", "nan", "inf"):
         save_model(path, model)
         obj = torch.load(path, weights_only=True)
         if make == "newer":
@@ -122,6 +124,10 @@ def test_bad_files_raise_one_clear_error(tmp_path, model, name, make, match):
             del obj["state_dict"]["layers.0.fc1.weight"]
         elif make == "shape":
             obj["state_dict"]["layers.0.fc1.weight"] = torch.zeros(3, 3)
+        elif make == "nan":
+            obj["state_dict"]["layers.0.fc1.weight"][1, 2] = float("nan")
+        elif make == "inf":
+            obj["state_dict"]["embed_tokens.weight"][0, 0] = -float("inf")
         else:
             obj["model_config"]["colour"] = "red"
         torch.save(obj, path)

@@ -15,6 +15,7 @@ from proteinperf.checkpoint import (
     resolve_checkpoint,
     save_model,
 )
+from proteinperf.checksum import file_sha256
 from proteinperf.cli import main
 from proteinperf.model import ModelConfig, PerformerLM
 
@@ -92,6 +93,23 @@ def test_unknown_name_is_one_line_listing_known(models_dir, trained, capsys):
     assert len(err.splitlines()) == 1 and "no such file" in err and "tiny-bid" in err
 
 
+def test_a_named_model_whose_bytes_changed_is_refused(models_dir, trained, capsys):
+    path, _ = trained
+    out = models.export_model(path, models_dir / "tiny-bid.pt")
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["sha256"] == file_sha256(out)
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0x04  # a flipped bit inside the weights: torch.load does not notice
+    out.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"tiny-bid.pt: sha256 .* differs from its card"):
+        load_model("tiny-bid")
+    assert main(["evaluate", "tiny-bid", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the file is damaged" in err
+    # a file that is not a registered model has no card to check against
+    assert models.card_sha256(path) is None
+
+
 def test_export_refuses_oversized_files(models_dir, trained):
     path, _ = trained
     with pytest.raises(ValueError, match="MB"):
@@ -120,3 +138,4 @@ def test_shipped_models_load_and_match_their_cards():
         assert card["test"]["accuracy"] > card["unigram"]["accuracy"]
         for key in ("data", "split", "steps", "seconds", "far", "limits"):
             assert card.get(key), (path.stem, key)
+        assert card["sha256"] == file_sha256(path), path.stem

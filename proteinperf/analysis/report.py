@@ -239,15 +239,21 @@ def write_attention_report(
         raise InputError(f"{outdir} exists and is not a directory")
     if outdir.is_dir() and any(outdir.iterdir()) and not overwrite:
         raise InputError(f"{outdir} exists and is not empty (use --overwrite to replace it)")
-    model, alphabet = load_model(checkpoint, device=device)
-    control = untrained_control(model.config, seed).to(device)
-    records = list(itertools.islice(read_fasta(fasta), max_seqs))
+    # The whole file is read (and so checked), though only the first max_seqs are analysed.
+    records, wanted = [], None
+    for record in read_fasta(fasta):
+        if len(records) < max_seqs:
+            records.append(record)
+        if wanted is None and protein is not None and _matches(record.id, protein):
+            wanted = record
     if not records:
         raise InputError(f"{fasta}: no sequences")
     try:
-        record = pick_record(itertools.chain(records, read_fasta(fasta)), protein)
+        record = pick_record(records if protein is None else [wanted] if wanted else [], protein)
     except ValueError as err:
         raise InputError(f"{fasta}: {err}") from None
+    model, alphabet = load_model(checkpoint, device=device)
+    control = untrained_control(model.config, seed).to(device)
     blosum = blosum62()
     options = dict(layers=layers, heads=heads, threshold=threshold, max_length=max_length)
     sequences = [r.sequence for r in records]

@@ -8,7 +8,7 @@ import sys
 from proteinperf.cli import CommandError
 from proteinperf.cli._inference import load, positive_int
 from proteinperf.cli._outputs import add_overwrite_option
-from proteinperf.constants import DEVICES
+from proteinperf.constants import DEVICES, TEMPERATURE_RANGE
 
 
 def _probability(text: str) -> float:
@@ -21,13 +21,15 @@ def _probability(text: str) -> float:
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def _temperature(text: str) -> float:
+    low, high = TEMPERATURE_RANGE
+    expected = f"expected 0 (greedy) or a number from {low:g} to {high:g}"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+    if not (value == 0 or low <= value <= high):  # (NaN fails both)
+        raise argparse.ArgumentTypeError(f"{expected}, got {text}")
     return value
 
 
@@ -71,10 +73,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--temperature",
-        type=_non_negative_float,
+        type=_temperature,
         default=1.0,
         metavar="T",
-        help="0 = greedy (default: 1.0)",
+        help=f"0 = greedy, else {TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g} "
+        "(default: 1.0)",
     )
     parser.add_argument("--top-k", type=positive_int, default=None, metavar="K")
     parser.add_argument("--top-p", type=_probability, default=None, metavar="P")

@@ -13,7 +13,7 @@ import pyarrow as pa
 from proteinperf.constants import SPLITS  # noqa: F401  (re-exported: blocks.SPLITS)
 
 from .alphabet import get_alphabet
-from .fasta import HEADER_FIELDS, INT_FIELDS, INVALID_POLICIES, MARKERS, UNIREF_PREFIX
+from .fasta import HEADER_FIELDS, INT_FIELDS, INVALID_POLICIES, MARKERS, NO_ID, UNIREF_PREFIX
 
 TRAIN, VALID, TEST, DROPPED = 0, 1, 2, 3
 DROP, STAR = 254, 253  # lut values: whitespace (removed) and '*' (removed when trailing)
@@ -100,6 +100,11 @@ def parse_block(
         a, tokens, titles, scratch.rec, _LUT, _KEYS, _KEY_LENS, policy, get_alphabet().unk_idx
     )
     rec = scratch.rec[:, :n]
+    no_id = np.flatnonzero(rec[k.ID_END] == rec[k.H0])
+    if no_id.size:
+        row = int(no_id[0])
+        line = int(np.count_nonzero(a[: max(rec[k.SEQ_S, row] - 1, 0)] == 10)) + 1
+        return _error(a, titles, rec, row, line, NO_ID)
     if error_at >= 0:
         byte = int(a[error_at])
         char = chr(byte) if 32 < byte < 127 else f"\\x{byte:02x}"
@@ -132,8 +137,18 @@ def parse_block(
 
     key_hash = k.hash_ranges(titles, rec[k.KEY_S], rec[k.KEY_E], np.uint64(seed))
     cluster_index = None
+    unclustered_id = None
     if clusters is not None:
         cluster_index, key_hash = clusters.lookup(key_hash)
+        # A kept record the clustering does not list would be split on its own: counted, and
+        # the first one named, so that prepare refuses an incomplete clustering.
+        unclustered = np.flatnonzero((cluster_index < 0) & ~dropped)
+        stats["unclustered"] = int(unclustered.size)
+        if unclustered.size:
+            row = int(unclustered[0])
+            unclustered_id = bytes(titles[rec[k.H0, row] : rec[k.ID_END, row]]).decode(
+                "utf-8", "replace"
+            )
     split = split_of_hash(key_hash, valid_fraction, test_fraction)
     split[dropped] = DROPPED
     id_hash = k.hash_ranges(titles, rec[k.H0], rec[k.ID_END], np.uint64(ID_HASH_SEED))
@@ -142,6 +157,7 @@ def parse_block(
         "error": None,
         "stats": stats,
         "id_hashes": np.sort(id_hash[~dropped]),  # sorted: runs for prepare's duplicate count
+        "unclustered_id": unclustered_id,
         "tokens": [],
         "lengths": [],
         "meta": [],

@@ -70,6 +70,14 @@ def _run(args: list[str], log: Path) -> None:
         raise MMseqsError(f"mmseqs {args[1]} failed (exit {done.returncode}): {last} (log: {log})")
 
 
+def check_cluster_options(identity: float | None, coverage: float) -> None:
+    """DataError unless 0 < identity <= 1 (when given) and 0 <= coverage <= 1 (NaN fails)."""
+    if identity is not None and not 0.0 < identity <= 1.0:
+        raise DataError(f"cluster identity must be in (0, 1], got {identity}")
+    if not 0.0 <= coverage <= 1.0:
+        raise DataError(f"cluster coverage must be in [0, 1], got {coverage}")
+
+
 def cluster_fasta(
     fasta_paths,
     identity: float,
@@ -78,6 +86,7 @@ def cluster_fasta(
     coverage: float = 0.8,
     method: str = "cluster",
     threads: int | None = None,
+    log=None,
 ) -> pa.Table:
     """Cluster the records of FASTA files; a table (id, cluster) of every record.
 
@@ -87,16 +96,18 @@ def cluster_fasta(
     cluster of their full-length protein. ``method`` "cluster" is MMseqs2's sensitive cascaded
     clustering; "linclust" is its linear-time variant for hundreds of millions of sequences
     (it misses some remote pairs that share no k-mer). Files are read as they are (gzip too);
-    the work happens in ``work_dir``, which the caller removes.
+    the work happens in ``work_dir``, which the caller removes. MMseqs2's output goes to
+    ``log`` (default: ``work_dir``/mmseqs.log), which a failure's message names: give a path
+    outside ``work_dir`` when that folder is removed on failure.
     """
-    if not 0.0 < identity <= 1.0:
-        raise DataError(f"cluster identity must be in (0, 1], got {identity}")
+    check_cluster_options(identity, coverage)
     if method not in CLUSTER_METHODS:
         raise DataError(f"cluster method must be one of {CLUSTER_METHODS}, got {method!r}")
     mmseqs = find_mmseqs()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    log = work / "mmseqs.log"
+    log = Path(log) if log is not None else work / "mmseqs.log"
+    log.write_bytes(b"")
     threads = str(threads or os.cpu_count() or 1)
     db, clu, tsv = work / "db", work / "clu", work / "clusters.tsv"
     paths = [
@@ -231,8 +242,12 @@ class ClusterMap:
     FASTA parser's split key, so a record's split becomes that of its representative.
     """
 
-    def __init__(self, members: pa.Array, representatives: pa.Array, seed: int):
+    def __init__(
+        self, members: pa.Array, representatives: pa.Array, seed: int, source: str = "clustering"
+    ):
         from .blocks import hash_strings, split_keys
+
+        self.source = source  # where the clustering came from, for messages
 
         member_hash = hash_strings(split_keys(members), seed)
         order = np.argsort(member_hash, kind="stable")
@@ -242,8 +257,23 @@ class ClusterMap:
         self.clusters = int(pc.count_distinct(representatives).as_py())
 
     @classmethod
-    def from_table(cls, table: pa.Table, seed: int) -> ClusterMap:
-        return cls(table["id"].combine_chunks(), table["cluster"].combine_chunks(), seed)
+    def from_table(cls, table: pa.Table, seed: int, source: str = "clustering") -> ClusterMap:
+        return cls(table["id"].combine_chunks(), table["cluster"].combine_chunks(), seed, source)
+
+    def check_complete(self, records: int, missing: int, example: str | None) -> None:
+        """DataError unless every one of the `records` kept records is in a cluster: a record
+        left out would be split alone, and its relatives could land in another split."""
+        if not missing:
+            return
+        if missing == records:
+            raise DataError(
+                f"{self.source}: none of the {records:,} FASTA records is in it (e.g. "
+                f"'{example}'); is it the clustering of this FASTA?"
+            )
+        raise DataError(
+            f"{self.source}: {missing:,} of the {records:,} FASTA records are in no cluster "
+            f"(e.g. '{example}'); the clustering must list every record"
+        )
 
     def lookup(self, key_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(index into the map or -1, the hash to split by) for each record's key hash."""

@@ -25,6 +25,10 @@ INT_FIELDS = ("n", "taxid", "ox")
 UNIREF_PREFIX = r"^UniRef\d+_"
 _uniref_re = re.compile(UNIREF_PREFIX)
 _marker_re = re.compile(r"(?<= )(" + "|".join(MARKERS) + r")=")
+# The id is the first word of the title: blanks before it are skipped, a space or tab ends it.
+ID_BLANKS = " \t"
+_id_end_re = re.compile(r"[ \t]")
+NO_ID = "header line has no id (the id is the first word after '>')"
 _valid_chars = frozenset(RESIDUES + GAPS)
 _strip_ws = str.maketrans("", "", " \t\r\n\v\f")
 
@@ -47,8 +51,9 @@ class FastaRecord:
 
 def parse_header(header: str) -> dict:
     """Fields of a FASTA title line (without '>'): id, description and any UniProt/UniRef fields."""
-    header = header.rstrip("\r\n")
-    head, _, rest = header.partition(" ")
+    header = header.rstrip("\r\n").lstrip(ID_BLANKS)
+    end = _id_end_re.search(header)
+    head, rest = (header[: end.start()], header[end.end() :]) if end else (header, "")
     fields: dict = {"id": head}
     hits = [(m.start(), m.group(1)) for m in _marker_re.finditer(" " + rest)] if rest else []
     fields["description"] = rest[: max(hits[0][0] - 2, 0)] if hits else rest
@@ -169,6 +174,8 @@ def _finish(header, start, chunks, lines, path, invalid) -> FastaRecord | None:
     seq = normalise("".join(chunks))
     bad = None if _valid_chars.issuperset(seq) else next(c for c in seq if c not in _valid_chars)
     fields = parse_header(header)
+    if not fields["id"]:
+        raise FastaFormatError(f"{path}:{start}: {NO_ID}")
     if bad is not None:
         if invalid == "skip-record":
             return None

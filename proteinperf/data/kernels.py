@@ -53,7 +53,7 @@ FIELD_S = 11
 FIELD_E = FIELD_S + NUM_MARKERS
 NUM_COLS = FIELD_E + NUM_MARKERS
 
-_NL, _CR, _GT, _SP, _BAR, _US, _EQ = 10, 13, 62, 32, 124, 95, 61
+_NL, _CR, _GT, _SP, _TAB, _BAR, _US, _EQ = 10, 13, 62, 32, 9, 124, 95, 61
 _P = np.uint64(1099511628211)
 _U1 = np.uint64(1)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -76,8 +76,13 @@ def _match_key(a, s, e, keys, key_lens):
 
 @njit(cache=True, nogil=True)
 def _header(h, r, rec, h0, h1, keys, key_lens, longest):
-    """Fill the header columns of record r, whose title (after '>') is h[h0:h1]."""
-    id_end = _find(h, h0, h1, _SP)
+    """Fill the header columns of record r, whose title (after '>') is h[h0:h1]. The id is
+    the first word: blanks before it are skipped, a space or tab ends it (empty: id_end == h0)."""
+    while h0 < h1 and (h[h0] == _SP or h[h0] == _TAB):
+        h0 += 1
+    id_end = h0
+    while id_end < h1 and h[id_end] != _SP and h[id_end] != _TAB:
+        id_end += 1
     for k in range(NUM_MARKERS):
         rec[FIELD_S + k, r] = -1
         rec[FIELD_E + k, r] = -1
@@ -95,10 +100,10 @@ def _header(h, r, rec, h0, h1, keys, key_lens, longest):
             break
         p = q - 1
         lowest = max(id_end, q - longest)  # longest: of the "KEY=" strings
-        while p >= lowest and h[p] != _SP:
+        while p > lowest and h[p] != _SP:
             p -= 1
         q += 1
-        if p < lowest:
+        if h[p] != _SP and p != id_end:  # (the blank that ends the id may be a tab)
             continue
         k = _match_key(h, p + 1, q - 1, keys, key_lens)
         if k < 0:

@@ -86,7 +86,7 @@ def prepare(
     splits, so no valid/test record has a relative of >= F identity in train. UniRef input is
     already clustered: its cluster ids are the split keys, and no clustering runs.
     `clusters_file` instead takes a finished clustering (MMseqs2's `representative<TAB>member`
-    TSV, e.g. from `mmseqs createtsv`); records it does not list are clusters of their own.
+    TSV, e.g. from `mmseqs createtsv`), which must list every record kept.
     `direct_io`: write the token files around the page cache where the filesystem allows
     (data/direct.py); False for plain buffered writes (e.g. on a slow disk, where the page
     cache lets prepare finish before the bytes reach it).
@@ -121,6 +121,10 @@ def prepare(
     workers = workers or min(os.cpu_count() or 1, 8)
     if cluster_identity is not None and clusters_file is not None:
         raise DataError("give either a cluster identity or a clusters file, not both")
+    if cluster_identity is not None:
+        from .cluster import check_cluster_options
+
+        check_cluster_options(cluster_identity, cluster_coverage)
     # Built in a temporary folder beside `out`, which replaces `out` only once complete.
     with atomic_output(out, directory=True) as tmp:
         clusters, clustering = None, None
@@ -130,6 +134,7 @@ def prepare(
             clusters, clustering = _clusters(
                 inputs,
                 tmp,
+                out.parent / f"{out.name}.mmseqs.log",
                 cluster_identity,
                 cluster_method,
                 cluster_coverage,
@@ -156,8 +161,9 @@ def _is_uniref(path: Path) -> bool:
     return head.startswith(b">UniRef")
 
 
-def _clusters(inputs, tmp, identity, method, coverage, seed, workers, progress):
-    """(ClusterMap or None, the manifest's "clustering" entry)."""
+def _clusters(inputs, tmp, log, identity, method, coverage, seed, workers, progress):
+    """(ClusterMap or None, the manifest's "clustering" entry). MMseqs2's output goes to
+    `log`, outside the temporary corpus: kept if it fails (its message names it), else removed."""
     from .cluster import ClusterMap, cluster_fasta
 
     entry = {"identity": identity, "coverage": coverage, "method": method}
@@ -168,9 +174,12 @@ def _clusters(inputs, tmp, identity, method, coverage, seed, workers, progress):
         print(f"clustering at {identity:.0%} identity with MMseqs2 ({method})", file=sys.stderr)
     t0 = time.monotonic()
     work = tmp / ".mmseqs"
-    table = cluster_fasta(inputs, identity, work, coverage=coverage, method=method, threads=workers)
+    table = cluster_fasta(
+        inputs, identity, work, coverage=coverage, method=method, threads=workers, log=log
+    )
     shutil.rmtree(work, ignore_errors=True)
-    clusters = ClusterMap.from_table(table, seed)
+    log.unlink(missing_ok=True)
+    clusters = ClusterMap.from_table(table, seed, source=f"MMseqs2's clustering ({method})")
     entry.update(clusters=clusters.clusters, seconds=round(time.monotonic() - t0, 3))
     return clusters, entry
 
@@ -178,7 +187,7 @@ def _clusters(inputs, tmp, identity, method, coverage, seed, workers, progress):
 def _clusters_from_file(path, seed):
     from .cluster import ClusterMap, read_cluster_tsv
 
-    clusters = ClusterMap.from_table(read_cluster_tsv(path), seed)
+    clusters = ClusterMap.from_table(read_cluster_tsv(path), seed, source=str(path))
     return clusters, {"method": "file", "file": str(path), "clusters": clusters.clusters}
 
 
@@ -274,6 +283,7 @@ def _build(
     summer = ThreadPoolExecutor(1) if workers > 1 else None
     stop = threading.Event()
     described = []
+    unclustered_id = None  # the first kept record the clustering does not list
     scratches = _ScratchPool()
     t0 = time.monotonic()
     finished = False
@@ -290,13 +300,15 @@ def _build(
             for r, n_in in _parsed_blocks(tasks, parse_options, pool, workers, sums is None):
                 if r["error"] is not None:
                     line, rec_id, what = r["error"]
-                    raise FastaFormatError(f"{path}:{lines + line}: record '{rec_id}': {what}")
+                    record = f"record '{rec_id}': " if rec_id else ""
+                    raise FastaFormatError(f"{path}:{lines + line}: {record}{what}")
                 lines += r["newlines"]
                 if sums is None:
                     digest.update(r["checksum"].to_bytes(4, "little"))
                 else:
                     lead.release()
                 writer.add(r)
+                unclustered_id = unclustered_id or r["unclustered_id"]
                 r["release"]()  # its tokens are written: the buffers can take the next block
                 bar.update(n_in)
                 done = sum(writer.records)
@@ -327,6 +339,10 @@ def _build(
             writer.close()
         else:
             writer.abandon()  # the error in flight is the one to report
+    if clusters is not None:
+        clusters.check_complete(
+            sum(writer.records), writer.stats.get("unclustered", 0), unclustered_id
+        )
     if sum(writer.records) == 0:
         raise DataError(
             f"{', '.join(map(str, inputs))}: no records kept ({_skips_text(writer.stats)})"

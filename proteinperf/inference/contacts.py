@@ -38,6 +38,12 @@ def read_contact_regression(path) -> dict:
             f"checkpoint {path}: no contact head (contact_regression); convert an ESM-2 model "
             "with `proteinperf convert-esm`, which keeps it, or borrow one with --contact-head"
         )
+    for key in ("weight", "bias"):
+        if not bool(torch.isfinite(regression[key]).all()):
+            raise CheckpointError(
+                f"checkpoint {path}: contact_regression.{key} holds NaN or infinite values "
+                "(a damaged file); it would give NaN maps"
+            )
     return {"weight": regression["weight"].float(), "bias": regression["bias"].float()}
 
 
@@ -140,9 +146,16 @@ def write_contacts(
             f"output {out_dir} is a non-empty directory that is not an earlier contacts output "
             f"(no {INDEX_FILE}); choose another path"
         )
+    # The whole input is read and checked before the first map is computed (a bad record at
+    # the end of a large file fails in seconds, not after hours of maps).
+    residues = 0
+    for record in read_records(fasta, truncate=truncate, invalid=invalid):
+        check_length(model, len(record.sequence), f"record '{record.id}'")
+        residues += len(record.sequence)
     names = NameAllocator(files=True)
     index = []
-    with atomic_output(out_dir, directory=True) as tmp, progress(quiet, "contacts") as bar:
+    bar = progress(quiet, "contacts", total=residues)
+    with atomic_output(out_dir, directory=True) as tmp, bar:
         for record in read_records(fasta, truncate=truncate, invalid=invalid):
             name = names(record.id)
             probs = predict_contacts(model, record.sequence, regression)

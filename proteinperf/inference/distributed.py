@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from proteinperf.checksum import file_sha256
 from proteinperf.constants import DUPLICATE_POLICIES
 from proteinperf.data.fasta import DataError
 from proteinperf.errors import ConfigError, InputError
@@ -320,7 +321,7 @@ def run_bulk(
         "task": task.name,
         "fasta": str(Path(scan.fasta).resolve()),
         "fasta_size": os.path.getsize(scan.fasta),
-        "fasta_mtime_ns": os.stat(scan.fasta).st_mtime_ns,
+        "fasta_sha256": file_sha256(scan.fasta),
         "truncate": scan.truncate,
         "invalid": scan.invalid,
         "records": len(scan.ids),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from proteinperf.atomic import check_target
+from proteinperf.atomic import check_free_space, check_target
 from proteinperf.constants import EMBED_INCLUDES
 from proteinperf.errors import ConfigError
 from proteinperf.layers import resolve_layers as _resolve_layers
@@ -33,6 +33,7 @@ from .writers import (
     NameAllocator,
     check_replaceable_dir,
     record_arrays,
+    stored_bytes,
 )
 
 INCLUDES = EMBED_INCLUDES
@@ -136,6 +137,11 @@ class EmbedTask:
         return [(encode_result(result), {}) for result in results]
 
     def merge(self, store, scan, done: dict, output: Path) -> None:
+        # The shards stay until the output is complete, so it needs its own room beside them:
+        # refused here (the shards kept, for --resume) rather than after filling the disk.
+        needed = sum(stored_bytes(entry.nbytes, self.fmt) for entry in done.values())
+        kept = "; the computed shards are kept: make room, then rerun with --resume"
+        check_free_space(output, needed + (64 << 10), then=kept)
         allocate = NameAllocator(files=self.fmt == "pt-dir")
         names = [allocate(record_id) for record_id in scan.ids]
         with atomic_output(output, directory=self.fmt == "pt-dir") as tmp:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from proteinperf.constants import TEMPERATURE_RANGE
 from proteinperf.data.alphabet import RESIDUES, STANDARD_AMINO_ACIDS, get_alphabet
 from proteinperf.errors import ConfigError, InputError
 from proteinperf.model import mix_seed
@@ -47,6 +48,15 @@ def check_generative(model, max_length: int) -> None:
             f"max length {max_length} residues needs {max_length + 1} positions but the model "
             f"has learned positions for {config.max_len} (use a max length <= "
             f"{config.max_len - 1})"
+        )
+
+
+def check_temperature(temperature: float) -> None:
+    """0 (greedy) or a finite value in TEMPERATURE_RANGE; anything else samples from NaN."""
+    low, high = TEMPERATURE_RANGE
+    if not (temperature == 0 or low <= temperature <= high):
+        raise ConfigError(
+            f"temperature must be 0 (greedy) or between {low:g} and {high:g}, got {temperature}"
         )
 
 
@@ -116,8 +126,9 @@ def generate(
             f"need 1 <= max length and 0 <= min length <= max length, got {min_length}, "
             f"{max_length}"
         )
-    if temperature < 0 or (top_k is not None and top_k < 1):
-        raise ConfigError(f"temperature must be >= 0 and top-k >= 1, got {temperature}, {top_k}")
+    check_temperature(temperature)
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top-k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"top-p must be in (0, 1], got {top_p}")
     check_generative(model, max_length)
@@ -240,4 +251,11 @@ def write_samples(samples: Sequence[Sample], path, seed: int, width: int = 60) -
     return Path(path)
 
 
-__all__ = ["Sample", "check_generative", "filter_logits", "generate", "write_samples"]
+__all__ = [
+    "Sample",
+    "check_generative",
+    "check_temperature",
+    "filter_logits",
+    "generate",
+    "write_samples",
+]

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from proteinperf.atomic import write_text_atomic
+from proteinperf.atomic import naming_errors, write_text_atomic
 from proteinperf.errors import InputError
 
 RUN_FILE = "run.json"
@@ -137,14 +137,16 @@ class PartWriter:
     def add_batch(self, records: list[tuple[int, str, int, bytes, dict]]) -> None:
         """records: (index, id, length, payload, meta); written durably, then journaled."""
         rows = []
-        for index, record_id, length, payload, meta in records:
-            self.data.write(payload)
-            rows.append([index, record_id, self.offset, len(payload), length, meta])
-            self.offset += len(payload)
-        self.data.flush()
-        os.fsync(self.data.fileno())
-        self.journal.write(json.dumps(rows, separators=(",", ":")).encode() + b"\n")
-        self.journal.flush()
+        with naming_errors(self.data.name):  # (a full disk: the line names the file)
+            for index, record_id, length, payload, meta in records:
+                self.data.write(payload)
+                rows.append([index, record_id, self.offset, len(payload), length, meta])
+                self.offset += len(payload)
+            self.data.flush()
+            os.fsync(self.data.fileno())
+        with naming_errors(self.journal.name):
+            self.journal.write(json.dumps(rows, separators=(",", ":")).encode() + b"\n")
+            self.journal.flush()
 
     def close(self) -> None:
         self.data.close()

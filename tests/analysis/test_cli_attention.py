@@ -88,6 +88,17 @@ def test_attention_user_errors_are_one_line(tmp_path, tiny_checkpoint, sample, c
     assert "no such file" in capsys.readouterr().err
 
 
+def test_attention_checks_records_past_max_seqs(tmp_path, tiny_checkpoint, sample, capsys):
+    fasta = tmp_path / "broken.fasta"
+    fasta.write_text(sample.read_text() + ">late\nMKV1L\n")
+    lines = fasta.read_text().count("\n")
+    argv = ["attention", str(tiny_checkpoint), str(fasta), str(tmp_path / "r"), "--max-seqs", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"broken.fasta:{lines}: record 'late': invalid character '1'" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_attention_bootstrap_study(tmp_path, tiny_checkpoint, sample):
     out = tmp_path / "report"

@@ -17,7 +17,7 @@ from proteinperf.data.blocks import (
     parse_block,
     split_keys,
 )
-from proteinperf.data.fasta import normalise
+from proteinperf.data.fasta import NO_ID, normalise
 
 TRICKY = [
     # a short last line whose width guess lands on a newline inside the next record
@@ -130,6 +130,10 @@ def test_header_fields_equal_parse_header():
         " leading space",
         "UniRef_x not a cluster",
         "UniRef90_ trailing",
+        "tab\tseparated OS=Homo sapiens OX=9606",
+        "tab2\tOS=Mus musculus",
+        " \t spaced   id n=2",
+        "sp|P1|X_HUMAN\tkinase GN=abc",
     ]
     data = "".join(f">{t}\nMKV\n" for t in titles).encode()
     _, r = _ours(data)
@@ -140,7 +144,7 @@ def test_header_fields_equal_parse_header():
 
 
 def test_hashes_and_splits_equal_the_arrow_reference():
-    ids = ["UniRef50_P1", "sp|Q9|X_H", "tr|A||b", "sp||x", "UniRef_1", "UniRef9_sp|Z|W", "", "a"]
+    ids = ["UniRef50_P1", "sp|Q9|X_H", "tr|A||b", "sp||x", "UniRef_1", "UniRef9_sp|Z|W", "a"]
     ids += [f"UniRef100_P{k}" for k in range(500)] + [f"sp|P{k}|N_HUMAN" for k in range(500)]
     data = "".join(f">{i} d\nMKV\n" for i in ids).encode()
     r = parse_block(data, valid_fraction=0.3, test_fraction=0.3, seed=11)
@@ -156,3 +160,25 @@ def test_hashes_and_splits_equal_the_arrow_reference():
     np.testing.assert_array_equal(
         np.sort(r["id_hashes"]), np.sort(hash_strings(arr, seed=0x1D)[kept])
     )
+
+
+@pytest.mark.parametrize("header", [b">", b">   ", b">\t\r", b"> \t \r"])
+def test_a_header_without_an_id_is_refused_with_its_line(header):
+    data = b">a\nMKV\n" + header + b"\nMKV\n>b\nAC\n"
+    assert parse_block(data)["error"] == (
+        3,
+        "",
+        "header line has no id (the id is the first word after '>')",
+    )
+    assert parse_block(b">a\nMK\n" + header)["error"][:2] == (3, "")  # no line end after it
+
+
+def test_prepare_names_the_line_of_a_header_without_an_id(tmp_path, capsys):
+    from proteinperf.cli import main
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_bytes(b">a\nMKV\n>b\nMK\n>\nMKV\n")
+    assert main(["prepare", str(fasta), "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"proteinperf prepare: error: {fasta}:5: {NO_ID}\n"
+    assert not (tmp_path / "c").exists()

@@ -137,6 +137,41 @@ def test_clusters_file_gives_the_same_split(clustered, planted, tmp_path):
     assert _splits_of(again) == _splits_of(corpus)
 
 
+def _family_tsv(path, families, leave_out=()) -> str:
+    """The planted families as a representative<TAB>member TSV, some members left out."""
+    rows = [
+        f"{members[0][0]}\t{rid}\n"
+        for members in families.values()
+        for rid, _ in members
+        if rid not in leave_out
+    ]
+    path.write_text("".join(rows))
+    return str(path)
+
+
+def test_clusters_file_must_list_every_record(planted, tmp_path):
+    families = _families()
+    full = _family_tsv(tmp_path / "full.tsv", families)
+    manifest = prepare([planted], tmp_path / "ok", clusters_file=full, **SPLIT)
+    assert manifest["clustering"]["clusters"] == N_FAMILIES
+    assert _families_split(_splits_of(tmp_path / "ok")) == 0
+
+    partial = _family_tsv(tmp_path / "partial.tsv", families, {"FAM3_FRAG", "FAM7_MUT1"})
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as err:
+        prepare([planted], out, clusters_file=partial, **SPLIT)
+    message = str(err.value)
+    assert message.startswith(f"{partial}: 2 of the {4 * N_FAMILIES} FASTA records are in no")
+    assert "(e.g. 'FAM3_FRAG')" in message or "(e.g. 'FAM7_MUT1')" in message
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+    foreign = tmp_path / "foreign.tsv"
+    foreign.write_text("X1\tX1\nX1\tX2\n")
+    with pytest.raises(DataError, match=rf"none of the {4 * N_FAMILIES} FASTA records is in it"):
+        prepare([planted], out, clusters_file=foreign, **SPLIT)
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_search_finds_relatives_and_not_strangers(planted, tmp_path):
     """How the far-from-training set is chosen: a query with no hit has no detectable relative."""
@@ -189,9 +224,26 @@ def test_failing_mmseqs_leaves_nothing_behind(tmp_path, monkeypatch, planted):
     fake.chmod(0o755)
     monkeypatch.setenv("PROTEINPERF_MMSEQS", str(fake))
     out = tmp_path / "out"
-    with pytest.raises(MMseqsError, match=r"exit 3\): Error: out of disk space"):
+    with pytest.raises(MMseqsError, match=r"exit 3\): Error: out of disk space") as err:
         prepare([planted], out, progress=False, cluster_identity=0.5)
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+    log = tmp_path / "out.mmseqs.log"  # the log the message names is still there to read
+    assert str(err.value).endswith(f"(log: {log})")
+    assert log.read_text() == "Error: out of disk space\n"
+
+
+@pytest.mark.parametrize("coverage", [-0.1, 1.5, float("nan")])
+def test_cluster_coverage_is_range_checked_before_anything_runs(
+    tmp_path, monkeypatch, planted, coverage
+):
+    fake = tmp_path / "mmseqs"
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path}/ran\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PROTEINPERF_MMSEQS", str(fake))
+    with pytest.raises(DataError, match=r"cluster coverage must be in \[0, 1\]"):
+        prepare([planted], tmp_path / "o", progress=False, cluster_identity=0.5,
+                cluster_coverage=coverage)  # fmt: skip
+    assert not (tmp_path / "ran").exists() and sorted(tmp_path.iterdir()) == [fake]
 
 
 def test_bad_cluster_arguments(tmp_path, planted):

@@ -113,6 +113,24 @@ def test_header_fields():
     }
 
 
+def test_ids_skip_leading_blanks_and_end_at_a_space_or_tab():
+    assert parse_header("   P1 kinase OS=Homo sapiens") == {
+        "id": "P1",
+        "description": "kinase",
+        "os": "Homo sapiens",
+    }
+    assert parse_header("P2\tkinase OX=9606") == {"id": "P2", "description": "kinase", "ox": 9606}
+    assert parse_header("\tP3\tOS=Mus") == {"id": "P3", "description": "", "os": "Mus"}
+
+
+@pytest.mark.parametrize("header, line", [(">", 3), (">   ", 3), (">\t\r", 3), ("> \t ", 3)])
+def test_a_header_without_an_id_is_refused_with_its_line(tmp_path, header, line):
+    path = write(tmp_path / "h.fa", f">a\nMKV\n{header}\nMKV\n>b\nAC\n")
+    with pytest.raises(FastaFormatError, match=rf"h.fa:{line}: header line has no id") as e:
+        list(read_fasta(path))
+    assert "\n" not in str(e.value)
+
+
 def test_invalid_policies(tmp_path):
     path = write(tmp_path / "j.fa", ">ok\nMKV\n>bad one\nMK\nVJL\n>ok2\nAC\n")
     with pytest.raises(FastaFormatError, match=r"j.fa:5: record 'bad'.*'J'") as e:

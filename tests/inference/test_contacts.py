@@ -124,3 +124,43 @@ def test_cli_contact_head_missing_or_borrowed(tmp_path, contact_checkpoint, caps
     args = ["contacts", str(favor), fasta, str(out), "--contact-head", str(with_head), "--quiet"]
     assert main(args) == 0
     assert np.load(out / "p1.npz")["probabilities"].shape == (33, 33)
+
+
+def test_cli_reads_the_whole_input_before_the_first_map(
+    tmp_path, contact_checkpoint, capsys, monkeypatch
+):
+    import gzip
+
+    import proteinperf.inference.contacts as contacts
+
+    computed = []
+    real = contacts.predict_contacts
+    monkeypatch.setattr(
+        contacts, "predict_contacts", lambda *a, **k: computed.append(1) or real(*a, **k)
+    )
+    with_head, _ = contact_checkpoint
+    records = "".join(f">p{i}\n{PROTEINS['p1']}\n" for i in range(2000))
+    fasta = tmp_path / "in.fasta.gz"
+    whole = gzip.compress(records.encode(), mtime=0)
+    fasta.write_bytes(whole[: len(whole) - 40])  # cut off: the last records cannot be read
+    out = tmp_path / "maps"
+    assert main(["contacts", str(with_head), str(fasta), str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt compressed file" in err and err.count("\n") == 1
+    assert computed == [] and not out.exists()
+
+
+def test_a_contact_head_with_nan_is_refused(tmp_path, tiny_esm2, capsys):
+    esm_model, _ = tiny_esm2
+    regression = contact_regression_of(esm_model)
+    regression["weight"][0, 3] = float("nan")
+    ckpt = save_model(
+        tmp_path / "nan.ckpt",
+        performer_from_esm_model(esm_model),
+        extra={"contact_regression": regression},
+    )
+    fasta = write_fasta(tmp_path / "in.fasta", PROTEINS)
+    assert main(["contacts", str(ckpt), fasta, str(tmp_path / "maps"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "contact_regression.weight holds NaN or infinite values" in err
+    assert err.count("\n") == 1 and not (tmp_path / "maps").exists()

@@ -239,3 +239,25 @@ def test_two_processes_spawn_match_one_process_pt_dir(tmp_path, checkpoints):
         assert a["label"] == b["label"] == row["id"]
         for kind in ("representations", "mean_representations", "bos_representations"):
             torch.testing.assert_close(b[kind][2], a[kind][2], atol=1e-5, rtol=0)
+
+
+def test_resume_refuses_an_input_edited_in_place(tmp_path, checkpoints, monkeypatch):
+    """Same path, size and mtime, other residues: the shards would be stale embeddings."""
+    model, _ = load_model(checkpoints["favor_relu"])
+    fasta = Path(write_fasta(tmp_path / "in.fasta", proteins()))
+    out = tmp_path / "e.h5"
+    run = lambda **kw: embed_fasta(model, fasta, out, toks_per_batch=60, quiet=True, **kw)  # noqa: E731
+    monkeypatch.setenv(KILL_AFTER_ENV, "2:raise")
+    with pytest.raises(SimulatedKill):
+        run()
+    monkeypatch.delenv(KILL_AFTER_ENV)
+    stat = fasta.stat()
+    text = fasta.read_text()
+    first = text.splitlines()[1]
+    edited = text.replace(first, first[::-1], 1)
+    assert edited != text and len(edited) == len(text)
+    fasta.write_text(edited)
+    os.utime(fasta, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ValueError, match=r"other settings \(fasta_sha256 differ\)"):
+        run(resume=True)
+    assert not out.exists() and shard_dir(out).is_dir()

@@ -268,3 +268,126 @@ def test_unknown_layer_is_one_line(tmp_path, checkpoints, fasta, capsys):
         "0..2 (0 = token embeddings) or -3..-1 counted from the end"
     )
     assert not out.exists()
+
+
+def _full_disk_after(calls: int):
+    """A stand-in for a write that finds the disk full after ``calls`` successful ones."""
+    import errno
+
+    count = [0]
+
+    def check():
+        count[0] += 1
+        if count[0] > calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    return check
+
+
+@pytest.mark.parametrize("fmt", ["h5", "pt-dir"])
+def test_full_disk_while_merging_is_one_line_and_leaves_no_output(
+    tmp_path, checkpoints, fasta, capsys, monkeypatch, fmt
+):
+    """The disk fills up during the merge: one line naming the output, nothing left but the
+    shards (for --resume once there is room). HDF5 used to crash the process at exit after a
+    failed write, and torch.save to report it as a RuntimeError without the path."""
+    import builtins
+
+    from proteinperf.inference import writers
+
+    real_open = builtins.open
+    full = _full_disk_after(5)
+
+    def tight_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "w" in mode:
+            write = f.write
+            f.write = lambda data: full() or write(data)
+        return f
+
+    if fmt == "h5":  # HDF5 writes through positioned writes
+        import os
+
+        real_pwrite = os.pwrite
+        monkeypatch.setattr(os, "pwrite", lambda *args: full() or real_pwrite(*args))
+    else:
+        monkeypatch.setattr(writers, "open", tight_open, raising=False)
+    out = tmp_path / f"e.{fmt}"
+    argv = ["embed", str(checkpoints["favor_relu"]), fasta, str(out), "--format", fmt]
+    assert main([*argv, "--quiet"]) == 2
+    assert capsys.readouterr().err == f"proteinperf embed: error: {out}: No space left on device\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if out.name in p.name) == [
+        f".{out.name}.shards"
+    ]
+    monkeypatch.undo()
+    assert main([*argv, "--quiet", "--resume"]) == 0 and out.exists()
+
+
+def test_merge_without_room_is_refused_first_and_resumes(
+    tmp_path, checkpoints, fasta, capsys, monkeypatch
+):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 4096, 4096))
+    ckpt = str(checkpoints["favor_relu"])
+    out = tmp_path / "e.h5"
+    assert main(["embed", ckpt, fasta, str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"proteinperf embed: error: {out}: No space left on device: it needs")
+    assert err.endswith("rerun with --resume\n") and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob(".e.h5.tmp*"))
+    monkeypatch.undo()
+    assert main(["embed", ckpt, fasta, str(out), "--quiet", "--resume"]) == 0
+    assert out.is_file() and not list(tmp_path.glob(".e.h5*"))
+
+
+def test_h5_writer_survives_a_full_disk_at_any_write(tmp_path, monkeypatch):
+    """Whichever HDF5 write finds the disk full (data, metadata, the index at close), the
+    writer raises that OSError and the process goes on: HDF5 never sees the failure (it
+    cannot recover from one, and used to crash the process)."""
+    import errno
+    import os
+
+    from proteinperf.inference.writers import H5Writer
+
+    records = [
+        {"length": 5, "mean_representations": {1: torch.rand(D)}, "representations": {1: x}}
+        for x in torch.rand(6, 5, D)
+    ]
+    real_pwrite = os.pwrite
+    budget = [0]
+
+    def pwrite(fd, data, offset):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    outcomes = set()
+    for writes in range(0, 130, 3):  # (6 records: ~12 writes, then ~110 as the file closes)
+        budget[0] = writes
+        path = tmp_path / f"f{writes}.h5"
+        writer = H5Writer(path, {"layers": [1]})
+        names = [f"r{i}" for i in range(len(records))]
+        try:
+            for name, record in zip(names, records):
+                writer.add(name, name, record)
+            writer.close(names, names)
+            outcomes.add("complete")
+        except OSError as err:
+            outcomes.add("failed")
+            assert err.errno == errno.ENOSPC
+            writer.abort()
+    assert {"failed", "complete"} <= outcomes
+    budget[0] = 10**9
+    ok = tmp_path / "ok.h5"  # and HDF5 still works afterwards
+    writer = H5Writer(ok, {})
+    writer.add("a", "a", records[0])
+    writer.close(["a"], ["a"])
+    with h5py.File(ok) as f:
+        np.testing.assert_array_equal(
+            f["a/representations/1"][:], records[0]["representations"][1].numpy()
+        )

@@ -256,3 +256,27 @@ def test_cli_writes_fasta_and_fails_cleanly(tmp_path, capsys):
     masked = save_model(tmp_path / "masked.pt", variant_model("favor_relu"))
     assert main(["generate", str(masked), str(bad), "--num-samples", "1", "--quiet"]) == 2
     assert "bidirectional" in capsys.readouterr().err and not bad.exists()
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), 1e-45, 1e300, -1.0])
+def test_temperatures_that_would_sample_from_nan_are_refused(temperature):
+    model = causal_model("favor_softmax")
+    with pytest.raises(ValueError, match=r"temperature must be 0 \(greedy\) or between"):
+        generate(model, [""], n=1, max_length=5, temperature=temperature)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "1e-45", "1e300", "-1"])
+def test_cli_refuses_bad_temperatures_before_loading(tmp_path, capsys, text):
+    out = tmp_path / "samples.fasta"
+    argv = ["generate", str(tmp_path / "no-such.pt"), str(out), "--num-samples", "1"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--temperature", text])
+    assert exit_.value.code == 2 and "--temperature: expected 0 (greedy)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_temperature_range_edges_sample_cleanly():
+    model = causal_model("favor_softmax")
+    for temperature in (0.01, 100.0):
+        (sample,) = generate(model, [""], n=1, max_length=8, temperature=temperature)
+        assert set(sample.sequence) <= set(STANDARD_AMINO_ACIDS) and sample.sequence

@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import CONF, TINY_OVERRIDES
 
+from proteinperf.errors import ConfigError
 from proteinperf.lightning_module import ProteinLM
 from proteinperf.train import train
 
@@ -82,6 +83,42 @@ RESUME = [
     "optim.warmup_steps=3",
     "optim.total_steps=10",
 ]
+
+
+def test_missing_resume_checkpoint_fails_before_any_set_up(make_cfg, tmp_path, monkeypatch):
+    import hydra
+
+    def no_set_up(*args, **kwargs):
+        raise AssertionError("set-up started before ckpt_path was checked")
+
+    monkeypatch.setattr(hydra.utils, "instantiate", no_set_up)
+    for ckpt_path, what in [(tmp_path / "gone.ckpt", "no such file"), (tmp_path, "a directory")]:
+        with pytest.raises(ConfigError, match=f"ckpt_path={ckpt_path}: .*{what}"):
+            train(make_cfg(*RESUME, f"ckpt_path={ckpt_path}", tmp=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_resume_checkpoint_is_one_line_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    argv = [
+        sys.executable,
+        "-m",
+        "proteinperf.train",
+        f"paths.log_dir={tmp_path}/logs",
+        f"paths.output_dir={tmp_path}/run",
+        f"ckpt_path={tmp_path}/gone.ckpt",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROTEINPERF_DEBUG": ""}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert (
+        done.stderr == f"proteinperf train: error: ckpt_path={tmp_path}/gone.ckpt: no such file\n"
+    )
 
 
 def test_checkpoint_round_trip_and_exact_resume(make_cfg, tmp_path):
