@@ -1,4 +1,4 @@
-"""Attention benchmarks (issue 2): speed and peak memory, approximation quality, targets.
+"""Attention benchmarks: speed and peak memory, approximation quality, targets.
 
 Speed: FAVOR+ (ours) against exact SDPA and performer-pytorch's ``FastAttention``, batch 1,
 8 heads, d=64, m=256, float32, 2 threads, every case in a fresh worker process
@@ -582,7 +582,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         f"### Approximation quality (L={s.quality_length}, relative error vs exact float64, "
         f"mean of {s.seeds} seeds, orthogonal features unless marked iid)",
         _quality_table(quality, s),
-        "### Targets (issue 2)",
+        "### Targets",
         _targets_table(targets),
     ])  # fmt: skip
     return {

@@ -1,4 +1,4 @@
-"""Embedding benchmark (issue 5): residues/s and peak memory of ours against fair-esm's ESM2.
+"""Embedding benchmark: residues/s and peak memory of ours against fair-esm's ESM2.
 
 Both models have the esm2_t6_8M shape (6 layers, d=320, 20 heads, d_ff=1280, rotary, random
 weights, no download); ours runs FAVOR+ with m=256 features (favor_relu, favor_softmax), the
@@ -399,7 +399,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         f"### Peak RSS embedding one sequence (whole process; cap {s.mem_limit_gib:.0f} GiB "
         "address space, OOM = over it)",
         markdown_table(memory_headers, memory_rows),
-        "### Targets (issue 5)",
+        "### Targets",
         markdown_table(["check", "value", "target", "met"],
                        [[c["name"], "–" if c["value"] is None else f"{c['value']:.2f}",
                          c["target"], "yes" if c["met"] else "NO"] for c in checks]),

@@ -1,4 +1,4 @@
-"""How close an ESM-2 model converted to FAVOR+ stays to the original, as m grows (issue 7).
+"""How close an ESM-2 model converted to FAVOR+ stays to the original, as m grows.
 
 Two ESM-2-shaped softmax models are converted without any fine-tuning:
   * random-init ``esm2_t6_8M`` shape (6 layers, d=320, 20 heads): the real architecture, but

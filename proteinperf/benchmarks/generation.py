@@ -1,4 +1,4 @@
-"""Generation benchmark (issue 12): decoding cost per token, state memory, sample statistics.
+"""Generation benchmark: decoding cost per token, state memory, sample statistics.
 
 Decoding: one model shape (6 layers, d=256, 8 heads, d_ff=1024, causal, rotary, random
 weights), batch 1, float32, ``torch.inference_mode``, 1 thread (decoding is many tiny ops; on

@@ -1,4 +1,4 @@
-"""Held-out benchmark (issue 10): what a random split hides, and what the default run learns.
+"""Held-out benchmark: what a random split hides, and what the default run learns.
 
 `make train`'s configuration is trained twice on the default corpus (20,000 Swiss-Prot
 proteins): once with the plain hash split (homologs on both sides) and once with the shipped

@@ -1,4 +1,4 @@
-"""Function probe (issue 14): does a mean embedding predict GO biological-process terms?
+"""Function probe: does a mean embedding predict GO biological-process terms?
 
 Proteins of swissprot_20k (GO BP labels beside them) are clustered with MMseqs2 and whole
 clusters go to train or test, so no test protein has a relative (>= ``identity`` identity,

@@ -1,4 +1,4 @@
-"""Training benchmark (issue 4): throughput and peak memory of one optimizer step on this CPU.
+"""Training benchmark: throughput and peak memory of one optimizer step on this CPU.
 
 A small bidirectional model (2 layers, d=256, 4 heads of 64, d_ff=1024, m=256 features),
 batch 1, float32, 2 threads, MLM loss on 15% of the positions, AdamW, gradient clipping:
