@@ -54,3 +54,33 @@ def block_index(layer: int) -> int:
     if layer < 1:
         raise ValueError(f"layer {layer} is not a transformer block (blocks are 1..n)")
     return layer - 1
+
+
+class LayerDict(dict):
+    """{layer number: value} as the model and embed_sequences return representations: the keys
+    are layer numbers 0..n_layers, and a lookup also takes a negative number, counted from the
+    end as everywhere else (``reps[-1]`` is ``reps[n_layers]``)."""
+
+    def __init__(self, n_layers: int, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n_layers = n_layers
+
+    def _key(self, layer):
+        if isinstance(layer, int) and -(self.n_layers + 1) <= layer < 0:
+            return layer % (self.n_layers + 1)
+        return layer
+
+    def __getitem__(self, layer):
+        return super().__getitem__(self._key(layer))
+
+    def __contains__(self, layer) -> bool:
+        return super().__contains__(self._key(layer))
+
+    def get(self, layer, default=None):
+        return super().get(self._key(layer), default)
+
+    def __missing__(self, layer):
+        raise KeyError(
+            f"layer {layer} was not asked for: these are layers {sorted(self)} of "
+            f"0..{self.n_layers} (ask for it in repr_layers / layers)"
+        )

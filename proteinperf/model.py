@@ -18,11 +18,14 @@ import torch.nn.functional as F
 from proteinperf.attention import (
     draw_features,
     favor_attention,
+    favor_attention_weights,
     recurrent,
     softmax_attention,
+    softmax_attention_weights,
 )
 from proteinperf.constants import ATTENTIONS, FEATURE_SCALINGS  # noqa: F401 (re-exported)
 from proteinperf.errors import ConfigError, InputError
+from proteinperf.layers import LayerDict, resolve_layers
 
 POSITIONALS = ("learned", "sinusoidal", "rotary")
 LM_HEADS = ("esm", "linear")
@@ -273,6 +276,27 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, length, self.n_heads * self.head_dim)  # (B, L, d)
         return self.out_proj(y), (q, k)
 
+    def attention_weights(
+        self,
+        q: torch.Tensor,  # (B, H, L, dh), as forward returns them
+        k: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,  # (B, L) True = real
+    ) -> torch.Tensor:
+        """The (B, H, L, L) attention matrix this layer applies, float32: D⁻¹ φ(Q) φ(K)ᵀ from
+        its own features for FAVOR layers (never formed by forward), softmax(QKᵀ/√dh) else."""
+        if self.is_favor:
+            return favor_attention_weights(
+                q,
+                k,
+                self.features,
+                causal=self.causal,
+                kernel=self.kernel,
+                key_padding_mask=key_padding_mask,
+            )
+        return softmax_attention_weights(
+            q, k, causal=self.causal, key_padding_mask=key_padding_mask
+        )
+
     def init_state(self, batch: int, device=None):
         """The empty decoding state: FAVOR prefix sums (fixed size) or an exact KV cache."""
         h, dh = self.n_heads, self.head_dim
@@ -436,18 +460,28 @@ class PerformerLM(nn.Module):
         repr_layers: Sequence[int] = (),
         return_attention_inputs: bool = False,
         padded: bool | None = None,  # any padding in the batch, where the caller knows
+        need_head_weights: bool = False,
     ) -> dict:
-        """``padded`` False lets attention skip the mask (SDPA's fastest kernels need none);
-        None reads it off the mask, which waits for the device (a host synchronisation)."""
+        """{"logits": (B, L, V), "representations": {layer: (B, L, d)}} as fair-esm's models.
+
+        ``repr_layers`` are numbered as in proteinperf.layers (0 = token embeddings, n = the
+        last block after the final LayerNorm, negative from the end); the representations are
+        keyed 0..n and also answer to negative numbers. ``need_head_weights`` adds
+        "attentions" (B, n_layers, H, L, L): each layer's attention as the model applies it
+        (the implicit FAVOR+ matrix for Performers), zero at padded queries and keys.
+
+        ``padded`` False lets attention skip the mask (SDPA's fastest kernels need none);
+        None reads it off the mask, which waits for the device (a host synchronisation).
+        """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         if padding_mask is None:
             padding_mask = tokens != self.config.padding_idx
-        repr_layers = set(repr_layers)
         n = self.config.n_layers
+        repr_layers = set(resolve_layers(list(repr_layers or ()), n))
 
         x = self.embed(tokens, padding_mask)  # (B, L, d)
-        representations = {}
+        representations = LayerDict(n)
         if 0 in repr_layers:
             representations[0] = x
         x = self.dropout(x)
@@ -459,13 +493,15 @@ class PerformerLM(nn.Module):
         if self.config.positional == "rotary":
             rotary = rotary_tables(tokens.shape[1], self.config.head_dim, tokens.device)
 
-        attention_inputs = {}
+        attention_inputs, attentions = {}, []
         for i, block in enumerate(self.layers, start=1):
             x, (q, k) = block(x, key_padding_mask, rotary)
             if i in repr_layers and i != n:
                 representations[i] = x
             if return_attention_inputs:
                 attention_inputs[i] = {"q": q, "k": k, "causal": self.config.causal}
+            if need_head_weights:
+                attentions.append(block.self_attn.attention_weights(q, k, key_padding_mask))
         if self.config.final_layer_norm:
             x = self.emb_layer_norm_after(x)
         if n in repr_layers:
@@ -477,6 +513,10 @@ class PerformerLM(nn.Module):
         }
         if return_attention_inputs:
             result["attention_inputs"] = attention_inputs
+        if need_head_weights:
+            real = padding_mask.to(attentions[0].dtype)  # (B, L)
+            pairs = real[:, None, None, :, None] * real[:, None, None, None, :]
+            result["attentions"] = torch.stack(attentions, 1) * pairs  # (B, n, H, L, L)
         return result
 
     # --- incremental (causal) decoding ----------------------------------------------------

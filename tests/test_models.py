@@ -139,3 +139,25 @@ def test_shipped_models_load_and_match_their_cards():
         for key in ("data", "split", "steps", "seconds", "far", "limits"):
             assert card.get(key), (path.stem, key)
         assert card["sha256"] == file_sha256(path), path.stem
+
+
+def test_listing_shows_size_training_held_out_beside_unigram_and_limits(monkeypatch, capsys):
+    from proteinperf.models import PACKAGE_DIR, model_card
+
+    monkeypatch.delenv(models.MODELS_DIR_ENV, raising=False)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for path in sorted(PACKAGE_DIR.glob("*.pt")):
+        card = model_card(path.stem)
+        block = out.split(card["name"] + "  ", 1)[1].split("\n\n", 1)[0]
+        assert f"{card['parameters'] / 1e6:.2f} M parameters" in block
+        assert f"{card['steps']:,} steps" in block
+        test, unigram = card["test"], card["unigram"]
+        assert f"{test['accuracy']:.3f} ({unigram['accuracy']:.3f})" in block
+        assert f"{(test['accuracy'] - unigram['accuracy']) * 100:+.1f} points" in block
+        assert f"{test['perplexity']:.2f} ({unigram['perplexity']:.2f})" in block
+        far = card["far"]
+        assert f"{far['perplexity'] / far['unigram']['perplexity']:.3f}x" in block
+        flat = " ".join(block.split())
+        assert f"limits: {' '.join(card['limits'].split())}" in flat
+        assert f"data: {' '.join(card['data'].split())}" in flat

@@ -93,15 +93,7 @@ def layer_attention(
     exact = softmax_attention_weights(q, k, causal=layer.causal, key_padding_mask=key_padding_mask)
     if not layer.is_favor:
         return None, exact
-    favor = favor_attention_weights(
-        q,
-        k,
-        layer.features,
-        causal=layer.causal,
-        kernel=layer.kernel,
-        key_padding_mask=key_padding_mask,
-    )
-    return favor, exact
+    return layer.attention_weights(q, k, key_padding_mask), exact
 
 
 @torch.no_grad()

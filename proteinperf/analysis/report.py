@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,11 @@ def analyse_model(
     heads: Sequence[int] | None = None,
     threshold: float = 0.0,
     max_length: int | None = 1024,
+    progress=None,
 ) -> ModelAnalysis:
     """Accumulate residue-type statistics and FAVOR+ approximation errors, one sequence at a time
-    (no padding, so no padded keys to account for; memory is one layer's H x L x L)."""
+    (no padding, so no padded keys to account for; memory is one layer's H x L x L).
+    ``progress``: anything with ``update(n)`` (a tqdm bar), told each sequence's residues."""
     config = model.config
     layers = resolve_layers(layers, config.n_layers, embeddings=False)
     heads = select(heads, config.n_heads, "heads")
@@ -69,6 +72,8 @@ def analyse_model(
             exact_stats.update(maps.exact, tokens[0], alphabet, maps.causal)
             for name, value in approximation_error(maps.favor, maps.exact).items():
                 error_sums[name] += value.double().numpy()
+        if progress is not None:
+            progress.update(tokens.shape[1] - 2)
     if stats.n_sequences == 0:
         raise InputError("no sequences to analyse")
     errors = None
@@ -218,13 +223,15 @@ def write_attention_report(
     seed: int = 0,
     overwrite: bool = False,
     bootstrap: int = 0,
+    quiet: bool = True,
 ) -> Path:
     """Analyse ``checkpoint`` on the first ``max_seqs`` sequences of ``fasta`` beside an untrained
     control of the same shape (seeded by ``seed``); write the report to ``outdir``.
 
     ``bootstrap`` > 0 adds the BLOSUM62 study (blosum_study.json, similarity_vs_blosum62 with
     both controls, per layer): that many bootstrap resamples over the sequences, all layers and
-    heads, the untrained and the shuffled-residue controls."""
+    heads, the untrained and the shuffled-residue controls. Unless ``quiet``, says on stderr
+    what it analyses, with a progress bar per model (``describe_report`` sums up the result)."""
     from proteinperf.checkpoint import load_model
     from proteinperf.data import read_fasta
 
@@ -254,11 +261,25 @@ def write_attention_report(
         raise InputError(f"{fasta}: {err}") from None
     model, alphabet = load_model(checkpoint, device=device)
     control = untrained_control(model.config, seed).to(device)
+    config = model.config
+    layers = resolve_layers(layers, config.n_layers, embeddings=False)  # bad ones: before work
+    heads = select(heads, config.n_heads, "heads")
     blosum = blosum62()
     options = dict(layers=layers, heads=heads, threshold=threshold, max_length=max_length)
     sequences = [r.sequence for r in records]
-    model_a = analyse_model(model, sequences, alphabet, **options)
-    control_a = analyse_model(control, sequences, alphabet, **options)
+    say = _teller(quiet)
+    say(
+        f"attention: {checkpoint} ({config.attention}, {config.n_layers} layers x "
+        f"{config.n_heads} heads) and its untrained control on {len(sequences)} sequences of "
+        f"{fasta} (cut to {max_length} residues), device {device}"
+    )
+    residues = sum(min(len(seq), max_length) for seq in sequences)
+    analyses = []
+    for who, network in (("model", model), ("untrained control", control)):
+        with _bar(quiet, who, residues) as bar:
+            analyses.append(analyse_model(network, sequences, alphabet, progress=bar, **options))
+    model_a, control_a = analyses
+    say(f"attention: drawing the figures of {record.id}")
 
     with atomic_output(outdir, directory=True) as tmp:
         for file_name, fig in _figures(
@@ -286,6 +307,8 @@ def write_attention_report(
         if bootstrap > 0:
             from .blosum_study import blosum_study, json_safe, write_figures
 
+            say(f"attention: BLOSUM62 study, {bootstrap} bootstrap resamples and its controls")
+
             study, matrices = blosum_study(
                 model,
                 sequences,
@@ -301,9 +324,70 @@ def write_attention_report(
     return outdir
 
 
+def _teller(quiet: bool):
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    return say
+
+
+def _bar(quiet: bool, desc: str, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="res", unit_scale=True, disable=quiet, leave=False)
+
+
+def _r(result: dict) -> str:
+    r = result.get("pearson")
+    return "n/a" if r is None or r != r else f"{r:.3f}"
+
+
+def describe_report(outdir, seconds: float | None = None) -> list[str]:
+    """A few lines on what a report folder holds and what it found, for the terminal."""
+    outdir = Path(outdir)
+    summary = json.loads((outdir / "summary.json").read_text())
+    files = sorted(p.name for p in outdir.iterdir())
+    figures = sum(name.endswith(".png") for name in files)
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    model, control = summary["model"], summary["control"]
+    lines = [
+        f"wrote {outdir}/{took}: summary.json, matrices.npz, {figures} figures "
+        f"({summary['model']['n_sequences']} sequences, layers {summary['layers']}, "
+        f"protein drawn: {summary['protein']})",
+        "  attention similarity vs BLOSUM62 (Pearson r over residue-type pairs): model "
+        f"{_r(model['similarity_vs_blosum62'])}, untrained control "
+        f"{_r(control['similarity_vs_blosum62'])}",
+        "  mean attention between residue types vs BLOSUM62: model "
+        f"{_r(model['pair_attention_vs_blosum62'])}, untrained control "
+        f"{_r(control['pair_attention_vs_blosum62'])}",
+    ]
+    if "approximation_error" in model:
+        tv = model["approximation_error"]["tv"]["mean"]
+        tv_control = control["approximation_error"]["tv"]["mean"]
+        relu = summary["attention"] == "favor_relu"
+        lines.append(
+            f"  {summary['attention']} vs exact softmax of the same Q, K: mean total variation "
+            f"per query {tv:.3f} (untrained control {tv_control:.3f}; 0 = same, 1 = disjoint)"
+            + (
+                "; ReLU features do not estimate softmax, so this is a distance, not an "
+                "approximation error"
+                if relu
+                else ""
+            )
+        )
+    study = outdir / "blosum_study.json"
+    if study.is_file():
+        found = json.loads(study.read_text()).get("signal")
+        verdict = "above every control" if found else "not above the controls"
+        lines.append(f"  BLOSUM62 study (bootstrap, blosum_study.json): attention signal {verdict}")
+    return lines
+
+
 __all__ = [
     "ModelAnalysis",
     "analyse_model",
+    "describe_report",
     "pick_record",
     "summarise",
     "write_attention_report",

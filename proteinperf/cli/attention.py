@@ -4,6 +4,10 @@ beside an untrained control of the same shape."""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+
+from proteinperf.constants import DEVICES
 
 
 def register(subparsers) -> None:
@@ -60,7 +64,10 @@ def register(subparsers) -> None:
         help="sequence whose maps are drawn, e.g. HBA_HUMAN (default: the first)",
     )
     parser.add_argument(
-        "--device", default="cpu", choices=("cpu", "cuda"), help="torch device (default: cpu)"
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto = cuda when available, else cpu (default: auto)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the untrained control model (default: 0)"
@@ -77,14 +84,17 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress and no summary on stderr")
     parser.set_defaults(
         func=lambda args: _run(args), input_args=("checkpoint", "fasta"), output_args=("outdir",)
     )
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proteinperf.analysis.report import write_attention_report
+    from proteinperf.analysis.report import describe_report, write_attention_report
+    from proteinperf.inference.common import resolve_device
 
+    started = time.monotonic()
     out = write_attention_report(
         args.checkpoint,
         args.fasta,
@@ -95,10 +105,14 @@ def _run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         threshold=args.threshold,
         protein=args.protein,
-        device=args.device,
+        device=str(resolve_device(args.device)),
         seed=args.seed,
         overwrite=args.overwrite,
         bootstrap=args.bootstrap,
+        quiet=args.quiet,
     )
+    if not args.quiet:
+        for line in describe_report(out, time.monotonic() - started):
+            print(line, file=sys.stderr)
     print(out)
     return 0

@@ -69,12 +69,67 @@ def _run(args: argparse.Namespace) -> int:
     if not cards:
         print(f"no named models installed (searched: {', '.join(map(str, models.search_dirs()))})")
         return 0
-    print(f"{'name':<32} {'objective':<9} {'attention':<14} {'test acc':>8}  path")
-    for card in cards:
-        test = card.get("test") or {}
-        acc = f"{test['accuracy']:.3f}" if isinstance(test.get("accuracy"), float) else "-"
-        print(
-            f"{card['name']:<32} {card.get('objective') or '-':<9} "
-            f"{card.get('attention') or '-':<14} {acc:>8}  {card['path']}"
-        )
+    for index, card in enumerate(cards):
+        if index:
+            print()
+        print("\n".join(describe(card)))
     return 0
+
+
+def _number(value, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def _held_out(label: str, result, unigram) -> str | None:
+    """One row: accuracy and perplexity, each beside unigram's on the same proteins."""
+    if not isinstance(result, dict):
+        return None
+    unigram = unigram if isinstance(unigram, dict) else {}
+    acc, ppl = result.get("accuracy"), result.get("perplexity")
+    u_acc, u_ppl = unigram.get("accuracy"), unigram.get("perplexity")
+    gain = f"{(acc - u_acc) * 100:+.1f} points" if acc is not None and u_acc else ""
+    ratio = f"{ppl / u_ppl:.3f}x" if ppl is not None and u_ppl else ""
+    n = result.get("sequences")
+    proteins = f"{n:,}" if isinstance(n, int) else "-"
+    return (
+        f"  {label:<10}{proteins:>8}  {_number(acc, 3):>6} ({_number(u_acc, 3)}) {gain:>12}"
+        f"  {_number(ppl, 2):>6} ({_number(u_ppl, 2)}) {ratio:>7}"
+    )
+
+
+def describe(card: dict) -> list[str]:
+    """A model card for the terminal: size, training, held-out figures beside unigram, limits."""
+    import textwrap
+
+    params = card.get("parameters")
+    size = f"{params / 1e6:.2f} M parameters" if isinstance(params, int) else "? parameters"
+    steps, seconds = card.get("steps"), card.get("seconds")
+    trained = f"{steps:,} steps" if isinstance(steps, int) else ""
+    if isinstance(seconds, (int, float)):
+        trained += f" / {seconds / 60:.0f} min" if trained else f"{seconds / 60:.0f} min"
+    head = [card["name"], card.get("objective") or "-", card.get("attention") or "-", size]
+    head += [part for part in (trained, card.get("size_mb") and f"{card['size_mb']} MB") if part]
+    lines = ["  ".join(head)]
+    rows = [
+        _held_out("test", card.get("test"), card.get("unigram")),
+        _held_out("far", card.get("far"), (card.get("far") or {}).get("unigram")),
+    ]
+    rows = [row for row in rows if row]
+    if rows:
+        task = {"mlm": "masked residues", "clm": "next token"}.get(card.get("objective"), "")
+        lines.append(
+            f"  {'held out':<10}{'proteins':>8}  {'accuracy (unigram)':>27}  "
+            f"{'perplexity (unigram)':>23}  {task}"
+        )
+        lines += rows
+    for field in ("data", "split", "limits"):
+        if card.get(field):
+            lines += textwrap.wrap(
+                f"{field}: {card[field]}",
+                width=100,
+                initial_indent="  ",
+                subsequent_indent="    ",
+                break_on_hyphens=False,
+            )
+    lines.append(f"  path: {card['path']}")
+    return lines

@@ -20,10 +20,16 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "score",
         help="score the sequences of a FASTA file (log-likelihood, perplexity)",
-        description="Score every record of a FASTA file. Causal models: exact log-likelihood. "
-        "Bidirectional models: pseudo-log-likelihood (every residue masked once, many masked "
-        "copies per forward pass) or wt-marginals (one unmasked pass). Output columns: id, "
-        "length, log_likelihood, mean_log_likelihood, perplexity.",
+        description="Score every record of a FASTA file. Causal models: exact log-likelihood "
+        "(columns log_likelihood, mean_log_likelihood, perplexity). Bidirectional models: "
+        "pseudo-log-likelihood, the default (every residue masked once: about one forward pass "
+        "per residue, many masked copies per pass; columns pseudo_log_likelihood, "
+        "mean_pseudo_log_likelihood, pseudo_perplexity), or wt-marginals (one unmasked pass, "
+        "about L times faster for proteins of L residues, but optimistic: each residue sees "
+        "itself; columns "
+        "wt_marginals_log_prob, mean_wt_marginals_log_prob, wt_marginals_perplexity). Every "
+        "CSV starts with id, length and ends with strategy, model (the CHECKPOINT as given). "
+        "One line on stderr says what the strategy will cost before it starts.",
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT")
     parser.add_argument("fasta", metavar="FASTA")
@@ -32,8 +38,8 @@ def register(subparsers) -> None:
         "--strategy",
         default=None,
         choices=SCORE_STRATEGIES,
-        help="default: log-likelihood for causal models, pseudo-log-likelihood "
-        "for bidirectional ones",
+        help="default: log-likelihood for causal models, pseudo-log-likelihood (slow: one "
+        "pass per residue) for bidirectional ones; wt-marginals: one pass per batch",
     )
     add_input_options(parser)
     add_run_options(parser)
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         distributed_strategy=args.dist_strategy,
         accelerator=device,
         resume=args.resume,
+        model_name=args.checkpoint,
     )
     if not args.quiet and summary["rank"] == 0:
         print(summary_line(f"scored ({summary['strategy']})", summary), file=sys.stderr)

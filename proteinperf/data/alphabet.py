@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -49,11 +51,61 @@ class Alphabet:
     def encode_framed(self, seq: str) -> list[int]:
         return [self.cls_idx, *self.encode(seq), self.eos_idx]
 
+    def tokenize(self, text: str) -> list[int]:
+        """Like ``encode``, but a special token written out (``<mask>``, ``<unk>``, ...) is one
+        token, as in fair-esm: ``"MK<mask>A"`` is 4 tokens."""
+        if "<" not in text:
+            return self.encode(text)
+        ids: list[int] = []
+        for piece in self._special_pattern().split(text):
+            special = self.tok_to_idx.get(piece)
+            if special is not None and piece.startswith("<"):
+                ids.append(special)
+            else:
+                ids.extend(self.encode(piece))
+        return ids
+
+    def _special_pattern(self) -> re.Pattern:
+        specials = [t for t in self.tokens if t.startswith("<")]
+        return re.compile("(" + "|".join(map(re.escape, specials)) + ")")
+
+    def get_batch_converter(self, truncation_seq_length: int | None = None) -> BatchConverter:
+        """fair-esm's batch converter: [(label, sequence), ...] -> (labels, strs, tokens)."""
+        return BatchConverter(self, truncation_seq_length)
+
     def decode(self, ids) -> str:
         return "".join(self.tokens[int(i)] for i in ids)
 
     def is_special(self, idx: int) -> bool:
         return self.tokens[idx].startswith("<")
+
+
+class BatchConverter:
+    """Turns [(label, sequence), ...] into (labels, strs, tokens) as fair-esm's does: tokens is
+    an int64 (B, longest + 2) tensor, each row <cls> residues <eos> then <pad>. Residues are
+    cut to ``truncation_seq_length`` tokens first, if given; special tokens written in a
+    sequence (``<mask>``) are one token each."""
+
+    def __init__(self, alphabet: Alphabet, truncation_seq_length: int | None = None):
+        self.alphabet = alphabet
+        self.truncation_seq_length = truncation_seq_length
+
+    def __call__(self, raw_batch: Sequence[tuple[str, str]]):
+        import torch
+
+        if not raw_batch:
+            raise ValueError("the batch is empty: give a list of (label, sequence) pairs")
+        labels = [label for label, _ in raw_batch]
+        strs = [seq for _, seq in raw_batch]
+        encoded = [self.alphabet.tokenize(seq) for seq in strs]
+        if self.truncation_seq_length:
+            encoded = [ids[: self.truncation_seq_length] for ids in encoded]
+        width = max(len(ids) for ids in encoded) + 2
+        tokens = torch.full((len(encoded), width), self.alphabet.padding_idx, dtype=torch.int64)
+        for row, ids in enumerate(encoded):
+            framed = [self.alphabet.cls_idx, *ids, self.alphabet.eos_idx]
+            tokens[row, : len(framed)] = torch.tensor(framed, dtype=torch.int64)
+        return labels, strs, tokens
 
 
 @lru_cache(maxsize=1)

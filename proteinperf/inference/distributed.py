@@ -219,7 +219,7 @@ class BulkInference(pl.LightningModule):
     def predict_dataloader(self):
         stream = BatchStream(
             self.scan,
-            self.task.toks_per_batch,
+            getattr(self.task, "plan_tokens", self.task.toks_per_batch),
             self.task.cost,
             self.global_rank,
             self.trainer.world_size,

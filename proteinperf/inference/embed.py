@@ -17,6 +17,7 @@ import torch
 from proteinperf.atomic import check_free_space, check_target
 from proteinperf.constants import EMBED_INCLUDES
 from proteinperf.errors import ConfigError
+from proteinperf.layers import LayerDict
 from proteinperf.layers import resolve_layers as _resolve_layers
 
 from .common import (
@@ -64,11 +65,18 @@ def check_include(include: Sequence[str]) -> list[str]:
 def embed_sequences(
     model,
     sequences: Sequence[str],
-    layers: Sequence[int],
+    layers: Sequence[int] = (-1,),
     include: Sequence[str] = ("mean",),
     precision: str = "fp32",
 ) -> list[dict]:
-    """One padded forward; per sequence {"length", kind: {layer: float32 CPU tensor}}."""
+    """One padded forward; per sequence {"length", kind: {layer: float32 CPU tensor}}.
+
+    ``layers`` as everywhere (0 = token embeddings, -1 = the last block); each kind's dict is
+    keyed 0..n_layers and also answers to the negative numbers.
+    """
+    n_layers = model.config.n_layers
+    layers = resolve_layers(layers, n_layers)
+    include = check_include(include)
     device = model_device(model)
     tokens, mask = encode_batch(sequences, device)
     with autocast(device, precision):
@@ -80,7 +88,8 @@ def embed_sequences(
             residues = rep[row, 1 : len(seq) + 1]
             vectors = {"per-token": residues, "mean": residues.mean(0), "bos": rep[row, 0]}
             for kind in include:
-                results[row].setdefault(KINDS[kind], {})[layer] = vectors[kind].cpu()
+                kind_layers = results[row].setdefault(KINDS[kind], LayerDict(n_layers))
+                kind_layers[layer] = vectors[kind].cpu()
     return results
 
 

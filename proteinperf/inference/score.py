@@ -1,15 +1,19 @@
 """Score whole sequences: exact log-likelihood (causal) or pseudo-log-likelihood (bidirectional).
 
-log_likelihood sums log p over the residues (not <cls>/<eos>); mean_log_likelihood divides by
-the length and perplexity = exp(-mean). For a bidirectional model the pseudo-log-likelihood
-masks every residue once (Salazar et al., 2020); ``wt-marginals`` reads all residues from one
-unmasked pass instead (cheap, but each residue sees itself, so it is optimistic).
+Each strategy sums log p over the residues (not <cls>/<eos>), divides by the length and
+exponentiates minus the mean; its columns are named by what they are: log_likelihood and
+perplexity (causal, exact), pseudo_log_likelihood and pseudo_perplexity (every residue masked
+once, Salazar et al., 2020), wt_marginals_log_prob and wt_marginals_perplexity (all residues
+read from one unmasked pass: cheap, but each residue sees itself, so it is optimistic). Every
+row also names its strategy and model.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +29,25 @@ from .common import (
 from .likelihood import causal_log_probs, pseudo_log_probs, wt_marginal_log_probs
 
 STRATEGIES = SCORE_STRATEGIES
-COLUMNS = ("id", "length", "log_likelihood", "mean_log_likelihood", "perplexity")
+# strategy -> (sum, mean over residues, exp(-mean)) column names
+SCORE_COLUMNS = {
+    "log-likelihood": ("log_likelihood", "mean_log_likelihood", "perplexity"),
+    "pseudo-log-likelihood": (
+        "pseudo_log_likelihood",
+        "mean_pseudo_log_likelihood",
+        "pseudo_perplexity",
+    ),
+    "wt-marginals": (
+        "wt_marginals_log_prob",
+        "mean_wt_marginals_log_prob",
+        "wt_marginals_perplexity",
+    ),
+}
+
+
+def columns(strategy: str) -> tuple[str, ...]:
+    """The CSV header of ``strategy``: id, length, its three scores, strategy, model."""
+    return ("id", "length", *SCORE_COLUMNS[strategy], "strategy", "model")
 
 
 def resolve_score_strategy(strategy: str | None, causal: bool) -> str:
@@ -47,36 +69,48 @@ def resolve_score_strategy(strategy: str | None, causal: bool) -> str:
     return strategy
 
 
-def summarise(record_id: str, terms) -> dict:
-    """One CSV row from the per-residue log-probabilities."""
-    return row(record_id, len(terms), float(terms.double().sum()))
-
-
-def row(record_id: str, length: int, total: float) -> dict:
-    """One CSV row from a record's summed log-likelihood."""
+def row(record_id: str, length: int, total: float, strategy: str, model: str) -> dict:
+    """One CSV row from a record's summed log-probabilities."""
+    total_col, mean_col, exp_col = SCORE_COLUMNS[strategy]
     mean = total / length
     return {
         "id": record_id,
         "length": length,
-        "log_likelihood": total,
-        "mean_log_likelihood": mean,
-        "perplexity": math.exp(-mean),
+        total_col: total,
+        mean_col: mean,
+        exp_col: math.exp(-mean),
+        "strategy": strategy,
+        "model": model,
     }
 
 
-def score_window(
-    model, sequences: list[str], strategy: str, toks_per_batch: int, precision: str, bar
-) -> list:
-    """Per-residue log-probability tensors for each sequence, in the given order."""
+def forward_passes(strategy: str, lengths: Sequence[int], toks_per_batch: int) -> int:
+    """Forward passes ``strategy`` needs for records of these lengths: the masked copies of a
+    record go through together as the token budget allows (``masked_log_probs``); the one-pass
+    strategies run padded batches of records."""
     if strategy == "pseudo-log-likelihood":
-        return [pseudo_log_probs(model, seq, toks_per_batch, precision, bar) for seq in sequences]
-    one_pass = causal_log_probs if strategy == "log-likelihood" else wt_marginal_log_probs
-    terms: list = [None] * len(sequences)
-    for batch in length_sorted_batches([len(s) for s in sequences], toks_per_batch):
-        for i, t in zip(batch, one_pass(model, [sequences[i] for i in batch], precision)):
-            terms[i] = t
-        bar.update(sum(len(sequences[i]) for i in batch))
-    return terms
+        return sum(-(-n // max(1, toks_per_batch // (n + 2))) for n in lengths)
+    return len(length_sorted_batches(lengths, toks_per_batch))
+
+
+def cost_line(strategy: str, lengths: Sequence[int], toks_per_batch: int) -> str:
+    """What ``strategy`` will cost on these records, and the alternatives, in one line."""
+    records, residues = len(lengths), sum(lengths)
+    one_pass = forward_passes("wt-marginals", lengths, toks_per_batch)
+    head = f"score: {records:,} records ({residues:,} residues), {strategy}"
+    if strategy == "log-likelihood":
+        return f"{head} (exact, causal model): ~{one_pass:,} forward passes"
+    pll = forward_passes("pseudo-log-likelihood", lengths, toks_per_batch)
+    if strategy == "pseudo-log-likelihood":
+        return (
+            f"{head}: every residue masked once, {residues:,} masked copies in ~{pll:,} forward "
+            f"passes; --strategy wt-marginals needs ~{one_pass:,} (one unmasked pass; "
+            "optimistic: each residue sees itself)"
+        )
+    return (
+        f"{head}: ~{one_pass:,} forward passes (one unmasked pass; optimistic: each residue "
+        f"sees itself); --strategy pseudo-log-likelihood masks every residue once: ~{pll:,}"
+    )
 
 
 @dataclass
@@ -86,6 +120,7 @@ class ScoreTask:
     strategy: str
     precision: str
     toks_per_batch: int
+    model_name: str = ""
     name: str = "score"
 
     def settings(self) -> dict:
@@ -94,6 +129,13 @@ class ScoreTask:
             "precision": self.precision,
             "toks_per_batch": self.toks_per_batch,
         }
+
+    @property
+    def plan_tokens(self) -> int:
+        """The token budget of the records' batches. Pseudo-log-likelihood scores one record
+        at a time anyway (its masked copies fill the budget), so one record per batch costs
+        nothing and moves the progress bar after every record."""
+        return 1 if self.strategy == "pseudo-log-likelihood" else self.toks_per_batch
 
     def cost(self, lengths: list[int]) -> int:
         if self.strategy == "pseudo-log-likelihood":  # L masked copies of L + 2 tokens each
@@ -115,11 +157,19 @@ class ScoreTask:
 
     def merge(self, store, scan, done: dict, output: Path) -> None:
         with atomic_output(output) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns(self.strategy))
             writer.writeheader()
             for index, record_id in enumerate(scan.ids):
                 entry = done[index]
-                writer.writerow(row(record_id, entry.length, entry.meta["ll"]))
+                writer.writerow(
+                    row(
+                        record_id,
+                        entry.length,
+                        entry.meta["ll"],
+                        self.strategy,
+                        self.model_name,
+                    )
+                )
 
 
 def score_fasta(
@@ -139,16 +189,22 @@ def score_fasta(
     distributed_strategy: str = "auto",
     accelerator: str | None = None,
     resume: bool = False,
+    model_name: str | None = None,
 ) -> dict:
     """Write one CSV row per record of ``fasta`` (input order) to ``output``, atomically.
 
+    Columns: ``columns(strategy)``; ``model`` is ``model_name`` (the CLI gives the checkpoint
+    as typed), by default ``sha256:<digest of the weights>``. Unless ``quiet``, one line on
+    stderr first says what the strategy costs and what the alternative costs.
     Runs like ``embed_fasta`` (sharded over ``devices`` x ``num_nodes`` Lightning processes,
     resumable); ``distributed_strategy`` is Lightning's strategy (``strategy`` is the scoring
     one). Returns the summary of ``distributed.run_bulk`` plus ``strategy``.
     """
+    from pytorch_lightning.utilities import rank_zero_only
+
     from proteinperf.atomic import check_target
 
-    from .distributed import run_bulk, scan_fasta
+    from .distributed import model_hash, run_bulk, scan_fasta
 
     strategy = resolve_score_strategy(strategy, model.config.causal)
     check_target(output)
@@ -159,9 +215,13 @@ def score_fasta(
         check_length(model, len(record.sequence), f"record '{record.id}'")
 
     scan = scan_fasta(fasta, truncate, invalid, on_duplicate, check)
+    if model_name is None:
+        model_name = f"sha256:{model_hash(model)}"
+    if not quiet and rank_zero_only.rank == 0:
+        print(cost_line(strategy, scan.lengths, toks_per_batch), file=sys.stderr, flush=True)
     summary = run_bulk(
         model,
-        ScoreTask(strategy, precision, toks_per_batch),
+        ScoreTask(strategy, precision, toks_per_batch, model_name),
         scan,
         output,
         devices=devices,

@@ -118,3 +118,23 @@ def test_attention_bootstrap_study(tmp_path, tiny_checkpoint, sample):
         if low is not None:
             assert low <= high
     assert isinstance(study["signal"], bool) and study["layer_numbering"] == "esm"
+
+
+def test_attention_says_what_it_does_and_found(tmp_path, tiny_checkpoint, sample, capsys):
+    """Default device auto (as every command), a first line, progress, and a summary."""
+    out = tmp_path / "report"
+    argv = ["attention", str(tiny_checkpoint), str(sample), str(out), "--max-seqs", "3"]
+    assert main([*argv, "--max-length", "40", "--layers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    err = captured.err
+    assert err.startswith(f"attention: {tiny_checkpoint} (favor_softmax, 2 layers x 4 heads)")
+    assert "on 3 sequences" in err and "device cpu" in err  # auto: no GPU here
+    summary = json.loads((out / "summary.json").read_text())
+    r = summary["model"]["similarity_vs_blosum62"]["pearson"]
+    assert f"wrote {out}/ in " in err and "8 figures" in err
+    assert f"model {r:.3f}, untrained control" in err
+    tv = summary["model"]["approximation_error"]["tv"]["mean"]
+    assert f"mean total variation per query {tv:.3f}" in err
+    assert main([*argv, "--max-length", "12", "--layers", "1", "--overwrite", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

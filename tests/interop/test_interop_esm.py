@@ -106,6 +106,24 @@ def test_softmax_conversion_matches_fair_esm(tmp_path, esm2_file, masked):
         )
 
 
+def test_head_weights_and_negative_layers_match_fair_esm(tmp_path, esm2_file):
+    """need_head_weights: fair-esm's "attentions" (B, layers, heads, L, L), padding zeroed;
+    repr_layers=[-1] is fair-esm's last layer."""
+    model, alphabet, path = esm2_file
+    ours, our_alphabet = load_model(convert_esm_checkpoint(path, tmp_path / "c.ckpt"))
+    _, _, tokens = our_alphabet.get_batch_converter()(SEQUENCES)
+    torch.testing.assert_close(tokens, alphabet.get_batch_converter()(SEQUENCES)[2])
+    assert (tokens == alphabet.padding_idx).any()
+    with torch.no_grad():
+        expected = model(tokens, repr_layers=[LAYERS], need_head_weights=True)
+        got = ours(tokens, repr_layers=[-1], need_head_weights=True)
+    assert got["attentions"].shape == expected["attentions"].shape
+    torch.testing.assert_close(got["attentions"], expected["attentions"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        got["representations"][-1], expected["representations"][LAYERS], atol=1e-4, rtol=0
+    )
+
+
 def test_mean_embeddings_match_esm_extraction(tmp_path, esm2_file):
     model, alphabet, path = esm2_file
     ours, _ = load_model(convert_esm_checkpoint(path, tmp_path / "c.ckpt"))
