@@ -108,7 +108,13 @@ def test_cli_writes_maps_top_l_and_plots(tmp_path, tiny_esm2, contact_checkpoint
         np.testing.assert_allclose(top["p"], probs[top["i"] - 1, top["j"] - 1], rtol=1e-5)
     seq = PROTEINS["p2"]
     want = predict_contacts(performer_from_esm_model(esm_model), seq, regression).numpy()
-    assert main(["contacts", str(ckpt), fasta, str(out), "--format", "csv", "--quiet"]) == 0
+    assert (
+        main(["contacts", str(ckpt), fasta, str(out), "--format", "csv", "--quiet"]) == 2
+    )  # exists
+    assert (
+        main(["contacts", str(ckpt), fasta, str(out), "--format", "csv", "--quiet", "--overwrite"])
+        == 0
+    )
     np.testing.assert_allclose(np.loadtxt(out / "p2.csv", delimiter=","), want, atol=1e-5)
     assert not (out / "p2.npz").exists()  # the earlier output was replaced whole
 
