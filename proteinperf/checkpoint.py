@@ -272,15 +272,11 @@ def load_model(
     return model.to(device).eval(), get_alphabet()
 
 
-build_model = model_with_weights  # the old name, kept for callers
-
-
 __all__ = [
     "CheckpointError",
     "FORMAT",
     "FORMAT_VERSION",
     "LIGHTNING_KEY",
-    "build_model",
     "checkpoint_metadata",
     "lightning_metadata",
     "load_model",

@@ -227,9 +227,6 @@ def metrics_table(val: dict[str, float], test: dict[str, float], checkpoint: str
     return "\n".join(lines)
 
 
-summary = metrics_table  # the old name
-
-
 def _requeued_resume_point(trainer, output_dir: Path) -> str | None:
     """In a requeued SLURM job: the newest checkpoint the run left in its folder."""
     if not slurm_requeued():

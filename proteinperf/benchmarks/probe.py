@@ -139,14 +139,14 @@ def mean_embeddings(model, seqs: list[str], max_residues: int, toks_per_batch: i
     """(N, d): mean over residues of the last layer (proteinperf.inference.embed)."""
     import torch
 
-    from proteinperf.inference.common import plan_batches
+    from proteinperf.inference.common import length_sorted_batches
     from proteinperf.inference.embed import embed_sequences
 
     cut = [s[:max_residues] for s in seqs]
     out = np.zeros((len(seqs), model.config.d_model), dtype=np.float32)
     last = model.config.n_layers
     with torch.inference_mode():
-        for batch in plan_batches([len(s) for s in cut], toks_per_batch):
+        for batch in length_sorted_batches([len(s) for s in cut], toks_per_batch):
             results = embed_sequences(model, [cut[i] for i in batch], [last], ("mean",))
             for i, result in zip(batch, results):
                 out[i] = result["mean_representations"][last].numpy()

@@ -117,7 +117,7 @@ def _fmt(value) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from proteinperf.inference.common import atomic_output
-    from proteinperf.inference.mutations import resolve_strategy, score_mutations_csv
+    from proteinperf.inference.mutations import resolve_mutation_strategy, score_mutations_csv
 
     if args.reference is not None:
         if args.dms_dir is None:
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError("--reference takes each wild type from target_seq, not --sequence")
     window = _window(args.window)
     model, _ = load(args.checkpoint, args.device)
-    strategy = resolve_strategy(args.strategy, model.config.causal)
+    strategy = resolve_mutation_strategy(args.strategy, model.config.causal)
     score_col = args.score_col or f"{Path(args.checkpoint).stem}_{strategy}"
     options = dict(toks_per_batch=args.toks_per_batch, precision=args.precision, window=window)
     if args.reference is not None:

@@ -120,9 +120,6 @@ def length_sorted_batches(
     return batches
 
 
-plan_batches = length_sorted_batches  # the old name (data.sampling.plan_batches is another)
-
-
 def encode_batch(
     sequences: Sequence[str], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -367,6 +367,3 @@ def score_mutations_csv(
         "output": str(output),
         "metrics": dms_metrics(table, score_col),
     }
-
-
-resolve_strategy = resolve_mutation_strategy  # the old name, kept for callers

@@ -232,6 +232,3 @@ def score_fasta(
         quiet=quiet,
     )
     return {**summary, "strategy": strategy}
-
-
-resolve_strategy = resolve_score_strategy  # the old name, kept for callers

@@ -162,20 +162,15 @@ def test_module_is_built_from_config(tmp_path):
     assert (cfg.optim.name, list(cfg.optim.betas)) == (defaults.name, defaults.betas)
 
 
-def test_old_training_imports_still_work():
-    from proteinperf import lightning_module, optim, training
+def test_renamed_modules_left_no_aliases():
+    import importlib
 
-    assert training.ProteinLM is lightning_module.ProteinLM
-    assert training.LRSchedule is optim.LRSchedule and training.DEFAULT_OPTIM == optim.DEFAULT_OPTIM
-    assert training.build_model is lightning_module.initial_model
-    from proteinperf.checkpoint import FORMAT_VERSION
+    for old in ("proteinperf.training", "proteinperf.attention.kernels"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
+    from proteinperf import checkpoint, train
+    from proteinperf.inference import common, mutations, score
 
-    assert training.FORMAT_VERSION == FORMAT_VERSION
-
-
-def test_other_renamed_names_still_import():
-    from proteinperf import train
-    from proteinperf.attention import kernels, phi
-
-    assert kernels.feature_maps is phi.feature_maps and kernels.KERNELS == phi.KERNELS
-    assert train.summary is train.metrics_table
+    leftovers = [(train, "summary"), (common, "plan_batches"), (checkpoint, "build_model"),
+                 (mutations, "resolve_strategy"), (score, "resolve_strategy")]  # fmt: skip
+    assert not [name for module, name in leftovers if hasattr(module, name)]
