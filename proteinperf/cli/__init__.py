@@ -55,13 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"proteinperf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"{__name__}.{name}":
-                continue  # command not installed in this build
-            raise
-        module.register(subparsers)
+        # A missing command module is a broken install: fail loudly, never drop the command.
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
 
 

@@ -87,3 +87,11 @@ def test_library_uses_the_same_choices(name, module, attribute):
     import importlib
 
     assert getattr(importlib.import_module(module), attribute) == getattr(constants, name)
+
+
+def test_a_missing_command_module_fails_loudly(monkeypatch):
+    import proteinperf.cli as cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "no_such_command"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_command"):
+        cli.build_parser()
