@@ -39,8 +39,7 @@ def resolve_layers(
         if layer == 0 and not embeddings:
             raise ConfigError(
                 "layer 0 is the token embeddings, which have no attention: attention layers are "
-                f"1..{n_layers} (transformer blocks, numbered as in embed) or -{n_layers}..-1; "
-                "before version 0.2 attention counted blocks from 0 (old I = new I+1)"
+                f"1..{n_layers} (transformer blocks, numbered as in embed) or -{n_layers}..-1"
             )
         if layer not in resolved:
             resolved.append(layer)
