@@ -41,15 +41,20 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run_section(name: str, settings: Settings, box_s: float, tmp: Path) -> dict:
-    """Run one section in a worker process within ``box_s`` seconds; its entry of the JSON."""
+def run_section(
+    name: str, settings: Settings, box_s: float, tmp: Path, grace_s: float | None = None
+) -> dict:
+    """Run one section in a worker process within ``box_s`` seconds; its entry of the JSON.
+
+    The worker is asked to stop ``grace_s`` (default: 15% of the box, at most 15 s) before
+    the box ends, and is killed when it does not."""
     settings_path, out_path, log_path = (
         tmp / "settings.json",
         tmp / f"{name}.json",
         tmp / f"{name}.log",
     )
     settings_path.write_text(json.dumps(settings.to_dict()))
-    grace = min(15.0, 0.15 * box_s)
+    grace = min(15.0, 0.15 * box_s) if grace_s is None else grace_s
     deadline = time.time() + box_s - grace
     env = dict(os.environ)
     package_root = str(Path(proteinperf.__file__).resolve().parents[1])
