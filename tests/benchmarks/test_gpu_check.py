@@ -84,6 +84,10 @@ def test_bad_arguments_write_nothing(tmp_path):
     assert not out.exists()
     proc = _run("--dry-run", "--out", str(out), "--sections", "env,typo")
     assert proc.returncode == 2 and "typo" in proc.stderr
+    if not torch.cuda.is_available():
+        proc = _run("--out", str(out))
+        assert proc.returncode == 2 and "sees no CUDA device" in proc.stderr
+    assert not out.exists()
 
 
 def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path):

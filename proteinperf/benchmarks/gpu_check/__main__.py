@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from . import SECTIONS
 from .runner import run_check
 from .settings import settings_for
 
+STARTED = time.monotonic()  # the budget counts from here, torch's first import included
 DEFAULT_OUT = Path("benchmarks") / "results"
 
 
@@ -35,7 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--budget-s",
         type=float,
-        help="wall-clock budget of the whole check (default 480; dry run 120)",
+        help="wall-clock budget of the whole check (default 480; dry run 300)",
     )
     parser.add_argument(
         "--train-s",
@@ -64,7 +66,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--corpus {args.corpus}: no such file or folder")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: exists and is not a folder")
+    problem = _torch_problem(args.dry_run)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def _torch_problem(dry_run: bool) -> str | None:
+    """Why the check cannot run with this Python's torch, or None."""
+    try:
+        import torch
+    except ImportError as exc:
+        return f"torch is not importable ({exc}); install it, or bring wheels: WHEELS=<folder>"
+    if not dry_run and not torch.cuda.is_available():
+        return (
+            f"torch {torch.__version__} (CUDA build: {torch.version.cuda}) sees no CUDA device; "
+            "on a machine without a GPU use --dry-run"
+        )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus=None if args.corpus is None else str(args.corpus.resolve()),
         peak_tflops=args.peak_tflops,
     )
-    report = run_check(settings, args.sections, args.out, argv)
+    report = run_check(settings, args.sections, args.out, argv, started=STARTED)
     print((args.out / "gpu_check.md").read_text())
     print(f"results: {args.out / 'gpu_check.json'}, {args.out / 'gpu_check.md'}")
     return 0 if report["ok"] else 1

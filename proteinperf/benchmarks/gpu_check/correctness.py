@@ -186,14 +186,15 @@ def _decode_attention(settings, device, deadline, result, record):
 
 def _decode_model(settings, device, deadline, result, record):
     """PerformerLM.step one token at a time (the fused decoding path) against forward."""
-    from proteinperf.data.alphabet import get_alphabet
     from proteinperf.model import ModelConfig, PerformerLM
 
     s = settings.tests
-    residues = torch.tensor(get_alphabet().residue_token_ids)
+    # Ordinary tokens: above <cls>, <pad>, <eos> and below <mask> (the data package, whose
+    # alphabet names the residues, needs pyarrow; this section needs torch alone).
+    ids = ModelConfig()
     g = torch.Generator().manual_seed(settings.seed + 2000)
-    tokens = residues[torch.randint(len(residues), (s.batch, s.model_decode_length), generator=g)]
-    tokens = tokens.to(device)
+    shape = (s.batch, s.model_decode_length)
+    tokens = torch.randint(ids.eos_idx + 1, ids.mask_idx, shape, generator=g).to(device)
     for attention in MODEL_ATTENTIONS:
         case = {"level": "model", "attention": attention, "length": s.model_decode_length}
         case["tolerance"] = TOLERANCES["float32"]

@@ -130,7 +130,16 @@ def write_results(report: dict, out_dir: Path) -> None:
     os.replace(tmp, md_path)
 
 
-def run_check(settings: Settings, sections: list[str], out_dir: Path, argv: list[str]) -> dict:
+def run_check(
+    settings: Settings,
+    sections: list[str],
+    out_dir: Path,
+    argv: list[str],
+    started: float | None = None,
+) -> dict:
+    """Run ``sections`` in order within ``settings.budget_s`` counted from ``started``
+    (a time.monotonic(); default now); the report, also written to out_dir."""
+    start = time.monotonic() if started is None else started
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "schema": SCHEMA,
@@ -142,7 +151,6 @@ def run_check(settings: Settings, sections: list[str], out_dir: Path, argv: list
         "requested": sections,
         "sections": {},
     }
-    start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         for i, name in enumerate(sections):
             left = settings.budget_s - (time.monotonic() - start) - FINISH_RESERVE_S
