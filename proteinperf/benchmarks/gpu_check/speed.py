@@ -67,9 +67,9 @@ def _step(impl, backend, inputs, features, causal, mode):
         return forward
 
     def forward_backward():
-        for t in (q, k, v):
-            t.grad = None
         _call(impl, backend, q, k, v, features, causal).backward(grad)
+        for t in (q, k, v):  # between calls only the inputs stay allocated
+            t.grad = None
 
     return forward_backward
 

@@ -4,7 +4,8 @@ A plain optimizer loop (the project's AdamW from ``proteinperf.optim``, bf16 aut
 paper's gradient clip) over random windows of L tokens cut from the corpus's proteins joined
 end to end (<cls> residues <eos> <cls> ...; no padding, so every position is a real token).
 Bidirectional: masked LM (15%, BERT's 80/10/10); causal: next token. The last 5% of the joined
-corpus is held out: a few fixed windows of it are scored before and after training.
+corpus is held out: a few fixed windows of it are scored before and after training. The random
+features stay as drawn (the paper redraws them every 1000 steps, more than a minute's run).
 
 Model FLOPs per token (the usual 6N for a forward and backward through N matmul weights, plus
 attention, which has no weights):
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import is_cuda, synchronize
+from .device import is_cuda, release, synchronize
 from .env import peak_bf16_tflops
 
 HELD_OUT = 0.05
@@ -158,6 +159,7 @@ def train_one(name, causal, objective, stream, settings, run_s, device, peak):
     from proteinperf.optim import build_optimizer
 
     t = settings.train
+    release(device)  # the previous model's memory, so that this one's peak is its own
     torch.manual_seed(settings.seed)
     config = ModelConfig(**{**t.model, "causal": causal, "dropout": t.dropout})
     model = PerformerLM(config).to(device).train()
