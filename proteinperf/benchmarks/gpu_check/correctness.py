@@ -70,7 +70,9 @@ def _reference(kernel, inputs, features, causal, mask):
     if kernel == EXACT:
         out = softmax_attention(q, k, v, causal=causal, key_padding_mask=mask)
     else:
-        out = naive_attention(q, k, v, features.double(), causal, kernel, mask)
+        out = naive_attention(
+            q, k, v, features.double(), causal=causal, kernel=kernel, key_padding_mask=mask
+        )
     out.backward(grad)
     return [t.detach() for t in (out, q.grad, k.grad, v.grad)]
 
@@ -167,13 +169,21 @@ def _decode_attention(settings, device, deadline, result, record):
             continue
         try:
             with torch.no_grad(), full_fp32():
-                full = favor_attention(q, k, v, features, True, kernel, mask)
+                full = favor_attention(
+                    q, k, v, features, causal=True, kernel=kernel, key_padding_mask=mask
+                )
                 state = recurrent.init_state(s.batch, s.heads, s.features, s.dim, device=device)
                 outs = []
                 for i in range(s.decode_length):
                     at = slice(i, i + 1)
                     out, state = recurrent.favor_step(
-                        state, q[:, :, at], k[:, :, at], v[:, :, at], features, kernel, mask[:, at]
+                        state,
+                        q[:, :, at],
+                        k[:, :, at],
+                        v[:, :, at],
+                        features,
+                        kernel=kernel,
+                        key_padding_mask=mask[:, at],
                     )
                     outs.append(out)
             case["error"] = relative_error(torch.cat(outs, 2), full.double().cpu())
