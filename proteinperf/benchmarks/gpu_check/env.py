@@ -8,9 +8,10 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import torch
+
+from proteinperf.benchmarks.attention import code_version
 
 # Distributions whose versions matter to the numbers; absent ones are reported as None.
 DISTRIBUTIONS = (
@@ -75,20 +76,6 @@ def _nvidia_smi() -> dict | None:
     return dict(zip(query.split(","), values))
 
 
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[3]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def _gpu(device: torch.device) -> dict:
     props = torch.cuda.get_device_properties(device)
     name = props.name
@@ -131,7 +118,7 @@ def run(settings, deadline: float, record) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "distributions": {name: _version(name) for name in DISTRIBUTIONS},
         "modules": {name: importlib.util.find_spec(name) is not None for name in MODULES},
-        "git_commit": _git_commit(),
+        "code": code_version(),  # git commit where there is one; the attention sources' hash
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,

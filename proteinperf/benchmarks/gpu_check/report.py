@@ -13,6 +13,8 @@ def _env(result: dict | None) -> list[str]:
     if not result:
         return ["Environment: not recorded."]
     gpu = result.get("gpu") or {}
+    code = result.get("code") or {}
+    modified = " (attention modified)" if code.get("attention_uncommitted") else ""
     libs = result.get("distributions", {})
     device = (
         f"{gpu['name']} ({gpu['memory_gib']:.0f} GiB, compute capability {gpu['capability']})"
@@ -37,7 +39,8 @@ def _env(result: dict | None) -> list[str]:
         f"{result.get('cudnn') or '-'}), Python {result['python']}"
         + (f"; {versions}" if versions else ""),
         f"- fp32 matmul precision: {result.get('float32_matmul_precision')}; commit "
-        f"{result.get('git_commit') or '-'}",
+        f"{code.get('commit') or '-'}{modified}, attention sources sha256 "
+        f"{str(code.get('attention_sha256'))[:12]}",
     ]
 
 
