@@ -16,7 +16,7 @@ export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint bench data clean reproduce wheel
+.PHONY: help install train test lint bench data clean reproduce wheel gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ install: $(STAMP) ## create/refresh .venv with the package (editable) and its de
 # definitions (MAKEOVERRIDES, newest first, hence the reverse); `make train -- -m ...` brings
 # flags as goals. Both are handed to the Hydra entry point in the order typed.
 reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
-MAKE_VARS := PYTHON=% VENV=% TORCH=% EXTRAS=% DATASET=% ARGS=% PYTEST_ARGS=% BUDGET=% CORPUS=% FAR=%
+MAKE_VARS := PYTHON=% VENV=% TORCH=% EXTRAS=% DATASET=% ARGS=% PYTEST_ARGS=% BUDGET=% CORPUS=% FAR=% WHEELS=%
 HYDRA_OVERRIDES := $(call reverse,$(filter-out $(MAKE_VARS),$(MAKEOVERRIDES)))
 TRAIN_ARGS := $(filter-out train,$(MAKECMDGOALS)) $(HYDRA_OVERRIDES)
 train: $(STAMP) ## train a small bidirectional Performer on 20k Swiss-Prot proteins, clustered split (Hydra overrides allowed)
@@ -63,6 +63,15 @@ CORPUS ?=
 FAR ?=
 reproduce: $(STAMP) ## the paper's Table 2 + BLOSUM62 figure: 5 models x BUDGET minutes, results in benchmarks/results/
 	$(BIN)/python -m proteinperf.reproduce --budget $(BUDGET) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(FAR),--far $(FAR)) $(ARGS) $(foreach w,$(HYDRA_OVERRIDES),$(if $(findstring =,$(w)),$(w)))
+
+# make gpu-check [CORPUS=<FASTA or corpus dir>] [WHEELS=<folder of .whl>] [ARGS="--budget-s 480"]
+# Runs with whatever torch the machine has: .venv's python if there is one, else python3; it
+# installs nothing unless WHEELS names a folder of wheels (offline: pip --no-index).
+GPU_PYTHON = $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+WHEELS ?=
+gpu-check: ## one GPU, <= 8 min: kernels vs float64, FAVOR+ vs SDPA, paper-size throughput (results in benchmarks/results/)
+	$(if $(WHEELS),$(GPU_PYTHON) -m pip install --no-index --find-links $(WHEELS) $(WHEELS)/*.whl)
+	$(GPU_PYTHON) -m proteinperf.benchmarks.gpu_check $(if $(CORPUS),--corpus $(CORPUS)) $(ARGS)
 
 wheel: $(STAMP) ## build dist/proteinperf-*.whl (conf/ and the default corpus inside): pip install it anywhere
 	$(BIN)/python -m pip wheel --no-deps --no-build-isolation --quiet -w dist .

