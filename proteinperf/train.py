@@ -262,11 +262,29 @@ def check_ckpt_path(ckpt_path) -> None:
         raise ConfigError(f"ckpt_path={ckpt_path}: {what}")
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(value: str | None) -> None:
+    """float32 matmuls on CUDA: "high" lets them run on TF32 tensor cores, which changed a
+    trained model's attention outputs by ~5e-4 (relative) and its loss by ~1e-5
+    (benchmarks/results/precision.md). CPU matmuls are left in full float32."""
+    if value is None:
+        return
+    if value not in MATMUL_PRECISIONS:
+        raise ConfigError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {value!r}")
+    import torch
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(value)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and checkpoint path."""
     import pytorch_lightning as pl
 
     check_ckpt_path(cfg.get("ckpt_path"))
+    set_matmul_precision(cfg.get("matmul_precision"))
     pl.seed_everything(cfg.seed, workers=True)
     _default_wandb_offline(cfg)
     output_dir = Path(cfg.paths.output_dir)
