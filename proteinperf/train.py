@@ -88,6 +88,21 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("cache_dir", resources.cache_dir)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("cpu_precision"):  # conf/trainer/cpu.yaml
+        OmegaConf.register_new_resolver("cpu_precision", cpu_precision)
+
+
+def cpu_precision() -> str:
+    """bf16-mixed where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): 1.56x the
+    float32 steps/s at the same loss (benchmarks/results/mixed_training.md). float32
+    elsewhere, where bf16 matmuls are emulated and slower than float32."""
+    import torch
+
+    native = [getattr(torch.cpu, f, lambda: False) for f in _NATIVE_BF16]
+    return "bf16-mixed" if any(check() for check in native) else "32-true"
+
+
+_NATIVE_BF16 = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def _adopt_parent_job() -> None:

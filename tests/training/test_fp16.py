@@ -36,6 +36,19 @@ def test_tf32_only_on_cuda(make_cfg, monkeypatch):
         torch.set_float32_matmul_precision(before)
 
 
+@pytest.mark.parametrize(
+    "avx512_bf16,amx,expected",
+    [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"), (False, False, "32-true")],
+)
+def test_cpu_default_is_bf16_mixed_only_with_native_bf16(
+    make_cfg, monkeypatch, avx512_bf16, amx, expected
+):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert make_cfg("trainer=cpu").trainer.precision == expected
+    assert make_cfg("trainer=gpu").trainer.precision == "bf16-mixed"
+
+
 def test_gpu_fp16_config(make_cfg):
     cfg = make_cfg("trainer=gpu_fp16")
     assert cfg.trainer.precision == "16-mixed" and cfg.trainer.accelerator == "gpu"
