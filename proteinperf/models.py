@@ -110,7 +110,8 @@ def export_model(
     and size) goes to ``<name>.json`` and also into the file. Floating weights are stored in
     ``dtype`` except the FAVOR+ random features (kept float32; they are a fixed draw). The
     training split's unigram_log_probs travel along so `evaluate` compares with the baseline.
-    Raises ValueError (nothing written) if the file would exceed ``max_mb``.
+    Raises InputError (nothing written) if the file would exceed ``max_mb`` or a weight
+    would not fit in ``dtype`` (float16: beyond ±65504, saved as inf).
     """
     from proteinperf.checkpoint import checkpoint_metadata, load_model, save_model
 
@@ -119,7 +120,16 @@ def export_model(
     meta = checkpoint_metadata(checkpoint)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_floating_point() and not name.endswith(".self_attn.features"):
-            tensor.data = tensor.data.to(dtype)
+            stored = tensor.data.to(dtype)
+            if not bool(torch.isfinite(stored).all()):
+                # float16 ends at 65504: a larger weight would be saved as inf (NaN results)
+                largest = float(tensor.detach().abs().max())
+                raise InputError(
+                    f"{checkpoint}: weight {name} reaches {largest:.4g}, "
+                    f"beyond {dtype}'s range ({torch.finfo(dtype).max:.4g}); export it in a "
+                    "wider dtype (dtype=torch.bfloat16 or torch.float32)"
+                )
+            tensor.data = stored
     card = {
         "objective": meta.get("objective") or ("clm" if model.config.causal else "mlm"),
         "attention": model.config.attention,

@@ -88,6 +88,21 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("cache_dir", resources.cache_dir)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("cpu_precision"):  # conf/trainer/cpu.yaml
+        OmegaConf.register_new_resolver("cpu_precision", cpu_precision)
+
+
+def cpu_precision() -> str:
+    """bf16-mixed where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): 1.56x the
+    float32 steps/s at the same loss (benchmarks/results/mixed_training.md). float32
+    elsewhere, where bf16 matmuls are emulated and slower than float32."""
+    import torch
+
+    native = [getattr(torch.cpu, f, lambda: False) for f in _NATIVE_BF16]
+    return "bf16-mixed" if any(check() for check in native) else "32-true"
+
+
+_NATIVE_BF16 = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def _adopt_parent_job() -> None:
@@ -259,11 +274,29 @@ def check_ckpt_path(ckpt_path) -> None:
         raise ConfigError(f"ckpt_path={ckpt_path}: {what}")
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(value: str | None) -> None:
+    """float32 matmuls on CUDA: "high" lets them run on TF32 tensor cores, which changed a
+    trained model's attention outputs by ~5e-4 (relative) and its loss by ~1e-5
+    (benchmarks/results/precision.md). CPU matmuls are left in full float32."""
+    if value is None:
+        return
+    if value not in MATMUL_PRECISIONS:
+        raise ConfigError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {value!r}")
+    import torch
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(value)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and checkpoint path."""
     import pytorch_lightning as pl
 
     check_ckpt_path(cfg.get("ckpt_path"))
+    set_matmul_precision(cfg.get("matmul_precision"))
     pl.seed_everything(cfg.seed, workers=True)
     _default_wandb_offline(cfg)
     output_dir = Path(cfg.paths.output_dir)

@@ -17,6 +17,7 @@ from proteinperf.checkpoint import (
 )
 from proteinperf.checksum import file_sha256
 from proteinperf.cli import main
+from proteinperf.errors import InputError
 from proteinperf.model import ModelConfig, PerformerLM
 
 TINY = {**helpers.TINY, "attention": "favor_relu"}
@@ -115,6 +116,24 @@ def test_export_refuses_oversized_files(models_dir, trained):
     with pytest.raises(ValueError, match="MB"):
         models.export_model(path, models_dir / "big.pt", max_mb=0.001)
     assert not list(models_dir.iterdir())  # nothing half-written
+
+
+def test_export_refuses_weights_beyond_float16(models_dir, tmp_path, capsys):
+    """A weight past float16's 65504 (a run that drifted, e.g. trained in 16-mixed without
+    enough scaling) would be saved as inf: refused with its name, nothing written."""
+    torch.manual_seed(0)
+    model = PerformerLM(ModelConfig(**TINY)).eval()
+    with torch.no_grad():
+        model.layers[0].fc1.weight[0, 0] = 1e5
+    path = save_model(tmp_path / "drifted.pt", model)
+    with pytest.raises(InputError, match=r"weight layers\.0\.fc1\.weight reaches 1e\+05"):
+        models.export_model(path, models_dir / "drifted.pt")
+    assert not list(models_dir.iterdir())
+    out = models.export_model(path, models_dir / "wide.pt", dtype=torch.bfloat16)
+    assert load_model(out)[0].layers[0].fc1.weight[0, 0] == 99840.0  # 1e5 in bf16: finite
+    out = models_dir / "cli.pt"
+    assert main(["models", "--export", str(path), "--out", str(out)]) == 2
+    assert "beyond torch.float16's range" in capsys.readouterr().err and not out.exists()
 
 
 def test_package_data_ships_pretrained_files():

@@ -16,6 +16,8 @@ Bidirectional maths (Choromanski et al., 2021, Eq. 4-5), per (batch, head), with
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
@@ -64,6 +66,18 @@ def _key_features(logits, kernel, shift, keep_blk):
     return (logits - shift).exp_()  # padded: exp(-inf) = 0, no mask pass needed
 
 
+def _without_autocast(backward):
+    """Backward in the forward's float32 also when ``loss.backward()`` is called inside an
+    autocast region (autocast would turn its matmuls to bf16 next to float32 buffers)."""
+
+    @functools.wraps(backward)
+    def run(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return backward(ctx, grad_out)
+
+    return run
+
+
 class BidirectionalFavor(torch.autograd.Function):
     """(q̂, k̂, v', W) -> out, for q̂ = q·d^-1/4, all (BH, L, ·) float32 contiguous."""
 
@@ -100,6 +114,7 @@ class BidirectionalFavor(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_without_autocast
     def backward(ctx, grad_out):
         q, k, v_ext, w, keep, context, shift, den, out = ctx.saved_tensors
         kernel, rows = ctx.kernel, ctx.rows
@@ -285,6 +300,7 @@ class CausalFavor(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_without_autocast
     def backward(ctx, grad_out):
         q, k, v_ext, w, keep, prefixes, den, out = ctx.saved_tensors
         kernel = ctx.kernel

@@ -5,8 +5,10 @@ in naive.py:
 - FUSED_KERNELS ("softmax", "relu": what training uses) run as hand-written autograd functions
   (blockwise.py) that recompute features in backward instead of storing (L, m) tensors: about
   half the time and O(L·d + m·d) saved memory.
+- On CUDA with fla-core installed, causal "softmax" and "relu" run on flash-linear-attention's
+  chunked Triton kernels instead (fla_backend.py; features and normaliser here, in float32).
 - The comparison estimators (softmax_hyp, softmax_opt, trig) take the autograd paths below, on
-  kernels.feature_maps. Fused backward passes are derived by hand per feature map; paired
+  phi.feature_maps. Fused backward passes are derived by hand per feature map; paired
   directions, sin/cos of either sign and an A fitted to all of q and k would need three more.
 """
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .blockwise import FUSED_KERNELS, bidirectional_favor, causal_favor
+from .fla_backend import fla_causal_linear_attention, use_fla
 from .naive import naive_attention_weights
 from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
 from .scan import chunk_prefixes, chunk_weights, future_mask, pad_positions
@@ -72,8 +75,9 @@ def favor_attention(
     if causal:
         check_kernel_for_causal(kernel)
     out_dtype = v.dtype
+    on_fla = causal and use_fla(q, kernel)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        if kernel in FUSED_KERNELS:
+        if kernel in FUSED_KERNELS and not on_fla:
             args = (*_upcast(q, k, v, features), kernel, key_padding_mask)
             if causal:
                 out = causal_favor(*args, chunk_size)
@@ -84,7 +88,9 @@ def favor_attention(
         phi_q, phi_k, log_scale_k = feature_maps(q, k, features, kernel, key_padding_mask)
         # A ones column turns the denominator D = φ(Q)φ(K)ᵀ1 into one more output column.
         v_ext = F.pad(v, (0, 1), value=1.0)
-        if causal:
+        if on_fla:
+            out, _ = fla_causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext)
+        elif causal:
             out, _ = causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext, chunk_size)
         else:
             out = _bidirectional_linear_attention(phi_q, phi_k, log_scale_k, v_ext)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .favor import DENOMINATOR_EPS, causal_linear_attention, default_chunk
+from .fla_backend import fla_causal_linear_attention, use_fla
 from .phi import MASKED_LOG_SCALE, RELU_EPSILON, check_kernel_for_causal, feature_maps
 
 
@@ -126,9 +127,14 @@ def favor_step(
         else:
             if chunk_size is None:
                 chunk_size = default_chunk(q.shape[-2], phi_q.shape[-1], v.shape[-1], q.device)
-            out, state = causal_linear_attention(
-                phi_q, phi_k, log_scale, v_ext, chunk_size, state.context, state.shift
-            )
+            if use_fla(q, kernel):
+                out, state = fla_causal_linear_attention(
+                    phi_q, phi_k, log_scale, v_ext, state.context, state.shift
+                )
+            else:
+                out, state = causal_linear_attention(
+                    phi_q, phi_k, log_scale, v_ext, chunk_size, state.context, state.shift
+                )
             state = FavorState(*state)
         out = out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)
     return out.to(out_dtype), state

@@ -16,4 +16,6 @@ BENCHMARKS = (
     "generation",
     "probe",
     "heldout",
+    "precision",
+    "mixed_training",
 )

@@ -221,6 +221,27 @@ def test_large_norms_under_bf16_autocast_stay_finite(kernel):
             t.grad = None
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+def test_backward_inside_autocast_matches_backward_outside(kernel, causal):
+    """``with autocast: loss = ...; loss.backward()`` (backward inside the region, as many
+    training loops write it) gives the fused kernels' float32 gradients, not a dtype error."""
+    q, k, v = _qkv(b=1, length=40, d=16)
+    w = draw_features(32, 16)
+    grads = []
+    for inside in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = favor_attention(*leaves, w, causal=causal, kernel=kernel, chunk_size=16)
+            if inside:
+                out.float().square().sum().backward()
+        if not inside:
+            out.float().square().sum().backward()
+        grads.append([t.grad for t in leaves])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_feature_maps_zero_padded_keys():
     q, k, _ = _qkv(length=10)
     mask = torch.ones(2, 10, dtype=torch.bool)
