@@ -3,6 +3,7 @@ embeddings, learned substitutions and attention (Vig et al., 2020) against BLOSU
 
 from .attention_maps import (
     AttentionMaps,
+    approximates_softmax,
     approximation_curve,
     approximation_error,
     attention_inputs,
@@ -27,6 +28,7 @@ __all__ = [
     "AttentionMaps",
     "ResidueAttentionStats",
     "amino_acid_similarity",
+    "approximates_softmax",
     "approximation_curve",
     "approximation_error",
     "attention_inputs",

@@ -24,6 +24,10 @@ from proteinperf.errors import ConfigError
 from proteinperf.layers import block_index, resolve_layers
 from proteinperf.model import ModelConfig, PerformerLM
 
+# FAVOR kernels whose features give an unbiased estimate of the softmax kernel exp(q·k/√d) (ReLU
+# features define another attention, the paper's "generalised attention", and estimate nothing).
+SOFTMAX_ESTIMATORS = ("softmax", "softmax_hyp", "softmax_opt", "trig")
+
 # Keeps the relative Frobenius error finite for an all-zero reference (never met in practice).
 _TINY = 1e-12
 
@@ -145,6 +149,12 @@ def approximation_error(approx: torch.Tensor, exact: torch.Tensor) -> dict[str, 
     }
 
 
+def approximates_softmax(kernel: str | None) -> bool:
+    """Whether FAVOR attention with this kernel is an estimate of softmax attention, so that
+    its difference from exact softmax is an approximation error (False for exact models)."""
+    return kernel in SOFTMAX_ESTIMATORS
+
+
 def untrained_control(config: ModelConfig, seed: int = 0) -> PerformerLM:
     """A freshly initialised model of the same shape: the control of every statistic."""
     # fork_rng: seeding the initialisation must not disturb the caller's random stream.
@@ -193,7 +203,9 @@ def approximation_curve(
 
 
 __all__ = [
+    "SOFTMAX_ESTIMATORS",
     "AttentionMaps",
+    "approximates_softmax",
     "approximation_curve",
     "approximation_error",
     "attention_inputs",
