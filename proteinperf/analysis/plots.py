@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from .similarity import AMINO_ACIDS, NOTABLE_PAIRS, compare_with_blosum
 
@@ -263,33 +264,55 @@ def approximation_curves(
     title: str | None = None,
     baselines: Mapping[str, float] | None = None,
     band: tuple[float, float] = (10.0, 90.0),
+    ax=None,
+    legend: bool = True,
+    top: float | None = None,
 ) -> Figure:
     """Error against the number of random features, log-log: the median over draws (feature
     samples), shaded between the ``band`` percentiles of the draws. Percentiles of positive
     errors stay positive, so the band never dips towards zero on the log axis the way
-    mean − std does. ``baselines``: horizontal reference lines (e.g. uniform attention)."""
-    fig = Figure(figsize=(5.8, 4.0), layout="constrained")
-    ax = fig.subplots()
+    mean − std does. ``baselines``: horizontal reference lines (e.g. uniform attention).
+    ``ax``: draw into these axes (of a larger figure) instead of a new figure. ``top``: the
+    top of the y axis; medians above it sit on it as open triangles, bands are cut there, so
+    that a few huge errors (trigonometric features) do not flatten the other curves."""
+    if ax is None:
+        fig = Figure(figsize=(5.8, 4.0), layout="constrained")
+        ax = fig.subplots()
+    cut = np.inf if top is None else top
+    clipped = False
     for name, errors in curves.items():
         errors = np.asarray(errors, dtype=float)
         low, median, high = np.percentile(errors, [band[0], 50.0, band[1]], axis=1)
-        (line,) = ax.plot(nb_features, median, marker="o", ms=4, label=name)
-        ax.fill_between(nb_features, low, high, alpha=0.2, color=line.get_color(), lw=0)
+        over = median > cut
+        (line,) = ax.plot(nb_features, np.minimum(median, cut), marker="o", ms=4, label=name)
+        colour = line.get_color()
+        ax.fill_between(
+            nb_features, np.minimum(low, cut), np.minimum(high, cut), alpha=0.2, color=colour, lw=0
+        )
+        if over.any():
+            clipped = True
+            x = np.asarray(nb_features)[over]
+            ax.plot(x, np.full(len(x), cut), "^", ms=8, mfc="white", mec=colour, clip_on=False)
+    if clipped:
+        ax.plot([], [], "^", ms=8, mfc="white", mec="black", label=f"median above {cut:g}")
     for name, value in (baselines or {}).items():
         ax.axhline(value, color="grey", ls="-.", lw=1, label=name)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    if top is not None:
+        ax.set_ylim(top=top)
     ax.set_xticks(list(nb_features), [str(m) for m in nb_features])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())  # y keeps its labelled minor ticks
     ax.set_xlabel("number of random features m")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(
-        fontsize=7, title=f"median, {band[0]:g}–{band[1]:g}th pct. of draws", title_fontsize=7
-    )
+    if legend:
+        ax.legend(
+            fontsize=7, title=f"median, {band[0]:g}–{band[1]:g}th pct. of draws", title_fontsize=7
+        )
     if title:
         ax.set_title(title, fontsize=10)
-    return fig
+    return ax.figure
 
 
 __all__ = [
