@@ -9,6 +9,7 @@ from .attention_maps import (
     attention_inputs,
     attention_maps,
     frame_sequence,
+    softmax_estimate,
     untrained_control,
 )
 from .blosum_study import blosum_study, shuffle_residues
@@ -41,5 +42,6 @@ __all__ = [
     "pair_values",
     "shuffle_residues",
     "similarity_study",
+    "softmax_estimate",
     "untrained_control",
 ]

@@ -191,33 +191,39 @@ def exact_vs_favor(
     labels: Sequence[str] | None = None,
     approximates: bool = True,
     name: str = "FAVOR+",
+    quantile: float = 0.99,
 ) -> Figure:
     """Per row (title, exact (L, L), favor (L, L)): exact softmax, the FAVOR map and, where the
     FAVOR kernel estimates softmax (``approximates``), FAVOR − exact on one colour scale shared
     by all rows. Kernels that estimate no softmax (ReLU features) get the two maps side by side
-    and no difference: there is no error to show, only two different attentions."""
+    and no difference: there is no error to show, only two different attentions.
+
+    Colour scales are capped at the ``quantile`` of the values (of |FAVOR − exact| for the
+    differences), so that a few extreme entries do not wash out the rest; the bars say so."""
     n_cols = 3 if approximates else 2
-    fig = Figure(figsize=(3.4 * n_cols + 1.0, 3.0 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(3.6 * n_cols + 1.0, 3.2 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), n_cols, squeeze=False)
     pairs = [(_numpy(exact), _numpy(favor)) for _, exact, favor in rows]
-    limit = max((float(np.abs(f - e).max()) for e, f in pairs), default=0.0) or 1.0
+    diffs = np.concatenate([np.abs(f - e).ravel() for e, f in pairs]) if pairs else np.zeros(1)
+    limit = float(np.quantile(diffs, quantile)) or float(diffs.max()) or 1.0
     reference = "exact softmax" if approximates else "softmax of the same Q, K (not estimated)"
     for r, ((title, _, _), (exact, favor)) in enumerate(zip(rows, pairs)):
-        vmax = float(max(np.quantile(exact, 0.99), np.quantile(favor, 0.99))) or 1.0
+        vmax = float(max(np.quantile(exact, quantile), np.quantile(favor, quantile))) or 1.0
         panels = [
-            (reference, exact, "viridis", 0.0, vmax),
-            (f"{name} (implicit)", favor, "viridis", 0.0, vmax),
+            (reference, exact, "viridis", 0.0, vmax, "weight"),
+            (f"{name} (implicit)", favor, "viridis", 0.0, vmax, "weight"),
         ]
         if approximates:
-            panels.append((f"{name} − exact", favor - exact, "RdBu_r", -limit, limit))
-        for c, (kind, matrix, cmap, lo, hi) in enumerate(panels):
+            panels.append((f"{name} − exact", favor - exact, "RdBu_r", -limit, limit, "difference"))
+        for c, (kind, matrix, cmap, lo, hi, what) in enumerate(panels):
             ax = axes[r, c]
             image = ax.imshow(matrix, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
             _sequence_ticks(ax, labels, matrix.shape[-1], x=r == len(rows) - 1, y=c == 0)
-            ax.set_title(f"{title}: {kind}", fontsize=9)
+            ax.set_title(f"{title}\n{kind}", fontsize=8)
             ax.set_xlabel("key", fontsize=8)
             ax.set_ylabel("query", fontsize=8)
-            fig.colorbar(image, ax=ax, shrink=0.8)
+            bar = fig.colorbar(image, ax=ax, shrink=0.8, extend="both" if lo < 0 else "max")
+            bar.set_label(f"{what} (capped at {quantile:.0%} quantile)", fontsize=7)
     return fig
 
 
