@@ -119,11 +119,14 @@ def matrix_panels(
     order: str = AMINO_ACIDS,
     centres: Mapping[str, float] | None = None,
     title: str | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
 ) -> Figure:
     """20x20 matrices side by side on the same residue order, each with its own colour bar.
 
     Diverging colours centred on ``centres[name]`` (0 by default): 0 for correlations and
-    BLOSUM scores, 1 for attention relative to uniform.
+    BLOSUM scores, 1 for attention relative to uniform. ``xlabel``/``ylabel`` name the axes
+    (say which residue is which where the matrix is not symmetric).
     """
     centres = dict(centres or {})
     fig = Figure(figsize=(4.4 * len(panels), 4.2), layout="constrained")
@@ -135,6 +138,8 @@ def matrix_panels(
         ax.set_xticks(range(len(order)), list(order), fontsize=7)
         ax.set_yticks(range(len(order)), list(order), fontsize=7)
         ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         fig.colorbar(image, ax=ax, shrink=0.8)
     if title:
         fig.suptitle(title)

@@ -92,3 +92,17 @@ def test_report_names_an_error_only_for_softmax_estimators(kernel, tmp_path):
     figures = dict(_figures(model, control, record, analysis, control_a, blosum62(), alphabet, 64))
     title = figures["approximation_error.png"].axes[0].get_title()
     assert ("not an estimate" in title) == (kernel == "relu")
+
+
+def test_curves_above_the_stated_top_stay_inside_the_axes():
+    errors = {"positive": np.full((3, 4), 0.5), "trig": np.full((3, 4), 300.0)}
+    ax = plots.approximation_curves([4, 16, 64], errors, top=5).axes[0]
+    assert ax.get_ylim()[1] == 5
+    assert all(np.max(line.get_ydata(), initial=0) <= 5 for line in ax.lines)
+    assert any(line.get_marker() == "^" for line in ax.lines)
+    assert any("above 5" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_matrix_panels_name_their_axes():
+    fig = plots.matrix_panels({"a": np.eye(20)}, xlabel="key residue", ylabel="query residue")
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("key residue", "query residue")
