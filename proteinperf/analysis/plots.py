@@ -16,7 +16,7 @@ from .similarity import AMINO_ACIDS, NOTABLE_PAIRS, compare_with_blosum
 MAX_LETTER_TICKS = 60  # beyond this, residue letters on the axes become unreadable
 PANEL_INCHES = 1.9
 N_GREYS = 16  # of the 256 colours of a palette PNG (save_figure)
-GRID_DPI = 110  # heatmap grids: panels of ~200 px, enough for the stripes and diagonals
+GRID_DPI = 100  # heatmap grids: panels of 190 px, enough for the stripes and diagonals
 
 
 def _numpy(x) -> np.ndarray:
@@ -36,6 +36,12 @@ def _sequence_ticks(
             set_ticks(range(n), labels, fontsize=5)
     ax.tick_params(axis="x", labelsize=5 if letters else 6, labelrotation=90 if letters else 0)
     ax.tick_params(axis="y", labelsize=5 if letters else 6)
+
+
+def grid_dpi(length: int) -> int:
+    """Resolution for heatmap grids of ``length`` positions: GRID_DPI, doubled where residue
+    letters label the axes (short sequences: small files anyway, letters need the pixels)."""
+    return GRID_DPI if length > MAX_LETTER_TICKS else 2 * GRID_DPI
 
 
 def save_figure(fig: Figure, path, dpi: int = 150, palette: Sequence[str] | None = None) -> Path:
@@ -83,6 +89,9 @@ def attention_grid(
     maps = _numpy(maps)
     n_rows, n_cols, length = maps.shape[0], maps.shape[1], maps.shape[-1]
     vmax = float(np.quantile(maps, quantile)) or float(maps.max()) or 1.0
+    # Blocks when a panel has a pixel or more per position (they compress well, too); smoothed
+    # downsampling, not a random pick of positions, when it has fewer.
+    interpolation = "nearest" if length <= PANEL_INCHES * GRID_DPI else "antialiased"
     fig = Figure(
         figsize=(PANEL_INCHES * n_cols + 1.2, PANEL_INCHES * n_rows + 0.6), layout="constrained"
     )
@@ -92,7 +101,7 @@ def attention_grid(
         for c, head in enumerate(heads):
             ax = axes[r, c]
             image = ax.imshow(
-                maps[r, c], cmap="viridis", vmin=0.0, vmax=vmax, interpolation="antialiased"
+                maps[r, c], cmap="viridis", vmin=0.0, vmax=vmax, interpolation=interpolation
             )
             _sequence_ticks(ax, labels, length, x=r == n_rows - 1, y=c == 0)
             if r == 0:

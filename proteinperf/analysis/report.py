@@ -182,7 +182,7 @@ def _figures(model, control, record, model_a, control_a, blosum, alphabet, max_l
             for r, c in worst[:MAX_FAVOR_VS_EXACT_ROWS]
         ]
         estimates = approximates_softmax(maps.kernel)
-        name = f"FAVOR ({maps.kernel})"
+        name = f"FAVOR {maps.kernel}"
         yield "favor_vs_exact.png", plots.exact_vs_favor(rows, labels, estimates, name)
         n = model_a.stats.n_sequences
         if estimates:
@@ -305,8 +305,8 @@ def write_attention_report(
             model, control, record, model_a, control_a, blosum, alphabet, max_length
         ):
             if file_name in PALETTE_FIGURES:
-                palette = PALETTE_FIGURES[file_name]
-                plots.save_figure(fig, tmp / file_name, plots.GRID_DPI, palette)
+                dpi = plots.grid_dpi(min(len(record.sequence), max_length) + 2)  # <cls>, <eos>
+                plots.save_figure(fig, tmp / file_name, dpi, PALETTE_FIGURES[file_name])
             else:
                 plots.save_figure(fig, tmp / file_name)
         np.savez_compressed(tmp / "matrices.npz", **_matrices(model_a, control_a, blosum))
