@@ -277,22 +277,34 @@ def _r(result: dict) -> str:
     return f"{r:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def curves_figure(runs: list[dict]):
+OBJECTIVES = {"mlm": "masked-residue", "clm": "next-token"}
+
+
+def curves_figure(runs: list[dict], unigram: dict | None = None):
+    """Validation accuracy during training: masked-residue (BID) and next-token (UNI) runs on
+    separate rows, as the two accuracies measure different tasks; each row with its unigram
+    baseline (``unigram``: objective -> {"accuracy": ...} on the test split), against
+    wall-clock seconds (the shared budget) and optimizer steps."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for run in runs:
-        curve = run.get("curve") or []
-        label = f"{'BID' if run['objective'] == 'mlm' else 'UNI'} {LABELS[run['attention']]}"
-        style = "-" if run["objective"] == "mlm" else "--"
-        for ax, key in zip(axes, ("seconds", "step")):
-            ax.plot([c[key] for c in curve], [c["accuracy"] for c in curve], style, label=label)
-    for ax, xlabel in zip(axes, ("training seconds (wall-clock)", "optimizer steps")):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation accuracy")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    objectives = [o for o in OBJECTIVES if any(r["objective"] == o for r in runs)]
+    fig = Figure(figsize=(10, 3.4 * len(objectives) + 0.4), layout="constrained")
+    axes = fig.subplots(len(objectives), 2, squeeze=False)
+    for row, objective in zip(axes, objectives):
+        for run in (r for r in runs if r["objective"] == objective):
+            curve = run.get("curve") or []
+            kind = "BID" if objective == "mlm" else "UNI"
+            for ax, key in zip(row, ("seconds", "step")):
+                x, y = [c[key] for c in curve], [c["accuracy"] for c in curve]
+                ax.plot(x, y, "-", marker=".", label=f"{kind} {LABELS[run['attention']]}")
+        baseline = ((unigram or {}).get(objective) or {}).get("accuracy")
+        for ax, xlabel in zip(row, ("training seconds (wall-clock)", "optimizer steps")):
+            if baseline is not None:
+                ax.axhline(baseline, color="grey", ls="-.", lw=1, label="unigram (test split)")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{OBJECTIVES[objective]} accuracy\n(validation)")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
     fig.suptitle("learning curves: same budget, size, data order and optimiser")
     return fig
 
@@ -374,7 +386,8 @@ def reproduce(args) -> dict:
         report["similarity"] = study
         report["amino_acid_similarity"] = {"analysed_run": best["name"], **measures}
         write_figures(study, matrices, out, prefix="reproduce_similarity")
-    plots.save_figure(curves_figure(runs), out / "reproduce_curves.png")
+    unigram = {"mlm": report.get("unigram"), "clm": report.get("unigram_causal")}
+    plots.save_figure(curves_figure(runs, unigram), out / "reproduce_curves.png")
     if args.export_dir:
         report["exported"] = export_models(report, models, Path(args.export_dir))
     for run in runs:

@@ -128,3 +128,23 @@ def test_evaluates_on_the_device_it_trained_on(monkeypatch, tmp_path):
     entry, model, _ = reproduce.train_and_evaluate("performer_relu_bid", args, tmp_path)
     assert seen == ["cuda:0", "cuda:0"] and model.device == "cuda:0"
     assert entry["device"] == "cuda:0 (Some GPU)"
+
+
+def test_curves_keep_masked_and_next_token_accuracy_apart_beside_their_unigram():
+    curve = [
+        {"step": 10, "seconds": 1.0, "accuracy": 0.1},
+        {"step": 20, "seconds": 2.0, "accuracy": 0.12},
+    ]
+    runs = [
+        {"objective": "mlm", "attention": "softmax", "curve": curve},
+        {"objective": "clm", "attention": "favor_relu", "curve": curve},
+    ]
+    unigram = {"mlm": {"accuracy": 0.098}, "clm": {"accuracy": 0.097}}
+    fig = reproduce.curves_figure(runs, unigram)
+    rows = [ax for ax in fig.axes if ax.get_ylabel()]
+    assert len(rows) == 4
+    assert {ax.get_ylabel().split()[0] for ax in rows} == {"masked-residue", "next-token"}
+    for ax in rows:
+        masked = ax.get_ylabel().startswith("masked")
+        assert len(ax.lines) == 2  # one run and its unigram line
+        assert ax.lines[-1].get_ydata()[0] == (0.098 if masked else 0.097)

@@ -3,11 +3,13 @@ embeddings, learned substitutions and attention (Vig et al., 2020) against BLOSU
 
 from .attention_maps import (
     AttentionMaps,
+    approximates_softmax,
     approximation_curve,
     approximation_error,
     attention_inputs,
     attention_maps,
     frame_sequence,
+    softmax_estimate,
     untrained_control,
 )
 from .blosum_study import blosum_study, shuffle_residues
@@ -27,6 +29,7 @@ __all__ = [
     "AttentionMaps",
     "ResidueAttentionStats",
     "amino_acid_similarity",
+    "approximates_softmax",
     "approximation_curve",
     "approximation_error",
     "attention_inputs",
@@ -39,5 +42,6 @@ __all__ = [
     "pair_values",
     "shuffle_residues",
     "similarity_study",
+    "softmax_estimate",
     "untrained_control",
 ]

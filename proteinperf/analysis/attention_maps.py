@@ -24,6 +24,10 @@ from proteinperf.errors import ConfigError
 from proteinperf.layers import block_index, resolve_layers
 from proteinperf.model import ModelConfig, PerformerLM
 
+# FAVOR kernels whose features give an unbiased estimate of the softmax kernel exp(q·k/√d) (ReLU
+# features define another attention, the paper's "generalised attention", and estimate nothing).
+SOFTMAX_ESTIMATORS = ("softmax", "softmax_hyp", "softmax_opt", "trig")
+
 # Keeps the relative Frobenius error finite for an all-zero reference (never met in practice).
 _TINY = 1e-12
 
@@ -145,6 +149,54 @@ def approximation_error(approx: torch.Tensor, exact: torch.Tensor) -> dict[str, 
     }
 
 
+def approximates_softmax(kernel: str | None) -> bool:
+    """Whether FAVOR attention with this kernel is an estimate of softmax attention, so that
+    its difference from exact softmax is an approximation error (False for exact models)."""
+    return kernel in SOFTMAX_ESTIMATORS
+
+
+@torch.no_grad()
+def softmax_estimate(
+    model: PerformerLM,
+    tokens: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    nb_features: int | None = None,
+    kernel: str = "softmax",
+    seed: int = 0,
+) -> torch.Tensor:
+    """FAVOR estimate (layers, heads, L, L) of the softmax attention of the model's own Q and K
+    for one sequence, tokens (1, L), with fresh features (``nb_features``, default the model's;
+    orthogonality and scaling as the model's config), causal if the model is. For any model,
+    whatever attention it computes: the estimate to compare with ``attention_maps(...).exact``
+    when the model's own kernel estimates no softmax (ReLU features, exact attention)."""
+    if not approximates_softmax(kernel):
+        raise ConfigError(
+            f"kernel {kernel!r} estimates no softmax; use one of {SOFTMAX_ESTIMATORS}"
+        )
+    config = model.config
+    layers = resolve_layers(layers, config.n_layers, embeddings=False)
+    heads = select(heads, config.n_heads, "heads")
+    inputs = attention_inputs(model, tokens.to(next(model.parameters()).device))
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for layer in layers:
+        q, k = inputs[block_index(layer)]
+        features = draw_features(
+            int(nb_features or config.nb_features),
+            q.shape[-1],
+            orthogonal=config.orthogonal_features,
+            scaling=config.feature_scaling,
+            generator=generator,
+            device=q.device,
+        )
+        favor = favor_attention_weights(
+            q[:, heads], k[:, heads], features, causal=config.causal, kernel=kernel
+        )
+        out.append(favor[0].cpu())
+    return torch.stack(out)
+
+
 def untrained_control(config: ModelConfig, seed: int = 0) -> PerformerLM:
     """A freshly initialised model of the same shape: the control of every statistic."""
     # fork_rng: seeding the initialisation must not disturb the caller's random stream.
@@ -193,7 +245,9 @@ def approximation_curve(
 
 
 __all__ = [
+    "SOFTMAX_ESTIMATORS",
     "AttentionMaps",
+    "approximates_softmax",
     "approximation_curve",
     "approximation_error",
     "attention_inputs",
@@ -201,5 +255,6 @@ __all__ = [
     "frame_sequence",
     "layer_attention",
     "select",
+    "softmax_estimate",
     "untrained_control",
 ]

@@ -19,7 +19,13 @@ from proteinperf.layers import LAYER_NUMBERING, resolve_layers
 from proteinperf.plain import plain
 
 from . import plots
-from .attention_maps import approximation_error, attention_maps, frame_sequence, select
+from .attention_maps import (
+    approximates_softmax,
+    approximation_error,
+    attention_maps,
+    frame_sequence,
+    select,
+)
 from .similarity import (
     AMINO_ACIDS,
     ResidueAttentionStats,
@@ -30,6 +36,12 @@ from .similarity import (
 
 ERROR_METRICS = ("tv", "mse", "rel_frobenius")
 MAX_FAVOR_VS_EXACT_ROWS = 3
+# Heatmap grids -> their colour maps: written as palette PNGs, several times smaller.
+PALETTE_FIGURES = {
+    "attention_maps.png": ["viridis"],
+    "attention_maps_control.png": ["viridis"],
+    "favor_vs_exact.png": ["viridis", "RdBu_r"],
+}
 
 
 @dataclass
@@ -169,15 +181,22 @@ def _figures(model, control, record, model_a, control_a, blosum, alphabet, max_l
             (f"L{layers[r]} H{heads[c]}", maps.exact[r, c], maps.favor[r, c])
             for r, c in worst[:MAX_FAVOR_VS_EXACT_ROWS]
         ]
-        yield "favor_vs_exact.png", plots.exact_vs_favor(rows, labels)
+        estimates = approximates_softmax(maps.kernel)
+        name = f"FAVOR {maps.kernel}"
+        yield "favor_vs_exact.png", plots.exact_vs_favor(rows, labels, estimates, name)
+        n = model_a.stats.n_sequences
+        if estimates:
+            title = f"{name} vs exact softmax of the same Q, K, mean over {n} sequences"
+            label = "mean total variation (approximation error)"
+        else:
+            title = (
+                f"{name} is not an estimate of softmax: its distance from\nthe softmax of the "
+                f"same Q, K, mean over {n} sequences"
+            )
+            label = "mean total variation (a distance, not an error)"
         yield (
             "approximation_error.png",
-            plots.error_grid(
-                model_a.errors["tv"],
-                layers,
-                heads,
-                f"FAVOR+ vs exact softmax, mean over {model_a.stats.n_sequences} sequences",
-            ),
+            plots.error_grid(model_a.errors["tv"], layers, heads, title, label),
         )
     similarity = {
         "trained model": model_a.stats.similarity(),
@@ -285,7 +304,11 @@ def write_attention_report(
         for file_name, fig in _figures(
             model, control, record, model_a, control_a, blosum, alphabet, max_length
         ):
-            plots.save_figure(fig, tmp / file_name)
+            if file_name in PALETTE_FIGURES:
+                dpi = plots.grid_dpi(min(len(record.sequence), max_length) + 2)  # <cls>, <eos>
+                plots.save_figure(fig, tmp / file_name, dpi, PALETTE_FIGURES[file_name])
+            else:
+                plots.save_figure(fig, tmp / file_name)
         np.savez_compressed(tmp / "matrices.npz", **_matrices(model_a, control_a, blosum))
         summary = {
             "checkpoint": str(checkpoint),

@@ -111,3 +111,23 @@ def test_more_features_approximate_better():
     errors = approximation_curve(q, k, [4, 256], kernel="softmax", n_draws=3)
     assert errors.shape == (2, 3)
     assert errors[1].mean() < errors[0].mean() / 4
+
+
+@pytest.mark.parametrize("attention,causal", [("favor_relu", False), ("softmax", True)])
+def test_softmax_estimate_of_any_model_converges_to_its_exact_softmax(
+    tiny_model, attention, causal
+):
+    """ReLU or exact models estimate no softmax themselves; FAVOR+ on their own Q and K does."""
+    from proteinperf.analysis import softmax_estimate
+    from proteinperf.errors import ConfigError
+
+    model = tiny_model(attention, causal)
+    tokens = frame_sequence(SEQUENCE, ALPHABET)
+    exact = attention_maps(model, tokens, layers=[2], heads=[1]).exact
+    errors = [
+        approximation_error(softmax_estimate(model, tokens, [2], [1], m), exact)["tv"].item()
+        for m in (4, 4096)
+    ]
+    assert errors[1] < 0.5 * errors[0] and errors[1] < 0.05
+    with pytest.raises(ConfigError, match="estimates no softmax"):
+        softmax_estimate(model, tokens, kernel="relu")

@@ -85,3 +85,22 @@ def test_main_skips_missing_modules_and_writes_json(tmp_path, monkeypatch, capsy
     assert json.loads((tmp_path / "attention.json").read_text())["quick"] is True
     printed = capsys.readouterr().out
     assert "| 1 |" in printed and "skip nonesuch" in printed
+
+
+def test_quality_points_above_the_axis_are_clipped_at_its_top(tmp_path):
+    """trig's errors of 10^3 stay inside the axes: clipped at the top, marked, and said so."""
+    from unittest import mock
+
+    s = attention.Settings(quality_ms=(16, 64), logit_stds=(1.0,), seeds=1)
+    quality = [
+        {"estimator": name, "logit_std": 1.0, "m": m, "mean": err}
+        for name, errs in (("softmax/orthogonal", (2.0, 1.0)), ("trig/orthogonal", (5e3, 0.5)))
+        for m, err in zip(s.quality_ms, errs)
+    ]
+    with mock.patch.object(attention, "_save", side_effect=lambda fig, path, **kw: fig):
+        fig = attention._plot_quality(quality, s, tmp_path / "q.png")
+    ax = fig.axes[0]
+    top = ax.get_ylim()[1]
+    assert all(max(line.get_ydata()) <= top * (1 + 1e-9) for line in ax.lines)
+    assert any(line.get_marker() == "^" for line in ax.lines)
+    assert any("clipped" in text.get_text() for text in fig.texts)
