@@ -110,8 +110,11 @@ def make_batch(stream, starts, length, objective, rng, mask_prob, train=True):
 
 def _to(batch: dict, device: torch.device) -> dict:
     cuda = is_cuda(device)
-    return {
-        k: (v.pin_memory() if cuda else v).to(device, non_blocking=True) for k, v in batch.items()
+    return {  # tensors to the device; host-side flags (the collate's "padded") stay as they are
+        k: (v.pin_memory() if cuda else v).to(device, non_blocking=True)
+        if isinstance(v, torch.Tensor)
+        else v
+        for k, v in batch.items()
     }
 
 
@@ -122,7 +125,8 @@ def _loss(model, batch, autocast):
     from proteinperf.data.sampling import IGNORE
 
     with autocast():
-        logits = model(batch["tokens"], batch["padding_mask"])["logits"]
+        # the collate knows on the host whether there is padding: no device read per step
+        logits = model(batch["tokens"], batch["padding_mask"], padded=batch.get("padded"))["logits"]
     return F.cross_entropy(
         logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE
     )
