@@ -25,6 +25,7 @@ from .common import (
     autocast,
     check_length,
     encode_batch,
+    length_limit,
     model_device,
 )
 from .writers import (
@@ -60,7 +61,6 @@ def check_include(include: Sequence[str]) -> list[str]:
     return [kind for kind in INCLUDES if kind in include]
 
 
-@torch.inference_mode()
 def embed_sequences(
     model,
     sequences: Sequence[str],
@@ -69,15 +69,31 @@ def embed_sequences(
     precision: str = "fp32",
 ) -> list[dict]:
     """One padded forward; per sequence {"length", kind: {layer: float32 CPU tensor}}."""
+    tokens, mask = encode_batch(sequences, torch.device("cpu"))
+    lengths = [len(seq) for seq in sequences]
+    return embed_tokens(model, tokens, mask, lengths, layers, include, precision)
+
+
+@torch.inference_mode()
+def embed_tokens(
+    model,
+    tokens: torch.Tensor,  # (B, W) from common.encode_batch
+    mask: torch.Tensor,  # (B, W) bool, True = real token
+    lengths: Sequence[int],  # residues per row
+    layers: Sequence[int],
+    include: Sequence[str] = ("mean",),
+    precision: str = "fp32",
+) -> list[dict]:
+    """``embed_sequences`` of sequences already tokenised (in a DataLoader worker, say)."""
     device = model_device(model)
-    tokens, mask = encode_batch(sequences, device)
+    tokens, mask = tokens.to(device), mask.to(device)
     with autocast(device, precision):
         reps = model(tokens, padding_mask=mask, repr_layers=layers)["representations"]
-    results = [{"length": len(seq)} for seq in sequences]
+    results = [{"length": n} for n in lengths]
     for layer in layers:
         rep = reps[layer].float()  # (B, W, d)
-        for row, seq in enumerate(sequences):
-            residues = rep[row, 1 : len(seq) + 1]
+        for row, n in enumerate(lengths):
+            residues = rep[row, 1 : n + 1]
             vectors = {"per-token": residues, "mean": residues.mean(0), "bos": rep[row, 0]}
             for kind in include:
                 results[row].setdefault(KINDS[kind], {})[layer] = vectors[kind].cpu()
@@ -132,8 +148,14 @@ class EmbedTask:
     def cost(self, lengths: list[int]) -> int:
         return len(lengths) * (max(lengths) + 2)  # padded tokens: linear attention
 
-    def compute(self, model, sequences: list[str]) -> list[tuple[bytes, dict]]:
-        results = embed_sequences(model, sequences, self.layers, self.include, self.precision)
+    def prepare(self, sequences: list[str]) -> dict:
+        """Run where the batches are made (a DataLoader worker): the token tensors."""
+        tokens, mask = encode_batch(sequences, torch.device("cpu"))
+        return {"tokens": tokens, "mask": mask}
+
+    def compute(self, model, batch: dict) -> list[tuple[bytes, dict]]:
+        results = embed_tokens(model, batch["tokens"], batch["mask"], batch["lengths"],
+                               self.layers, self.include, self.precision)  # fmt: skip
         return [(encode_result(result), {}) for result in results]
 
     def merge(self, store, scan, done: dict, output: Path) -> None:
@@ -190,7 +212,7 @@ def embed_fasta(
     from its shards. The summary has records, residues, seconds, residues_per_s, per-rank
     residues and ``rank`` (only rank 0 wrote the output).
     """
-    from .distributed import run_bulk, scan_fasta
+    from .distributed import Source, run_bulk
 
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -205,15 +227,15 @@ def embed_fasta(
         raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
     metadata = {"layers": layers, "include": include, **(metadata or {})}
 
-    def check(record) -> None:
-        check_length(model, len(record.sequence), f"record '{record.id}'")
+    def too_long(record_id: str, length: int) -> None:
+        check_length(model, length, f"record '{record_id}'")
 
-    scan = scan_fasta(fasta, truncate, invalid, on_duplicate, check)
+    source = Source(str(fasta), truncate, invalid, on_duplicate, length_limit(model), too_long)
     task = EmbedTask(layers, include, precision, toks_per_batch, fmt, metadata)
     return run_bulk(
         model,
         task,
-        scan,
+        source,
         output,
         devices=devices,
         num_nodes=num_nodes,

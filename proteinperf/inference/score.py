@@ -20,6 +20,7 @@ from .common import (
     DEFAULT_TOKS_PER_BATCH,
     atomic_output,
     check_length,
+    length_limit,
     length_sorted_batches,
 )
 from .likelihood import causal_log_probs, pseudo_log_probs, wt_marginal_log_probs
@@ -100,7 +101,11 @@ class ScoreTask:
             return sum(n * (n + 2) for n in lengths)
         return len(lengths) * (max(lengths) + 2)
 
-    def compute(self, model, sequences: list[str]) -> list[tuple[bytes, dict]]:
+    def prepare(self, sequences: list[str]) -> dict:
+        return {}  # the strategies tokenise per pass (masked copies): nothing to do ahead
+
+    def compute(self, model, batch: dict) -> list[tuple[bytes, dict]]:
+        sequences = batch["sequences"]
         if self.strategy == "pseudo-log-likelihood":
             terms = [
                 pseudo_log_probs(model, seq, self.toks_per_batch, self.precision)
@@ -148,21 +153,21 @@ def score_fasta(
     """
     from proteinperf.atomic import check_target
 
-    from .distributed import run_bulk, scan_fasta
+    from .distributed import Source, run_bulk
 
     strategy = resolve_score_strategy(strategy, model.config.causal)
     check_target(output)
     if toks_per_batch < 1:
         raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
 
-    def check(record) -> None:
-        check_length(model, len(record.sequence), f"record '{record.id}'")
+    def too_long(record_id: str, length: int) -> None:
+        check_length(model, length, f"record '{record_id}'")
 
-    scan = scan_fasta(fasta, truncate, invalid, on_duplicate, check)
+    source = Source(str(fasta), truncate, invalid, on_duplicate, length_limit(model), too_long)
     summary = run_bulk(
         model,
         ScoreTask(strategy, precision, toks_per_batch),
-        scan,
+        source,
         output,
         devices=devices,
         num_nodes=num_nodes,
