@@ -14,6 +14,7 @@ long sequences are run under an address-space cap and reported as out of memory.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -442,12 +443,13 @@ def short_records(n: int) -> list[tuple[str, str]]:
     low, high = BULK_LENGTHS
     short, longer = [], []
     for record in read_fasta(corpus_path()):
-        bucket = short if low <= len(record.sequence) <= high else longer
-        bucket.append((record.id, record.sequence))
+        if low <= len(record.sequence) <= high:
+            short.append((record.id, record.sequence))
+        elif len(record.sequence) > high:
+            longer.append((record.id, record.sequence))
     picked = short[:n]
     for k, (record_id, seq) in enumerate(longer[: n - len(picked)]):
-        if len(seq) > high:
-            picked.append((f"{record_id}_prefix", seq[: len(short[k % len(short)][1])]))
+        picked.append((f"{record_id}_prefix", seq[: len(short[k % len(short)][1])]))
     return picked
 
 
@@ -514,6 +516,9 @@ def bulk_case(fasta: Path, out: Path, stop_after_first: bool = False, threads: i
         started = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.time() - started
+    # stopped after the first batch: the shards of that "interrupted" run go
+    shutil.rmtree(out.parent / f".{out.name}.shards", ignore_errors=True)
+    out.unlink(missing_ok=True)
     result = {"wall_s": wall, "other_cpus": load.cpus, "load_average": os.getloadavg()}
     if proc.returncode != 0 or not times.exists():
         return {**result, "status": "error", "reason": proc.stderr.strip()[-300:]}

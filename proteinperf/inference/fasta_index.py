@@ -184,6 +184,9 @@ def _index_block(data: bytes, line0: int, path: str, invalid: str, truncate) -> 
         if lead.strip():
             stray = line0 + lead[: len(lead) - len(lead.lstrip())].count(b"\n")
             raise FastaFormatError(f"{path}:{stray}: no '>' header line before sequence data")
+    if len(headers) == 0:  # blank lines before the first record
+        empty = np.zeros(0, dtype=np.int64)
+        return _Block([], empty, empty, empty, empty, np.zeros(0, dtype=bool))
     header_ends = np.append(newlines, len(arr))[np.searchsorted(newlines, headers)]
     starts = np.minimum(header_ends + 1, len(arr))
     ends = np.append(headers[1:], len(arr))

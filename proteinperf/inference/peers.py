@@ -35,9 +35,17 @@ def _write(path: Path, text: str) -> None:
 class Peers:
     """This rank's view of the other ranks of one attempt (``attempt``: a token of rank 0's)."""
 
-    def __init__(self, folder: Path, attempt: str, rank: int, world: int, dead_after_s=None):
+    def __init__(
+        self,
+        folder: Path,
+        attempt: str,
+        rank: int,
+        world: int,
+        dead_after_s: float = DEAD_AFTER_S,
+        heartbeat_s: float = HEARTBEAT_S,
+    ):
         self.folder, self.attempt, self.rank, self.world = Path(folder), attempt, rank, world
-        self.dead_after_s = DEAD_AFTER_S if dead_after_s is None else dead_after_s
+        self.dead_after_s, self.heartbeat_s = dead_after_s, heartbeat_s
         self._seen: dict[int, tuple[float | None, float]] = {}  # rank -> (mtime, seen at)
         self._last_check = 0.0
         self._stop = threading.Event()
@@ -57,7 +65,7 @@ class Peers:
 
     def _beat(self) -> None:
         path = self._path("alive", self.rank)
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(self.heartbeat_s):
             try:
                 os.utime(path)
             except OSError:
@@ -99,7 +107,7 @@ class Peers:
             elif now - seen > self.dead_after_s:
                 raise PeerFailed(
                     f"rank {rank} stopped without an error (no heartbeat for "
-                    f"{self.dead_after_s:.0f} s: killed, or its node lost?)"
+                    f"{self.dead_after_s:g} s: killed, or its node lost?)"
                 )
 
     def wait_all(self, poll_s: float = 0.1) -> list[list[float]]:
