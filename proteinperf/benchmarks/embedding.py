@@ -514,7 +514,7 @@ def bulk_case(fasta: Path, out: Path, stop_after_first: bool = False, threads: i
         env[STOP_ENV] = "1"
     with OtherLoad() as load:
         started = time.time()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out.parent)
         wall = time.time() - started
     # stopped after the first batch: the shards of that "interrupted" run go
     shutil.rmtree(out.parent / f".{out.name}.shards", ignore_errors=True)

@@ -197,7 +197,7 @@ def _index_block(data: bytes, line0: int, path: str, invalid: str, truncate) -> 
     other = np.flatnonzero(classes == _OTHER)
     lengths = (ends - starts) - (np.searchsorted(spaces, ends) - np.searchsorted(spaces, starts))
     odd = np.searchsorted(other, ends) - np.searchsorted(other, starts) > 0
-    titles = _titles(arr, headers + 1, header_ends)
+    titles = _titles(data, headers + 1, header_ends)
     if _ODD_TITLE.search(titles) is None:  # ids only: nothing after the first word
         captured = titles.split(b"\n")
     else:
@@ -231,14 +231,9 @@ def _index_block(data: bytes, line0: int, path: str, invalid: str, truncate) -> 
     return block
 
 
-def _titles(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bytes:
+def _titles(data: bytes, starts: np.ndarray, ends: np.ndarray) -> bytes:
     """The bytes [start, end) of every span, joined by newlines (the header lines)."""
-    sizes = ends - starts + 1  # + its newline
-    offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes)
-    picks = np.arange(int(sizes.sum())) + offsets
-    out = arr[np.minimum(picks, len(arr) - 1)].copy()
-    out[np.cumsum(sizes) - 1] = ord("\n")
-    return out[:-1].tobytes()
+    return b"\n".join([data[a:b] for a, b in zip(starts.tolist(), ends.tolist())])
 
 
 def _exact(data: bytes, header: int, start: int, end: int, line: int, path: str, invalid: str):
