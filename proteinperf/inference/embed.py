@@ -158,18 +158,18 @@ class EmbedTask:
                                self.layers, self.include, self.precision)  # fmt: skip
         return [(encode_result(result), {}) for result in results]
 
-    def merge(self, store, scan, done: dict, output: Path) -> None:
+    def merge(self, store, records, done: dict, output: Path) -> None:
         # The shards stay until the output is complete, so it needs its own room beside them:
         # refused here (the shards kept, for --resume) rather than after filling the disk.
         needed = sum(stored_bytes(entry.nbytes, self.fmt) for entry in done.values())
         kept = "; the computed shards are kept: make room, then rerun with --resume"
         check_free_space(output, needed + (64 << 10), then=kept)
         allocate = NameAllocator(files=self.fmt == "pt-dir")
-        names = [allocate(record_id) for record_id in scan.ids]
+        names = [allocate(record_id) for record_id in records.ids]
         with atomic_output(output, directory=self.fmt == "pt-dir") as tmp:
             writer = WRITERS[self.fmt](tmp, self.metadata)
             try:
-                for index, (record_id, name) in enumerate(zip(scan.ids, names)):
+                for index, (record_id, name) in enumerate(zip(records.ids, names)):
                     entry = done[index]
                     result = decode_result(
                         store.read(entry), entry.length, self.layers, self.include
@@ -178,7 +178,7 @@ class EmbedTask:
             except BaseException:
                 writer.abort()
                 raise
-            writer.close(scan.ids, names)
+            writer.close(records.ids, names)
         store.close()
 
 

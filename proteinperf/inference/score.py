@@ -118,11 +118,11 @@ class ScoreTask:
             terms = one_pass(model, sequences, self.precision)
         return [(b"", {"ll": float(t.double().sum())}) for t in terms]
 
-    def merge(self, store, scan, done: dict, output: Path) -> None:
+    def merge(self, store, records, done: dict, output: Path) -> None:
         with atomic_output(output) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
-            for index, record_id in enumerate(scan.ids):
+            for index, record_id in enumerate(records.ids):
                 entry = done[index]
                 writer.writerow(row(record_id, entry.length, entry.meta["ll"]))
 

@@ -21,8 +21,8 @@ from proteinperf.inference.distributed import (
     SimulatedKill,
     assign_batches,
 )
-from proteinperf.inference.fasta_index import IndexReader, build_index
 from proteinperf.inference.embed import embed_fasta, embed_sequences
+from proteinperf.inference.fasta_index import IndexReader, build_index
 from proteinperf.inference.score import score_fasta
 from proteinperf.inference.shards import shard_dir
 
@@ -202,6 +202,7 @@ def test_two_processes_killed_and_resumed_match_one_process_h5(tmp_path, checkpo
     )
     assert killed.returncode != 0, killed.stderr[-2000:]
     assert not out.exists() and len(list(shard_dir(out).glob("part-r000[01]-*.jsonl"))) == 2
+    assert (shard_dir(out) / "index.npz").is_file()  # rank 0's, read by rank 1 and --resume
     resumed = subprocess.run(
         [*cmd, "--resume"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
     )
