@@ -256,12 +256,13 @@ class _Duplicates:
         self.taken: set[str] = set()
         self.renamed = self.skipped = 0
 
-    def resolve(self, ids: list[str], lines: list[int]) -> tuple[list[str], list[bool]]:
-        """(final ids, kept flags); raises at an 'error' duplicate."""
+    def resolve(self, ids: list[str], lines: np.ndarray) -> tuple[list[str], list[bool] | None]:
+        """(final ids, kept flags or None: all kept); raises at an 'error' duplicate."""
         new = set(ids)
         if len(new) == len(ids) and self.taken.isdisjoint(new):
             self.taken |= new
-            return ids, [True] * len(ids)
+            return ids, None
+        lines = lines.tolist()
         final, kept = [], []
         for record_id, line in zip(ids, lines):
             if record_id in self.taken:
@@ -337,16 +338,21 @@ def build_index(
                 too_long_at = int(over[0])
                 valid = valid[: too_long_at + 1]
         before = valid[:too_long_at]
-        final, keep = duplicates.resolve(
-            [block.ids[k] for k in before.tolist()], block.lines[before].tolist()
-        )
+        candidates = block.ids
+        if len(before) < len(block.ids):
+            candidates = [block.ids[k] for k in before.tolist()]
+        final, keep = duplicates.resolve(candidates, block.lines[before])
         if too_long_at is not None:
             k = int(valid[too_long_at])
             too_long(block.ids[k], int(block.lengths[k]))
         if block.error:
             raise block.error[1]
-        kept = before[np.asarray(keep, dtype=bool)]
-        ids += [i for i, k in zip(final, keep) if k]
+        if keep is None:  # no duplicates
+            kept = before
+            ids += final
+        else:
+            kept = before[np.asarray(keep, dtype=bool)]
+            ids += [i for i, k in zip(final, keep) if k]
         lengths = block.lengths[kept]
         parts["lengths"].append(lengths)
         parts["starts"].append(block.starts[kept] + base)
