@@ -518,8 +518,9 @@ def bulk_case(fasta: Path, out: Path, stop_after_first: bool = False, threads: i
         started = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out.parent)
         wall = time.time() - started
-    # stopped after the first batch: the shards of that "interrupted" run go
+    # stopped after the first batch: the shards and lock of that "interrupted" run go
     shutil.rmtree(out.parent / f".{out.name}.shards", ignore_errors=True)
+    (out.parent / f".{out.name}.lock").unlink(missing_ok=True)
     out.unlink(missing_ok=True)
     result = {"wall_s": wall, "other_cpus": load.cpus, "load_average": os.getloadavg()}
     if proc.returncode != 0 or not times.exists():
