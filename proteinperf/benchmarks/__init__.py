@@ -12,6 +12,7 @@ BENCHMARKS = (
     "data",
     "training",
     "embedding",
+    "bulk",
     "esm",
     "generation",
     "probe",

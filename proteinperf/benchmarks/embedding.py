@@ -14,6 +14,7 @@ long sequences are run under an address-space cap and reported as out of memory.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ SHAPE = {"layers": 6, "dim": 320, "heads": 20, "features": 256}
 TARGET_SPEEDUP = {256: 1.0, 1024: 1.5, 4096: 4.0}
 TARGET_TITIN_GIB = 6.0
 TITIN = 34350
+BULK_FIRST_RECORDS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Settings:
     corpus_records: int | None = None  # bulk rows: the whole 20,000-protein corpus
     corpus_processes: tuple[int, ...] = (1, 2)
     corpus_toks_per_batch: int = 16384
+    bulk_first_records: int = BULK_FIRST_RECORDS
 
 
 FULL = Settings()
@@ -62,6 +65,7 @@ QUICK = Settings(
     timeout_s=300.0,
     quiet_wait_s=2.0,
     corpus_records=500,
+    bulk_first_records=100_000,
 )
 
 
@@ -417,3 +421,168 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> dict:
         "targets": checks,
         "markdown": markdown,
     }
+
+
+# ----------------------------------------------------------------------------- bulk busy
+
+BULK_MODEL = "swissprot-performer-bid"
+BULK_LENGTHS = (40, 160)
+BULK_RECORDS = 5000
+TARGET_FORWARD_SHARE = 0.75
+TARGET_FIRST_BATCH_S = 5.0
+TIMES_ENV = "PROTEINPERF_BENCH_FORWARD_TIMES"
+STOP_ENV = "PROTEINPERF_BENCH_STOP_AFTER_FIRST"
+
+
+def short_records(n: int) -> list[tuple[str, str]]:
+    """``n`` real (id, sequence) pairs of 40-160 residues from the corpus: every protein of
+    that length first (4,041), then prefixes of the next longer proteins, cut to the lengths
+    of the short ones in turn (the corpus has too few whole proteins that short)."""
+    from proteinperf.data.fasta import read_fasta
+
+    low, high = BULK_LENGTHS
+    short, longer = [], []
+    for record in read_fasta(corpus_path()):
+        if low <= len(record.sequence) <= high:
+            short.append((record.id, record.sequence))
+        elif len(record.sequence) > high:
+            longer.append((record.id, record.sequence))
+    picked = short[:n]
+    for k, (record_id, seq) in enumerate(longer[: n - len(picked)]):
+        picked.append((f"{record_id}_prefix", seq[: len(short[k % len(short)][1])]))
+    return picked
+
+
+def write_records(path: Path, records: list[tuple[str, str]], copies: int = 1) -> Path:
+    """A FASTA (60 residues a line) of ``records``, repeated ``copies`` times (ids suffixed)."""
+    with open(path, "w") as f:
+        for copy in range(copies):
+            suffix = f"_{copy}" if copies > 1 else ""
+            for record_id, seq in records:
+                lines = "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60))
+                f.write(f">{record_id}{suffix}\n{lines}\n")
+    return path
+
+
+def timed_cli(argv: list[str]) -> int:
+    """``proteinperf <argv>`` with the model's forward timed: writes {"forward_s", "calls",
+    "imported", "first_start", "first_end"} (epoch seconds) as JSON to
+    $PROTEINPERF_BENCH_FORWARD_TIMES; with $PROTEINPERF_BENCH_STOP_AFTER_FIRST set, exits
+    right after the first forward."""
+    import atexit
+    import json
+
+    from proteinperf.model import PerformerLM
+
+    times = {"forward_s": 0.0, "calls": 0, "first_start": None, "first_end": None}
+    times["imported"] = time.time()  # torch and the model imported: the CLI starts
+    path = os.environ[TIMES_ENV]
+    forward = PerformerLM.forward
+
+    def write() -> None:
+        Path(path).write_text(json.dumps(times))
+
+    def timed(self, *args, **kwargs):
+        started = time.perf_counter()
+        if times["first_start"] is None:
+            times["first_start"] = time.time()
+        out = forward(self, *args, **kwargs)
+        times["forward_s"] += time.perf_counter() - started
+        times["calls"] += 1
+        if times["first_end"] is None:
+            times["first_end"] = time.time()
+            if os.environ.get(STOP_ENV):
+                write()
+                os._exit(0)
+        return out
+
+    PerformerLM.forward = timed
+    atexit.register(write)
+    from proteinperf.cli import main
+
+    return main(argv)
+
+
+def bulk_case(fasta: Path, out: Path, stop_after_first: bool = False, threads: int = 2) -> dict:
+    """`proteinperf embed` of ``fasta`` with the shipped bidirectional model on the CPU, timed
+    from before the process starts: wall, forward seconds, time to the first forward."""
+    times = out.with_suffix(".times.json")
+    code = "import sys; from proteinperf.benchmarks.embedding import timed_cli; "
+    code += "sys.exit(timed_cli(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", code, "embed", BULK_MODEL, str(fasta), str(out), "--device",
+           "cpu", "--quiet"]  # fmt: skip
+    env = {**os.environ, TIMES_ENV: str(times), "OMP_NUM_THREADS": str(threads)}
+    if stop_after_first:
+        env[STOP_ENV] = "1"
+    with OtherLoad() as load:
+        started = time.time()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out.parent)
+        wall = time.time() - started
+    # stopped after the first batch: the shards and lock of that "interrupted" run go
+    shutil.rmtree(out.parent / f".{out.name}.shards", ignore_errors=True)
+    (out.parent / f".{out.name}.lock").unlink(missing_ok=True)
+    out.unlink(missing_ok=True)
+    result = {"wall_s": wall, "other_cpus": load.cpus, "load_average": os.getloadavg()}
+    if proc.returncode != 0 or not times.exists():
+        return {**result, "status": "error", "reason": proc.stderr.strip()[-300:]}
+    import json
+
+    t = json.loads(times.read_text())
+    times.unlink()
+    result.update(status="ok", forward_s=t["forward_s"], forward_calls=t["calls"])
+    result["forward_share"] = t["forward_s"] / wall
+    result["first_batch_s"] = t["first_start"] - started
+    result["imports_s"] = t["imported"] - started  # process start and importing torch
+    return result
+
+
+def run_bulk_busy(s: Settings, work: Path, records: int = BULK_RECORDS) -> dict:
+    """The forward share of a whole `embed` run of short real records, and the time to the
+    first batch of a synthetic million-record FASTA made of the same records."""
+    pairs = short_records(records)
+    fasta = write_records(work / "short.fasta", pairs)
+    run = bulk_case(fasta, work / "short.h5")
+    run.update(records=len(pairs), residues=sum(len(seq) for _, seq in pairs))
+    copies = -(-s.bulk_first_records // len(pairs))
+    big = write_records(work / "million.fasta", pairs, copies)
+    first = bulk_case(big, work / "million.h5", stop_after_first=True)
+    first.update(records=copies * len(pairs), fasta_bytes=big.stat().st_size)
+    big.unlink()
+    print(f"  bulk: {run}\n  first batch: {first}", flush=True)
+    return {"run": run, "first": first}
+
+
+def bulk_markdown(bulk: dict) -> tuple[str, list[dict]]:
+    run, first = bulk["run"], bulk["first"]
+    share = run.get("forward_share")
+    first_s = first.get("first_batch_s")
+    checks = [
+        {"name": "forward share of an embed run's wall time", "value": share,
+         "target": f">= {TARGET_FORWARD_SHARE}",
+         "met": share is not None and share >= TARGET_FORWARD_SHARE},
+        {"name": f"time to the first batch, {first['records']:,} records (s)", "value": first_s,
+         "target": f"< {TARGET_FIRST_BATCH_S}",
+         "met": first_s is not None and first_s < TARGET_FIRST_BATCH_S},
+    ]  # fmt: skip
+
+    def cell(r: dict, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if r.get("status") == "ok" else r.get("status", "–")
+
+    rows = [
+        ["embed, short records", f"{run['records']:,}", cell(run, "wall_s", ".1f"),
+         cell(run, "forward_s", ".1f"), cell(run, "forward_share", ".0%"),
+         cell(run, "imports_s", ".1f"), cell(run, "first_batch_s", ".1f"),
+         f"{run['load_average'][0]:.1f}"],
+        ["first batch only", f"{first['records']:,}", cell(first, "wall_s", ".1f"), "–", "–",
+         cell(first, "imports_s", ".1f"), cell(first, "first_batch_s", ".1f"),
+         f"{first['load_average'][0]:.1f}"],
+    ]  # fmt: skip
+    low, high = BULK_LENGTHS
+    text = "\n\n".join([
+        f"### Bulk: how busy `proteinperf embed {BULK_MODEL}` keeps the model (CPU, "
+        f"{low}-{high}-residue real records, mean of the last layer to h5; wall time from "
+        "before the process starts)",
+        markdown_table(["run", "records", "wall s", "forward s", "forward share",
+                        "start + import torch s", "first batch s", "load average"], rows),
+    ])  # fmt: skip
+    return text, checks

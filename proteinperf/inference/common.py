@@ -84,6 +84,12 @@ def check_length(model, n_residues: int, what: str) -> None:
         )
 
 
+def length_limit(model) -> int | None:
+    """The most residues a record may have for ``check_length`` (None: no limit)."""
+    config = model.config
+    return config.max_len - 2 if config.positional == "learned" else None
+
+
 def windows(
     records: Iterable, max_residues: int = WINDOW_RESIDUES, max_records: int = WINDOW_RECORDS
 ) -> Iterator[list]:

@@ -1,12 +1,17 @@
 """Sharded, resumable, data-parallel inference over a FASTA file through Lightning's predict loop.
 
-Every process (rank) reads the FASTA file itself and makes the same plan: records are read in
-windows, sorted by length inside a window and batched under the token budget
+Rank 0 reads the FASTA file once (``fasta_index.py``: validation, duplicate ids, sha256, the
+byte span of every record) and saves the index into the shard folder, where the other ranks and
+a resumed run load it. Every rank then makes the same plan: records are taken in windows,
+sorted by length inside a window and batched under the token budget
 (``common.length_sorted_batches``); each batch goes to the rank with the least work so far. A
 batch's members do not depend on the number of ranks or on what a previous attempt finished, so
-its numbers do not either: a resumed or differently sharded run computes the same values.
+its numbers do not either: a resumed or differently sharded run computes the same values. A
+DataLoader worker reads each rank's windows and tokenises its batches, so the main process
+only runs the model and writes results.
 
-Each rank appends its results to its own shard (``shards.py``); rank 0 merges the shards into
+Each rank appends its results to its own shard (``shards.py``); rank 0 waits for the others
+(``peers.py``: a rank that fails stops them all with its error) and merges the shards into
 the requested output in input order, atomically, and removes them. What is computed and how it
 is written is a ``Task`` (embed.py, score.py).
 """
@@ -18,10 +23,11 @@ import hashlib
 import logging
 import os
 import signal
+import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -29,17 +35,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from proteinperf.checksum import file_sha256
-from proteinperf.constants import DUPLICATE_POLICIES
-from proteinperf.data.fasta import DataError
-from proteinperf.errors import ConfigError, InputError
+from proteinperf.errors import InputError
 from proteinperf.outputs import output_lock
 
-from .common import WINDOW_RECORDS, WINDOW_RESIDUES, length_sorted_batches, progress, read_records
+from .common import WINDOW_RECORDS, WINDOW_RESIDUES, length_sorted_batches, progress
+from .fasta_index import INDEX_FILE, FastaIndex, IndexReader, build_index
+from .peers import Peers, new_attempt, read_attempt
 from .shards import JournalTail, PartWriter, ShardStore, shard_dir
 
 # Test hook: a rank dies (SIGKILL) after writing this many batches, or before merging if it has
 # fewer; "K:raise" raises SimulatedKill instead (for runs inside the test process).
 KILL_AFTER_ENV = "PROTEINPERF_TEST_KILL_AFTER_BATCHES"
+# Test hook: this rank raises SimulatedKill after its first batch (the others go on).
+FAIL_RANK_ENV = "PROTEINPERF_TEST_FAIL_RANK"
 
 
 class SimulatedKill(RuntimeError):
@@ -61,67 +69,37 @@ def _libc_trim():
         return None
 
 
-# ----------------------------------------------------------------------------- input scan
+# ----------------------------------------------------------------------------- input
 
 
-@dataclass
-class Scan:
-    """The kept records of a FASTA file, in input order, as every rank sees them."""
+@dataclass(frozen=True)
+class Source:
+    """The FASTA file and the options that decide its records."""
 
     fasta: str
-    truncate: int | None
-    invalid: str
-    ids: list[str] = field(default_factory=list)  # final ids (after --on-duplicate)
-    lengths: list[int] = field(default_factory=list)  # residues, after --truncate
-    dropped: set[int] = field(default_factory=set)  # positions in read_records' output
-    renamed: int = 0
+    truncate: int | None = None
+    invalid: str = "error"
+    on_duplicate: str = "error"
+    max_residues: int | None = None  # longer records are refused by ``too_long(id, length)``
+    too_long: Callable[[str, int], None] | None = None
 
-    @property
-    def residues(self) -> int:
-        return sum(self.lengths)
-
-    def records(self) -> Iterator[tuple[int, str, str]]:
-        """(index, final id, sequence) of every kept record, reading the file again."""
-        index = 0
-        for position, record in enumerate(read_records(self.fasta, self.truncate, self.invalid)):
-            if position in self.dropped:
-                continue
-            yield index, self.ids[index], record.sequence
-            index += 1
+    def build(self) -> FastaIndex:
+        return build_index(self.fasta, self.truncate, self.invalid, self.on_duplicate,
+                           self.max_residues, self.too_long)  # fmt: skip
 
 
-def scan_fasta(fasta, truncate=None, invalid="error", on_duplicate="error", check=None) -> Scan:
-    """Read ``fasta`` once: validate every record (``check(record)``), resolve duplicate ids.
-
-    on_duplicate: 'error' names the id and both header lines, 'suffix' renames the later
-    occurrence to ``<id>_2`` (``_3``, ... if taken), 'skip' keeps only the first.
-    """
-    if on_duplicate not in DUPLICATE_POLICIES:
-        raise ConfigError(f"on_duplicate must be one of {DUPLICATE_POLICIES}, got {on_duplicate!r}")
-    scan = Scan(str(fasta), truncate, invalid)
-    first_line: dict[str, int] = {}
-    for position, record in enumerate(read_records(fasta, truncate, invalid)):
-        if check is not None:
-            check(record)
-        record_id = record.id
-        if record_id in first_line:
-            if on_duplicate == "error":
-                raise DataError(
-                    f"{fasta}:{record.line}: duplicate id '{record_id}' (first at line "
-                    f"{first_line[record_id]}); use --on-duplicate suffix or skip"
-                )
-            if on_duplicate == "skip":
-                scan.dropped.add(position)
-                continue
-            n = 2
-            while f"{record_id}_{n}" in first_line:
-                n += 1
-            record_id = f"{record_id}_{n}"
-            scan.renamed += 1
-        first_line[record_id] = record.line
-        scan.ids.append(record_id)
-        scan.lengths.append(len(record.sequence))
-    return scan
+def prepare_index(store: ShardStore, source: Source, resume: bool) -> tuple[FastaIndex, bool]:
+    """Rank 0: (the index of the FASTA file, whether it was reused): loaded from the shard
+    folder when --resume finds one for the same bytes and options, else built (one pass)."""
+    previous = store.previous(resume)  # refuses leftovers without --resume, before any work
+    path = store.folder / INDEX_FILE
+    if previous is not None and path.exists():
+        if previous.get("fasta_sha256") == file_sha256(source.fasta):
+            index = FastaIndex.load(path, source.fasta)
+            wanted = FastaIndex(source.fasta, source.truncate, source.invalid, source.on_duplicate)
+            if index.sha256 == previous["fasta_sha256"] and index.same_options(wanted):
+                return index, True
+    return source.build(), False
 
 
 # ----------------------------------------------------------------------------- plan
@@ -158,28 +136,42 @@ def assign_batches(lengths, toks_per_batch, cost, world, done=frozenset()):
         yield start, end, plan
 
 
-class BatchStream(IterableDataset):
-    """This rank's batches: {"index": [...], "ids": [...], "sequences": [...]}."""
+def plan_tokens(task) -> int:
+    """The token budget batches are planned with: a task may plan its own (pseudo-log-likelihood
+    scores one record per batch, so progress and --resume move after every protein)."""
+    return getattr(task, "plan_tokens", task.toks_per_batch)
 
-    def __init__(self, scan: Scan, toks_per_batch: int, cost, rank: int, world: int, done):
-        self.scan, self.toks_per_batch, self.cost = scan, toks_per_batch, cost
+
+class BatchStream(IterableDataset):
+    """This rank's batches: {"index", "ids", "lengths", "sequences"} and what the task prepares
+    from the sequences (token tensors), made in a DataLoader worker."""
+
+    def __init__(self, index: FastaIndex, task, rank: int, world: int, done):
+        self.index, self.task = index, task
         self.rank, self.world, self.done = rank, world, done
 
     def __iter__(self):
-        records = self.scan.records()
-        plans = assign_batches(
-            self.scan.lengths, self.toks_per_batch, self.cost, self.world, self.done
-        )
-        for start, end, plan in plans:
-            # read the window whether or not this rank has work in it: the file is sequential
-            window = [next(records)[2] for _ in range(start, end)]
-            for rank, indices in plan:
-                if rank == self.rank:
+        reader = IndexReader(self.index)
+        lengths = self.index.lengths.tolist()
+        plans = assign_batches(lengths, plan_tokens(self.task), self.task.cost, self.world,
+                               self.done)  # fmt: skip
+        try:
+            for start, end, plan in plans:
+                mine = [indices for rank, indices in plan if rank == self.rank]
+                if not mine:
+                    continue
+                window = reader.window(start, end)
+                for indices in mine:
+                    sequences = [window[i - start] for i in indices]
                     yield {
                         "index": indices,
-                        "ids": [self.scan.ids[i] for i in indices],
-                        "sequences": [window[i - start] for i in indices],
+                        "ids": [self.index.ids[i] for i in indices],
+                        "lengths": [lengths[i] for i in indices],
+                        "sequences": sequences,
+                        **self.task.prepare(sequences),
                     }
+        finally:
+            reader.close()
 
 
 # ----------------------------------------------------------------------------- Lightning
@@ -195,68 +187,75 @@ def model_hash(model: torch.nn.Module) -> str:
 
 
 class BulkInference(pl.LightningModule):
-    """Runs a Task over a Scan on every rank; rank 0 merges the shards into the output."""
+    """Runs a Task over the index on every rank; rank 0 merges the shards into the output.
 
-    def __init__(self, model, task, scan: Scan, output, settings: dict, resume: bool):
+    Rank 0 arrives with the index (``prepare_index``) and the shard folder made; the other
+    ranks load both from that folder.
+    """
+
+    def __init__(self, model, task, index: FastaIndex | None, fasta: str, output):
         super().__init__()
         self.model = model
-        self.task, self.scan, self.output = task, scan, Path(output)
-        self.settings, self.resume = settings, resume
+        self.task, self.index, self.fasta, self.output = task, index, fasta, Path(output)
         self.store = ShardStore(shard_dir(output))
         self.quiet = True
+        self.peers: Peers | None = None
+        self.part: PartWriter | None = None
 
     def setup(self, stage: str) -> None:
-        self.store.check(self.settings, self.resume)  # every rank, before anything is written
-        self.trainer.strategy.barrier()
-        if self.global_rank == 0:
-            self.store.create(self.settings)
-        self.trainer.strategy.barrier()
+        self.trainer.strategy.barrier()  # rank 0 has made the folder before it got here
+        if self.index is None:
+            self.index = FastaIndex.load(self.store.folder / INDEX_FILE, self.fasta)
+        self.attempt = read_attempt(self.store.folder)
         self.done = self.store.done()
         for index, entry in self.done.items():
-            if index >= len(self.scan.ids) or entry.id != self.scan.ids[index]:
+            if index >= len(self.index.ids) or entry.id != self.index.ids[index]:
                 raise InputError(f"{self.store.folder}: shards do not match the input; delete it")
 
     def predict_dataloader(self):
         stream = BatchStream(
-            self.scan,
-            getattr(self.task, "plan_tokens", self.task.toks_per_batch),
-            self.task.cost,
-            self.global_rank,
-            self.trainer.world_size,
-            set(self.done),
+            self.index, self.task, self.global_rank, self.trainer.world_size, set(self.done)
         )
-        return DataLoader(stream, batch_size=None)
+        return DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
 
     def on_predict_start(self) -> None:
         self.part = PartWriter(self.store.folder, self.global_rank)
+        self.peers = Peers(self.store.folder, self.attempt, self.global_rank,
+                           self.trainer.world_size)  # fmt: skip
+        self.peers.start()
         self.batches, self.residues, self.busy = 0, 0, 0.0
         self.started = time.monotonic()
         self.kill_after = os.environ.get(KILL_AFTER_ENV)
+        self.fail_rank = os.environ.get(FAIL_RANK_ENV)
         self.trim, self.last_trim = _libc_trim(), 0.0
         self.bar = None
         if self.global_rank == 0:
             done = sum(entry.length for entry in self.done.values())
             self.tail = JournalTail(self.store)
             self.tail.skip_existing()
-            self.bar = progress(self.quiet, self.task.name, total=self.scan.residues)
+            self.bar = progress(self.quiet, self.task.name, total=self.index.residues)
             self.bar.update(done)
             self.last_poll = 0.0
 
+    def on_predict_batch_start(self, batch, batch_idx, dataloader_idx=0) -> None:
+        self.peers.check()
+
     def predict_step(self, batch: dict, batch_idx: int):
-        results = self.task.compute(self.model, batch["sequences"])
-        lengths = [len(s) for s in batch["sequences"]]
-        return list(zip(batch["index"], batch["ids"], lengths, *zip(*results)))
+        results = self.task.compute(self.model, batch)
+        return list(zip(batch["index"], batch["ids"], batch["lengths"], *zip(*results)))
 
     def on_predict_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.part.add_batch(outputs)
         self.batches += 1
-        self.residues += sum(len(s) for s in batch["sequences"])
+        self.residues += sum(batch["lengths"])
         self.busy = time.monotonic() - self.started
         if self.trim is not None and time.monotonic() - self.last_trim > 1.0:
             self.trim(0)
             self.last_trim = time.monotonic()
         if self.bar is not None and time.monotonic() - self.last_poll > 0.5:
             self._advance_bar()
+        if self.fail_rank is not None and int(self.fail_rank) == self.global_rank:
+            raise SimulatedKill(f"{FAIL_RANK_ENV}={self.fail_rank}")
         if self.kill_after and self.batches >= int(self.kill_after.split(":")[0]):
             self._die()
 
@@ -274,24 +273,34 @@ class BulkInference(pl.LightningModule):
         if self.kill_after:
             self._die()
         self.part.close()
-        # (world, 3): residues, batches, busy seconds of every rank
-        stats = torch.zeros(self.trainer.world_size, 3, dtype=torch.float64, device=self.device)
-        stats[self.global_rank] = torch.tensor([self.residues, self.batches, self.busy])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(stats)  # also the barrier before rank 0 merges
-        stats = stats.cpu()
+        self.peers.finish([self.residues, self.batches, self.busy])
         if self.global_rank != 0:
+            self.peers.stop()
             return
+        # (world, 3): residues, batches, busy seconds of every rank
+        stats = torch.tensor(self.peers.wait_all(), dtype=torch.float64)
+        self.peers.stop()
         self._advance_bar()
         self.bar.close()
         done = self.store.done()
-        missing = len(self.scan.ids) - len(done)
+        missing = len(self.index.ids) - len(done)
         if missing:
             raise RuntimeError(f"{self.store.folder}: {missing} records missing after the run")
-        self.task.merge(self.store, self.scan, done, self.output)
+        self.task.merge(self.store, self.index, done, self.output)
         self.store.remove()
         self.trainer.callback_metrics["bulk_rank_residues"] = stats[:, 0].clone()
         self.trainer.callback_metrics["bulk_rank_seconds"] = stats[:, 2].clone()
+
+
+class _ReportFailure(pl.Callback):
+    """A rank that raises keeps what it finished and tells the other ranks to stop."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if pl_module.part is not None:
+            with contextlib.suppress(Exception):
+                pl_module.part.close()
+        if pl_module.peers is not None:
+            pl_module.peers.fail(exception)
 
 
 def resolve_accelerator(accelerator: str | None, model) -> str:
@@ -303,7 +312,7 @@ def resolve_accelerator(accelerator: str | None, model) -> str:
 def run_bulk(
     model,
     task,
-    scan: Scan,
+    source: Source,
     output,
     *,
     devices: int = 1,
@@ -313,23 +322,9 @@ def run_bulk(
     resume: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """Run ``task`` over ``scan`` on ``devices`` x ``num_nodes`` processes; returns a summary.
-
-    The summary's ``rank`` is this process's global rank: only rank 0's describes the output.
-    """
-    settings = {
-        "task": task.name,
-        "fasta": str(Path(scan.fasta).resolve()),
-        "fasta_size": os.path.getsize(scan.fasta),
-        "fasta_sha256": file_sha256(scan.fasta),
-        "truncate": scan.truncate,
-        "invalid": scan.invalid,
-        "records": len(scan.ids),
-        "model": model_hash(model),
-        **task.settings(),
-    }
-    module = BulkInference(model, task, scan, output, settings, resume)
-    module.quiet = quiet
+    """Run ``task`` over the records of ``source`` on ``devices`` x ``num_nodes`` processes;
+    returns a summary. The summary's ``rank`` is this process's global rank: only rank 0's
+    describes the output."""
     started = time.monotonic()
     with _quiet_lightning():
         trainer = pl.Trainer(
@@ -343,28 +338,61 @@ def run_bulk(
             enable_progress_bar=False,
             enable_model_summary=False,
             use_distributed_sampler=False,
+            callbacks=[_ReportFailure()],
         )
         # One run at a time per output: a second would read the first's shards as an
         # interrupted run. Rank 0 holds the lock; the other ranks belong to its run.
         lock = output_lock(output) if trainer.global_rank == 0 else contextlib.nullcontext()
         with lock:
+            index = None
+            if trainer.global_rank == 0:  # before the other ranks start (or join)
+                index = _prepare(model, task, source, output, resume)
+                announce = getattr(task, "announce", None)
+                if announce is not None and not quiet:
+                    print(announce(index.lengths.tolist()), file=sys.stderr, flush=True)
+            module = BulkInference(model, task, index, source.fasta, output)
+            module.quiet = quiet
             trainer.predict(module, return_predictions=False)
     seconds = time.monotonic() - started
+    index = module.index
     ranks = trainer.callback_metrics.get("bulk_rank_residues")
     per_rank = [int(r) for r in ranks.tolist()] if ranks is not None else []
     mean = sum(per_rank) / len(per_rank) if per_rank else 0.0
     return {
         "rank": trainer.global_rank,
-        "records": len(scan.ids),
-        "residues": scan.residues,
+        "records": len(index.ids) if index is not None else 0,
+        "residues": index.residues if index is not None else 0,
         "seconds": seconds,
         "residues_per_s": sum(per_rank) / seconds if seconds > 0 else 0.0,
         "rank_residues": per_rank,
         "balance": max(per_rank) / mean if mean else 1.0,
-        "renamed": scan.renamed,
-        "skipped_duplicates": len(scan.dropped),
+        "renamed": index.renamed if index is not None else 0,
+        "skipped_duplicates": index.skipped if index is not None else 0,
         "output": str(output),
     }
+
+
+def _prepare(model, task, source: Source, output, resume: bool) -> FastaIndex:
+    """Rank 0: index the input, check the shard folder against this run, make or reuse it."""
+    store = ShardStore(shard_dir(output))
+    index, reused = prepare_index(store, source, resume)
+    settings = {
+        "task": task.name,
+        "fasta": str(Path(source.fasta).resolve()),
+        "fasta_size": os.path.getsize(source.fasta),
+        "fasta_sha256": index.sha256,
+        "truncate": source.truncate,
+        "invalid": source.invalid,
+        "records": len(index.ids),
+        "model": model_hash(model),
+        **task.settings(),
+    }
+    store.check(settings, resume)
+    store.create(settings)
+    if not reused:
+        index.save(store.folder / INDEX_FILE)
+    new_attempt(store.folder)
+    return index
 
 
 class _quiet_lightning:

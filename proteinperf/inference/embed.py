@@ -26,6 +26,7 @@ from .common import (
     autocast,
     check_length,
     encode_batch,
+    length_limit,
     model_device,
 )
 from .writers import (
@@ -61,7 +62,6 @@ def check_include(include: Sequence[str]) -> list[str]:
     return [kind for kind in INCLUDES if kind in include]
 
 
-@torch.inference_mode()
 def embed_sequences(
     model,
     sequences: Sequence[str],
@@ -74,18 +74,34 @@ def embed_sequences(
     ``layers`` as everywhere (0 = token embeddings, -1 = the last block); each kind's dict is
     keyed 0..n_layers and also answers to the negative numbers.
     """
-    n_layers = model.config.n_layers
-    layers = resolve_layers(layers, n_layers)
+    layers = resolve_layers(layers, model.config.n_layers)
     include = check_include(include)
+    tokens, mask = encode_batch(sequences, torch.device("cpu"))
+    lengths = [len(seq) for seq in sequences]
+    return embed_tokens(model, tokens, mask, lengths, layers, include, precision)
+
+
+@torch.inference_mode()
+def embed_tokens(
+    model,
+    tokens: torch.Tensor,  # (B, W) from common.encode_batch
+    mask: torch.Tensor,  # (B, W) bool, True = real token
+    lengths: Sequence[int],  # residues per row
+    layers: Sequence[int],  # resolved: 0..n_layers
+    include: Sequence[str] = ("mean",),
+    precision: str = "fp32",
+) -> list[dict]:
+    """``embed_sequences`` of sequences already tokenised (in a DataLoader worker, say)."""
+    n_layers = model.config.n_layers
     device = model_device(model)
-    tokens, mask = encode_batch(sequences, device)
+    tokens, mask = tokens.to(device), mask.to(device)
     with autocast(device, precision):
         reps = model(tokens, padding_mask=mask, repr_layers=layers)["representations"]
-    results = [{"length": len(seq)} for seq in sequences]
+    results = [{"length": n} for n in lengths]
     for layer in layers:
         rep = reps[layer].float()  # (B, W, d)
-        for row, seq in enumerate(sequences):
-            residues = rep[row, 1 : len(seq) + 1]
+        for row, n in enumerate(lengths):
+            residues = rep[row, 1 : n + 1]
             vectors = {"per-token": residues, "mean": residues.mean(0), "bos": rep[row, 0]}
             for kind in include:
                 kind_layers = results[row].setdefault(KINDS[kind], LayerDict(n_layers))
@@ -141,22 +157,28 @@ class EmbedTask:
     def cost(self, lengths: list[int]) -> int:
         return len(lengths) * (max(lengths) + 2)  # padded tokens: linear attention
 
-    def compute(self, model, sequences: list[str]) -> list[tuple[bytes, dict]]:
-        results = embed_sequences(model, sequences, self.layers, self.include, self.precision)
+    def prepare(self, sequences: list[str]) -> dict:
+        """Run where the batches are made (a DataLoader worker): the token tensors."""
+        tokens, mask = encode_batch(sequences, torch.device("cpu"))
+        return {"tokens": tokens, "mask": mask}
+
+    def compute(self, model, batch: dict) -> list[tuple[bytes, dict]]:
+        results = embed_tokens(model, batch["tokens"], batch["mask"], batch["lengths"],
+                               self.layers, self.include, self.precision)  # fmt: skip
         return [(encode_result(result), {}) for result in results]
 
-    def merge(self, store, scan, done: dict, output: Path) -> None:
+    def merge(self, store, records, done: dict, output: Path) -> None:
         # The shards stay until the output is complete, so it needs its own room beside them:
         # refused here (the shards kept, for --resume) rather than after filling the disk.
         needed = sum(stored_bytes(entry.nbytes, self.fmt) for entry in done.values())
         kept = "; the computed shards are kept: make room, then rerun with --resume"
         check_free_space(output, needed + (64 << 10), then=kept)
         allocate = NameAllocator(files=self.fmt == "pt-dir")
-        names = [allocate(record_id) for record_id in scan.ids]
+        names = [allocate(record_id) for record_id in records.ids]
         with atomic_output(output, directory=self.fmt == "pt-dir") as tmp:
             writer = WRITERS[self.fmt](tmp, self.metadata)
             try:
-                for index, (record_id, name) in enumerate(zip(scan.ids, names)):
+                for index, (record_id, name) in enumerate(zip(records.ids, names)):
                     entry = done[index]
                     result = decode_result(
                         store.read(entry), entry.length, self.layers, self.include
@@ -165,7 +187,7 @@ class EmbedTask:
             except BaseException:
                 writer.abort()
                 raise
-            writer.close(scan.ids, names)
+            writer.close(records.ids, names)
         store.close()
 
 
@@ -199,7 +221,7 @@ def embed_fasta(
     from its shards. The summary has records, residues, seconds, residues_per_s, per-rank
     residues and ``rank`` (only rank 0 wrote the output).
     """
-    from .distributed import run_bulk, scan_fasta
+    from .distributed import Source, run_bulk
 
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -214,15 +236,15 @@ def embed_fasta(
         raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
     metadata = {"layers": layers, "include": include, **(metadata or {})}
 
-    def check(record) -> None:
-        check_length(model, len(record.sequence), f"record '{record.id}'")
+    def too_long(record_id: str, length: int) -> None:
+        check_length(model, length, f"record '{record_id}'")
 
-    scan = scan_fasta(fasta, truncate, invalid, on_duplicate, check)
+    source = Source(str(fasta), truncate, invalid, on_duplicate, length_limit(model), too_long)
     task = EmbedTask(layers, include, precision, toks_per_batch, fmt, metadata)
     return run_bulk(
         model,
         task,
-        scan,
+        source,
         output,
         devices=devices,
         num_nodes=num_nodes,

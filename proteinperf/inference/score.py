@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from .common import (
     DEFAULT_TOKS_PER_BATCH,
     atomic_output,
     check_length,
+    length_limit,
     length_sorted_batches,
 )
 from .likelihood import causal_log_probs, pseudo_log_probs, wt_marginal_log_probs
@@ -137,12 +137,20 @@ class ScoreTask:
         nothing and moves the progress bar after every record."""
         return 1 if self.strategy == "pseudo-log-likelihood" else self.toks_per_batch
 
+    def announce(self, lengths: list[int]) -> str:
+        """Said on stderr before the work (rank 0, once the input is indexed)."""
+        return cost_line(self.strategy, lengths, self.toks_per_batch)
+
     def cost(self, lengths: list[int]) -> int:
         if self.strategy == "pseudo-log-likelihood":  # L masked copies of L + 2 tokens each
             return sum(n * (n + 2) for n in lengths)
         return len(lengths) * (max(lengths) + 2)
 
-    def compute(self, model, sequences: list[str]) -> list[tuple[bytes, dict]]:
+    def prepare(self, sequences: list[str]) -> dict:
+        return {}  # the strategies tokenise per pass (masked copies): nothing to do ahead
+
+    def compute(self, model, batch: dict) -> list[tuple[bytes, dict]]:
+        sequences = batch["sequences"]
         if self.strategy == "pseudo-log-likelihood":
             terms = [
                 pseudo_log_probs(model, seq, self.toks_per_batch, self.precision)
@@ -155,11 +163,11 @@ class ScoreTask:
             terms = one_pass(model, sequences, self.precision)
         return [(b"", {"ll": float(t.double().sum())}) for t in terms]
 
-    def merge(self, store, scan, done: dict, output: Path) -> None:
+    def merge(self, store, records, done: dict, output: Path) -> None:
         with atomic_output(output) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns(self.strategy))
             writer.writeheader()
-            for index, record_id in enumerate(scan.ids):
+            for index, record_id in enumerate(records.ids):
                 entry = done[index]
                 writer.writerow(
                     row(
@@ -200,29 +208,26 @@ def score_fasta(
     resumable); ``distributed_strategy`` is Lightning's strategy (``strategy`` is the scoring
     one). Returns the summary of ``distributed.run_bulk`` plus ``strategy``.
     """
-    from pytorch_lightning.utilities import rank_zero_only
 
     from proteinperf.atomic import check_target
 
-    from .distributed import model_hash, run_bulk, scan_fasta
+    from .distributed import Source, model_hash, run_bulk
 
     strategy = resolve_score_strategy(strategy, model.config.causal)
     check_target(output)
     if toks_per_batch < 1:
         raise ConfigError(f"--toks-per-batch must be positive, got {toks_per_batch}")
 
-    def check(record) -> None:
-        check_length(model, len(record.sequence), f"record '{record.id}'")
+    def too_long(record_id: str, length: int) -> None:
+        check_length(model, length, f"record '{record_id}'")
 
-    scan = scan_fasta(fasta, truncate, invalid, on_duplicate, check)
+    source = Source(str(fasta), truncate, invalid, on_duplicate, length_limit(model), too_long)
     if model_name is None:
         model_name = f"sha256:{model_hash(model)}"
-    if not quiet and rank_zero_only.rank == 0:
-        print(cost_line(strategy, scan.lengths, toks_per_batch), file=sys.stderr, flush=True)
     summary = run_bulk(
         model,
         ScoreTask(strategy, precision, toks_per_batch, model_name),
-        scan,
+        source,
         output,
         devices=devices,
         num_nodes=num_nodes,

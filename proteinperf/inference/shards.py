@@ -5,9 +5,12 @@ that fix the numbers: input file, model hash, batching, ...) and, per process an
 pair ``part-r<rank>-<token>.bin`` (record payloads, appended) and ``.jsonl`` (one line per
 finished batch listing its records' index, id, offset, size, length and small results).
 
-The data of a batch is flushed and fsync'ed before its journal line is written, so a line
-that parses names bytes that exist. A process killed mid-batch leaves at most a torn last
-line, which is ignored: that batch is simply computed again on ``--resume``.
+A batch's journal line is written only after its data has been flushed and fsync'ed, so a
+line that parses names bytes that are durable. To keep the devices busy the data is fsync'ed
+every ``SYNC_EVERY_S`` seconds and at close, not per batch: the batches finished since the
+last sync are journaled together after it. A process killed in between loses those batches
+(at most a few seconds of work) and leaves at most a torn last line, which is ignored: they
+are simply computed again on ``--resume``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from proteinperf.atomic import naming_errors, write_text_atomic
 from proteinperf.errors import InputError
 
 RUN_FILE = "run.json"
+SYNC_EVERY_S = 5.0
 
 
 def shard_dir(output) -> Path:
@@ -50,10 +55,11 @@ class ShardStore:
 
     # ------------------------------------------------------------------ run lifecycle
 
-    def check(self, settings: dict, resume: bool) -> None:
-        """Read-only: may this run start here? Every rank calls it before anything is written."""
+    def previous(self, resume: bool) -> dict | None:
+        """Read-only: the settings of the interrupted run to continue, or None for a fresh
+        start; refuses a folder left by an interrupted run unless ``resume``."""
         if not self.folder.exists():
-            return
+            return None
         if not resume:
             raise InputError(
                 f"{self.folder} holds the shards of an interrupted run: add --resume to "
@@ -62,7 +68,13 @@ class ShardStore:
         path = self.folder / RUN_FILE
         if not path.exists():
             raise InputError(f"{self.folder} is not a shard folder ({RUN_FILE} is missing)")
-        old = json.loads(path.read_text())
+        return json.loads(path.read_text())
+
+    def check(self, settings: dict, resume: bool) -> None:
+        """Read-only: may this run start here (the same settings as the shards')?"""
+        old = self.previous(resume)
+        if old is None:
+            return
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:
             raise InputError(
@@ -71,7 +83,7 @@ class ShardStore:
             )
 
     def create(self, settings: dict) -> None:
-        """Rank 0, after every rank has passed ``check``."""
+        """Rank 0, after ``check``."""
         if (self.folder / RUN_FILE).exists():
             return
         write_text_atomic(self.folder / RUN_FILE, json.dumps(settings, indent=1, sort_keys=True))
@@ -128,27 +140,43 @@ def read_lines(journal: Path, start: int = 0) -> list:
 class PartWriter:
     """One process's append-only payload file and journal for this attempt."""
 
-    def __init__(self, folder: Path, rank: int):
+    def __init__(self, folder: Path, rank: int, sync_every_s: float = SYNC_EVERY_S):
         stem = f"part-r{rank:04d}-{uuid.uuid4().hex[:12]}"
         self.data = open(folder / f"{stem}.bin", "ab")
         self.journal = open(folder / f"{stem}.jsonl", "ab")
         self.offset = 0
+        self.sync_every_s = sync_every_s
+        self.pending: list[bytes] = []  # journal lines of batches written but not yet synced
+        self.last_sync = time.monotonic()
 
     def add_batch(self, records: list[tuple[int, str, int, bytes, dict]]) -> None:
-        """records: (index, id, length, payload, meta); written durably, then journaled."""
+        """records: (index, id, length, payload, meta); journaled once the data is durable."""
         rows = []
         with naming_errors(self.data.name):  # (a full disk: the line names the file)
             for index, record_id, length, payload, meta in records:
                 self.data.write(payload)
                 rows.append([index, record_id, self.offset, len(payload), length, meta])
                 self.offset += len(payload)
+        self.pending.append(json.dumps(rows, separators=(",", ":")).encode() + b"\n")
+        if time.monotonic() - self.last_sync >= self.sync_every_s:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync the data, then journal the batches it holds."""
+        with naming_errors(self.data.name):
             self.data.flush()
             os.fsync(self.data.fileno())
+        self.last_sync = time.monotonic()
+        if not self.pending:
+            return
         with naming_errors(self.journal.name):
-            self.journal.write(json.dumps(rows, separators=(",", ":")).encode() + b"\n")
+            self.journal.write(b"".join(self.pending))
             self.journal.flush()
+        self.pending.clear()
 
     def close(self) -> None:
+        if not self.data.closed:
+            self.sync()
         self.data.close()
         self.journal.close()
 

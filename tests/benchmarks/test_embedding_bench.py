@@ -26,3 +26,22 @@ def test_corpus_rows_run_the_cli_and_measure(tmp_path, monkeypatch):
     lines = table.splitlines()
     assert row["threads"] == 2 and lines[-2].startswith("| 1 | 2 | 3 | 26 |")
     assert lines[-1].startswith("| 2 | –")
+
+
+@pytest.mark.slow
+def test_bulk_rows_time_the_forward_of_a_real_cli_run(tmp_path):
+    fasta = embedding.write_records(tmp_path / "in.fasta", [("a", "MKTAYIAKQR"), ("b", "GSHM")])
+    run = embedding.bulk_case(fasta, tmp_path / "e.h5")
+    assert run["status"] == "ok", run
+    assert run["forward_calls"] == 1 and 0 < run["forward_s"] < run["wall_s"]
+    assert run["forward_share"] == pytest.approx(run["forward_s"] / run["wall_s"])
+    assert 0 < run["first_batch_s"] < run["wall_s"]
+    big = embedding.write_records(tmp_path / "big.fasta", [("a", "MKTAYIAKQR")], copies=50)
+    first = embedding.bulk_case(big, tmp_path / "big.h5", stop_after_first=True)
+    assert first["status"] == "ok" and first["forward_calls"] == 1, first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.fasta", "in.fasta"]
+    first.update(records=50)
+    run.update(records=2)
+    table, checks = embedding.bulk_markdown({"run": run, "first": first})
+    assert [c["value"] for c in checks] == [run["forward_share"], first["first_batch_s"]]
+    assert "| embed, short records | 2 |" in table and "| first batch only | 50 |" in table

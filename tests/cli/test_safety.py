@@ -157,9 +157,12 @@ def _run_and_signal(argv, signum, ready, cwd):
     return proc.returncode, time.monotonic() - sent, err
 
 
-def _journal_started(out: Path):
+def _predict_started(out: Path):
+    """The rank's heartbeat: its batches start (the shards are journaled every few seconds
+    only, too late a sign for a run this short)."""
+
     def ready():
-        return any(p.stat().st_size for p in out.parent.glob(f".{out.name}.shards/part-*.jsonl"))
+        return any(out.parent.glob(f".{out.name}.shards/alive-*"))
 
     return ready
 
@@ -177,7 +180,7 @@ def test_embed_and_score_stop_on_signals_and_resume(inputs, tmp_path, command, s
     out = tmp_path / ("out.h5" if command == "embed" else "out.csv")
     argv = [command, inputs["bid"], fasta, str(out), "--quiet", "--toks-per-batch", "1024"]
     argv += ["--strategy", "wt-marginals"] if command == "score" else []  # one pass a batch
-    code, seconds, err = _run_and_signal(argv, signum, _journal_started(out), tmp_path)
+    code, seconds, err = _run_and_signal(argv, signum, _predict_started(out), tmp_path)
     assert code == 128 + signum, err
     assert seconds < 10, seconds  # was 30-45 s for SIGTERM: Lightning noted it and ran on
     line = err.strip().splitlines()[-1]

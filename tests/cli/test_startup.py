@@ -73,7 +73,7 @@ def test_train_help_is_ours(capsys):
         ("DEVICES", "proteinperf.inference.common", "DEVICES"),
         ("PRECISIONS", "proteinperf.inference.common", "PRECISIONS"),
         ("DEFAULT_TOKS_PER_BATCH", "proteinperf.inference.common", "DEFAULT_TOKS_PER_BATCH"),
-        ("DUPLICATE_POLICIES", "proteinperf.inference.distributed", "DUPLICATE_POLICIES"),
+        ("DUPLICATE_POLICIES", "proteinperf.inference.fasta_index", "DUPLICATE_POLICIES"),
         ("EMBED_INCLUDES", "proteinperf.inference.embed", "INCLUDES"),
         ("EMBED_FORMATS", "proteinperf.inference.writers", "FORMATS"),
         ("CONTACT_FORMATS", "proteinperf.inference.contacts", "FORMATS"),

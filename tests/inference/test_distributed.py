@@ -20,9 +20,9 @@ from proteinperf.inference.distributed import (
     KILL_AFTER_ENV,
     SimulatedKill,
     assign_batches,
-    scan_fasta,
 )
 from proteinperf.inference.embed import embed_fasta, embed_sequences
+from proteinperf.inference.fasta_index import IndexReader, build_index
 from proteinperf.inference.score import score_fasta
 from proteinperf.inference.shards import shard_dir
 
@@ -79,15 +79,19 @@ def dup_fasta(tmp_path):
     return str(path)
 
 
+def sequences(index):
+    return IndexReader(index).window(0, len(index.ids))
+
+
 def test_duplicate_policies(dup_fasta):
     with pytest.raises(ValueError, match=r"dup.fasta:5: duplicate id 'a' \(first at line 1\)"):
-        scan_fasta(dup_fasta)
-    scan = scan_fasta(dup_fasta, on_duplicate="suffix")
-    assert scan.ids == ["a", "b", "a_2", "a_2_2"] and scan.renamed == 2
-    assert [s for *_, s in scan.records()] == ["MKT", "AAA", "WWW", "CC"]
-    scan = scan_fasta(dup_fasta, on_duplicate="skip")
-    assert scan.ids == ["a", "b", "a_2"] and scan.lengths == [3, 3, 2]
-    assert [s for *_, s in scan.records()] == ["MKT", "AAA", "CC"]
+        build_index(dup_fasta)
+    index = build_index(dup_fasta, on_duplicate="suffix")
+    assert index.ids == ["a", "b", "a_2", "a_2_2"] and index.renamed == 2
+    assert sequences(index) == ["MKT", "AAA", "WWW", "CC"]
+    index = build_index(dup_fasta, on_duplicate="skip")
+    assert index.ids == ["a", "b", "a_2"] and index.lengths.tolist() == [3, 3, 2]
+    assert sequences(index) == ["MKT", "AAA", "CC"] and index.skipped == 1
 
 
 def test_duplicate_cli(tmp_path, checkpoints, dup_fasta, capsys):
@@ -198,6 +202,7 @@ def test_two_processes_killed_and_resumed_match_one_process_h5(tmp_path, checkpo
     )
     assert killed.returncode != 0, killed.stderr[-2000:]
     assert not out.exists() and len(list(shard_dir(out).glob("part-r000[01]-*.jsonl"))) == 2
+    assert (shard_dir(out) / "index.npz").is_file()  # rank 0's, read by rank 1 and --resume
     resumed = subprocess.run(
         [*cmd, "--resume"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
     )
