@@ -76,3 +76,14 @@ def write(path: Path, text: str | bytes) -> Path:
     with opener(path, "wb") as f:
         f.write(data)
     return path
+
+
+def cli_env(**extra) -> dict:
+    """The environment of a `python -m proteinperf.cli` child: this checkout first on the path,
+    one thread, and none of the rank variables a parent DDP run may have set."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+    for name in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK"):
+        env.pop(name, None)
+    return env

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_fasta
+from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.inference import distributed, fasta_index, shards
@@ -21,7 +21,6 @@ from proteinperf.inference.fasta_index import INDEX_FILE, IndexReader, build_ind
 from proteinperf.inference.peers import PeerFailed, Peers, new_attempt
 from proteinperf.inference.shards import PartWriter, ShardStore, read_lines, shard_dir
 
-ROOT = Path(__file__).resolve().parents[2]
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
 
@@ -184,13 +183,6 @@ def test_peers_see_an_error_marker_and_a_silent_rank(tmp_path):
         two.check(force=True)
     assert new_attempt(tmp_path) != attempt and not list(tmp_path.glob("error-*"))
     zero.stop(), one.stop()
-
-
-def cli_env(**extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
-    for name in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK"):
-        env.pop(name, None)
-    return env
 
 
 @pytest.mark.slow

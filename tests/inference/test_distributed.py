@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import write_fasta
+from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
@@ -26,7 +26,6 @@ from proteinperf.inference.fasta_index import IndexReader, build_index
 from proteinperf.inference.score import score_fasta
 from proteinperf.inference.shards import shard_dir
 
-ROOT = Path(__file__).resolve().parents[2]
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
 
@@ -178,13 +177,6 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoints, monkeypatc
 
 
 # ----------------------------------------------------------------------------- 2 processes
-
-
-def cli_env(**extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
-    for name in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK"):
-        env.pop(name, None)
-    return env
 
 
 @pytest.mark.slow

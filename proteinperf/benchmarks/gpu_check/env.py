@@ -14,18 +14,16 @@ import torch
 from proteinperf.benchmarks.attention import code_version
 
 # Distributions whose versions matter to the numbers; absent ones are reported as None.
-DISTRIBUTIONS = (
-    "torch",
+# The GPU-side libraries a report names beside torch.
+GPU_LIBRARIES = (
     "triton",
     "pytorch-triton",
     "fla-core",
     "flash-linear-attention",
     "lightning",
     "pytorch-lightning",
-    "numpy",
-    "pyarrow",
-    "proteinperf",
 )
+DISTRIBUTIONS = ("torch", *GPU_LIBRARIES, "numpy", "pyarrow", "proteinperf")
 # Modules the sections import beyond torch (their absence fails only the section needing them).
 MODULES = ("numpy", "pyarrow", "tqdm", "triton", "fla", "pytorch_lightning", "lightning")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from proteinperf.benchmarks._measure import markdown_table
+from proteinperf.benchmarks.gpu_check.env import GPU_LIBRARIES
 
 
 def _fmt(value, spec: str = ".3g", none: str = "-") -> str:
@@ -21,18 +22,7 @@ def _env(result: dict | None) -> list[str]:
         if gpu
         else result.get("device", "?")
     )
-    versions = ", ".join(
-        f"{name} {libs.get(name)}"
-        for name in (
-            "triton",
-            "pytorch-triton",
-            "fla-core",
-            "flash-linear-attention",
-            "lightning",
-            "pytorch-lightning",
-        )
-        if libs.get(name)
-    )
+    versions = ", ".join(f"{name} {libs.get(name)}" for name in GPU_LIBRARIES if libs.get(name))
     return [
         f"- Device: {device}; driver {result.get('driver') or '-'}",
         f"- torch {result['torch']} (CUDA {result.get('torch_cuda') or '-'}, cuDNN "
