@@ -11,6 +11,7 @@ import numpy as np
 
 from proteinperf.atomic import atomic_output
 from proteinperf.errors import ConfigError, InputError
+from proteinperf.outputs import check_apart
 from proteinperf.plain import plain
 
 from . import plots, residue_plots
@@ -22,13 +23,10 @@ FIGURES = ("similarity_matrices.png", "similarity_vs_controls.png", "embedding_m
 
 def check_outdir(outdir, inputs, overwrite: bool) -> Path:
     """OUTDIR, refused when it exists (without ``overwrite``), is not a directory, is one of
-    the inputs or holds one (replacing it would delete the input)."""
+    the inputs or holds one (proteinperf.outputs.check_apart: replacing it would delete the
+    input)."""
     outdir = Path(outdir)
-    target = outdir.resolve()
-    for source in inputs:
-        path = Path(source).resolve()
-        if target == path or target in path.parents:
-            raise InputError(f"OUTDIR {outdir} is or contains the input {source}")
+    check_apart(inputs, [outdir])
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir} exists and is not a directory")
     if outdir.exists() and not overwrite:
