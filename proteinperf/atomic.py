@@ -71,10 +71,14 @@ def atomic_output(path, directory: bool = False, fsync: bool = False) -> Iterato
         raise
 
 
+def _host() -> str:
+    """This host's name as it appears in temporary names (a safe subset of characters)."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
 def _owner() -> str:
     """``host.pid``: who made a temporary path, so a later run can tell a dead one's leftovers."""
-    host = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
-    return f"{host}.{os.getpid()}"
+    return f"{_host()}.{os.getpid()}"
 
 
 def _alive(pid: int) -> bool:
@@ -94,7 +98,7 @@ def sweep_leftovers(path, report: bool = True) -> list[Path]:
     named on stderr (``report``) and kept (it may belong to a live run elsewhere). Returns what was
     removed."""
     path = Path(path)
-    mine = re.escape(re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host")
+    mine = re.escape(_host())
     owned = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-{mine}\.(\d+)-.+")
     unowned = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-.+")
     removed = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from proteinperf.constants import DEVICES
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -54,7 +56,10 @@ def register(subparsers) -> None:
         "--seed", type=int, default=0, help="seed of the controls, masks and bootstrap (default: 0)"
     )
     parser.add_argument(
-        "--device", default="cpu", choices=("cpu", "cuda"), help="torch device (default: cpu)"
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto = cuda when available, else cpu (default: auto)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
     parser.set_defaults(
@@ -64,6 +69,7 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from proteinperf.analysis.similarity_report import write_similarity_report
+    from proteinperf.inference.common import resolve_device
 
     out = write_similarity_report(
         args.checkpoint,
@@ -74,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         n_resamples=args.bootstrap,
         untrained_seeds=args.untrained_seeds,
         seed=args.seed,
-        device=args.device,
+        device=str(resolve_device(args.device)),
         overwrite=args.overwrite,
     )
     print(out)

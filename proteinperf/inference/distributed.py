@@ -93,8 +93,14 @@ def prepare_index(store: ShardStore, source: Source, resume: bool) -> tuple[Fast
     folder when --resume finds one for the same bytes and options, else built (one pass)."""
     previous = store.previous(resume)  # refuses leftovers without --resume, before any work
     path = store.folder / INDEX_FILE
-    if previous is not None and path.exists():
-        if previous.get("fasta_sha256") == file_sha256(source.fasta):
+    if previous is not None:
+        if previous.get("fasta_sha256") != file_sha256(source.fasta):
+            # refused now, not after indexing a file the shards do not belong to
+            raise InputError(
+                f"--resume: the shards in {store.folder} were made with other settings "
+                "(fasta_sha256 differ); rerun with the same ones or delete that folder"
+            )
+        if path.exists():
             index = FastaIndex.load(path, source.fasta)
             wanted = FastaIndex(source.fasta, source.truncate, source.invalid, source.on_duplicate)
             if index.sha256 == previous["fasta_sha256"] and index.same_options(wanted):
@@ -387,6 +393,8 @@ def _prepare(model, task, source: Source, output, resume: bool) -> FastaIndex:
         "model": model_hash(model),
         **task.settings(),
     }
+    if getattr(task, "model_name", None) == "":  # unnamed: its digest, hashed once (rank 0 merges)
+        task.model_name = f"sha256:{settings['model']}"
     store.check(settings, resume)
     store.create(settings)
     if not reused:

@@ -211,7 +211,7 @@ def score_fasta(
 
     from proteinperf.atomic import check_target
 
-    from .distributed import Source, model_hash, run_bulk
+    from .distributed import Source, run_bulk
 
     strategy = resolve_score_strategy(strategy, model.config.causal)
     check_target(output)
@@ -222,11 +222,9 @@ def score_fasta(
         check_length(model, length, f"record '{record_id}'")
 
     source = Source(str(fasta), truncate, invalid, on_duplicate, length_limit(model), too_long)
-    if model_name is None:
-        model_name = f"sha256:{model_hash(model)}"
     summary = run_bulk(
         model,
-        ScoreTask(strategy, precision, toks_per_batch, model_name),
+        ScoreTask(strategy, precision, toks_per_batch, model_name or ""),
         source,
         output,
         devices=devices,
