@@ -274,10 +274,9 @@ def write_attention_report(
             wanted = record
     if not records:
         raise InputError(f"{fasta}: no sequences")
-    try:
-        record = pick_record(records if protein is None else [wanted] if wanted else [], protein)
-    except ValueError as err:
-        raise InputError(f"{fasta}: {err}") from None
+    record = records[0] if protein is None else wanted
+    if record is None:
+        raise InputError(f"{fasta}: protein {protein!r} not found")
     model, alphabet = load_model(checkpoint, device=device)
     control = untrained_control(model.config, seed).to(device)
     config = model.config
