@@ -1,5 +1,5 @@
-"""`proteinperf convert-esm`: a fair-esm ESM-2 checkpoint (file or model name) -> a proteinperf
-checkpoint."""
+"""`proteinperf convert-esm`: an ESM-2 checkpoint (fair-esm file or model name, or a transformers
+directory) -> a proteinperf checkpoint."""
 
 from __future__ import annotations
 
@@ -12,18 +12,22 @@ from proteinperf.constants import ATTENTIONS
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert-esm",
-        help="convert a fair-esm ESM-2 checkpoint (.pt or model name) into a proteinperf one",
-        description="Convert a fair-esm ESM-2 checkpoint into a proteinperf checkpoint: a "
-        "downloaded file (esm2_t6_8M_UR50D.pt; a <name>-contact-regression.pt beside it is "
-        "kept) or a model name (esm2_t6_8M_UR50D), which fair-esm's pretrained loader "
-        "downloads into the torch-hub cache on first use, contact regression included. With "
+        help="convert an ESM-2 checkpoint (fair-esm .pt or model name, or a transformers "
+        "directory) into a proteinperf one",
+        description="Convert an ESM-2 checkpoint into a proteinperf checkpoint: a fair-esm "
+        "file (esm2_t6_8M_UR50D.pt; a <name>-contact-regression.pt beside it is kept), a "
+        "fair-esm model name (esm2_t6_8M_UR50D), which fair-esm's pretrained loader downloads "
+        "into the torch-hub cache on first use, contact regression included, or a transformers "
+        "EsmForMaskedLM directory as save_pretrained writes it (config.json + model.safetensors "
+        "or pytorch_model.bin; contact head kept). With "
         "--attention softmax the model reproduces ESM-2 exactly; with FAVOR+ attention it is a "
         "Performer to fine-tune (experiment=esm2_to_performer).",
     )
     parser.add_argument(
         "esm_checkpoint",
         metavar="ESM_CHECKPOINT",
-        help="a fair-esm .pt file or an ESM-2 model name, e.g. esm2_t6_8M_UR50D",
+        help="a fair-esm .pt file, an ESM-2 model name (e.g. esm2_t6_8M_UR50D) or a "
+        "transformers EsmForMaskedLM directory",
     )
     parser.add_argument("output", metavar="OUTPUT.ckpt")
     parser.add_argument(
@@ -49,7 +53,7 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proteinperf.interop.esm import convert_esm
+    from proteinperf.interop.convert import convert_esm
 
     out = convert_esm(
         args.esm_checkpoint,

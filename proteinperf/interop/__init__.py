@@ -1,1 +1,1 @@
-"""Interoperability with other protein language models (fair-esm ESM-2)."""
+"""Interoperability with other protein language models (ESM-2 from fair-esm and transformers)."""

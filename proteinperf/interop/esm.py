@@ -129,10 +129,18 @@ def esm_config(state: dict, hparams: dict, where: str = "ESM checkpoint") -> Mod
         final_layer_norm=True,
         qkv_bias=True,
         token_dropout=bool(hparams.get("token_dropout", True)),
-        layer_norm_eps=1e-5,
+        layer_norm_eps=float(hparams.get("layer_norm_eps", 1e-5)),  # fairseq's: 1e-5
     )
     config.validate()
     return config
+
+
+def check_rotary_inv_freq(inv_freq: torch.Tensor, head_dim: int, where: str) -> None:
+    """The model recomputes the rotary frequencies: refuse a checkpoint whose stored ones differ."""
+    if inv_freq.shape != (head_dim // 2,) or not torch.allclose(
+        inv_freq.float(), rotary_inv_freq(head_dim)
+    ):
+        raise ESMConversionError(f"{where} rotary inv_freq differs from 1/10000^(2i/d)")
 
 
 def performer_from_esm_state(
@@ -156,10 +164,7 @@ def performer_from_esm_state(
     for i in range(config.n_layers):
         inv_freq = state.pop(f"layers.{i}.self_attn.rot_emb.inv_freq", None)
         if inv_freq is not None:
-            if not torch.allclose(inv_freq.float(), rotary_inv_freq(config.head_dim)):
-                raise ESMConversionError(
-                    f"{where}: layer {i} rotary inv_freq differs from 1/10000^(2i/d)"
-                )
+            check_rotary_inv_freq(inv_freq, config.head_dim, f"{where}: layer {i}")
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     features = {k: v for k, v in model.state_dict().items() if k.endswith(".features")}
@@ -202,7 +207,12 @@ def convert_esm_checkpoint(
     where = f"ESM checkpoint {esm_path}"
     state, hparams, contact = read_esm_checkpoint(esm_path)
     model = performer_from_esm_state(state, hparams, attention, nb_features, seed, where)
-    extra = {"source": {"kind": "fair-esm", "name": esm_path.stem, "feature_seed": seed}}
+    return save_converted(out_path, model, "fair-esm", esm_path.stem, seed, contact)
+
+
+def save_converted(out_path, model, kind: str, name: str, seed: int, contact: dict | None) -> Path:
+    """Write a converted model with where it came from and its contact regression, if any."""
+    extra = {"source": {"kind": kind, "name": name, "feature_seed": seed}}
     if contact is not None:
         extra["contact_regression"] = contact
     return save_model(out_path, model, extra=extra)
@@ -250,25 +260,14 @@ def convert_esm_pretrained(
     (contact regression kept)."""
     esm_model = load_pretrained_esm2(name)
     model = performer_from_esm_model(esm_model, attention, nb_features, seed)
-    extra = {
-        "source": {"kind": "fair-esm", "name": name, "feature_seed": seed},
-        "contact_regression": contact_regression_of(esm_model),
-    }
-    return save_model(out_path, model, extra=extra)
-
-
-def convert_esm(source, out_path, **options) -> Path:
-    """A fair-esm ``.pt`` file (an existing path, or any name ending in .pt) or a model name."""
-    if str(source).endswith(".pt") or Path(source).exists():
-        return convert_esm_checkpoint(source, out_path, **options)
-    return convert_esm_pretrained(str(source), out_path, **options)
+    return save_converted(out_path, model, "fair-esm", name, seed, contact_regression_of(esm_model))
 
 
 __all__ = [
     "ESMConversionError",
+    "check_rotary_inv_freq",
     "contact_regression_of",
     "contact_regression_path",
-    "convert_esm",
     "convert_esm_checkpoint",
     "convert_esm_pretrained",
     "esm2_model_names",
@@ -277,4 +276,5 @@ __all__ = [
     "performer_from_esm_model",
     "performer_from_esm_state",
     "read_esm_checkpoint",
+    "save_converted",
 ]
