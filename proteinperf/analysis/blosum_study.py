@@ -70,13 +70,19 @@ def layer_statistics(
 
 
 def summarise_condition(
-    per_layer: Sequence[ResidueAttentionStats], blosum, n_resamples: int, seed: int
+    per_layer: Sequence[ResidueAttentionStats],
+    blosum,
+    n_resamples: int,
+    seed: int,
+    layers: bool = True,
 ) -> dict:
-    """{pearson, ci95, ...} of the Vig statistic over all heads, the pair statistic and per
-    layer, for one condition (model or control)."""
+    """{pearson, ci95, ...} of the Vig statistic over all heads, the pair statistic and (with
+    ``layers``) per layer, for one condition (model or control)."""
     overall = bootstrap_vs_blosum(combine_heads(per_layer), blosum, n_resamples, seed)
     out = dict(overall["similarity"])
     out["pair_attention"] = overall["pair_attention"]
+    if not layers:
+        return out
     out["per_layer"] = []
     for layer, stats in enumerate(per_layer, start=1):  # numbered as embed: 1 = first block
         result = bootstrap_vs_blosum(stats, blosum, n_resamples, seed)
@@ -121,6 +127,7 @@ def blosum_study(
     threshold: float = 0.0,
     return_matrices: bool = False,
     untrained_seeds: int = 1,
+    untrained_models: Sequence | None = None,
 ):
     """The ``similarity`` entry of reproduce.json (JSON-ready; NaN where undefined)::
 
@@ -130,7 +137,8 @@ def blosum_study(
 
     ``seed`` seeds the shuffles and the bootstrap; the untrained controls are seeded
     ``seed``, ``seed + 1``, ... (``untrained_seeds`` of them; "untrained" is the first,
-    "untrained_seeds" lists each one's r and interval). With ``return_matrices`` also returns
+    "untrained_seeds" lists each one's r and interval; ``untrained_models``: those controls,
+    where the caller has built them already). With ``return_matrices`` also returns
     {"model", "untrained", "shuffled", "blosum62"}: the 20 x 20 Vig similarity matrices (all
     heads; "untrained" of the first seed).
     """
@@ -139,12 +147,17 @@ def blosum_study(
         raise InputError("no sequences to analyse")
     if untrained_seeds < 1:
         raise ValueError(f"untrained_seeds must be >= 1, got {untrained_seeds}")
+    if untrained_models is not None and len(untrained_models) != untrained_seeds:
+        raise ValueError(f"{len(untrained_models)} untrained models for {untrained_seeds} seeds")
     blosum = blosum62()
     device = next(model.parameters()).device
     options = dict(max_length=max_length, threshold=threshold)
     controls = []
     for k in range(untrained_seeds):
-        control = untrained_control(model.config, seed + k).to(device)
+        if untrained_models is None:
+            control = untrained_control(model.config, seed + k).to(device)
+        else:
+            control = untrained_models[k]
         controls.append(layer_statistics(control, sequences, alphabet, **options))
     shuffled = shuffled_sequences(sequences, seed)
     conditions = {
@@ -158,7 +171,7 @@ def blosum_study(
     }
     out["untrained_seeds"] = [{"seed": seed, **_seed_entry(out["untrained"])}]
     for k, stats in enumerate(controls[1:], start=1):
-        summary = summarise_condition(stats, blosum, n_resamples, seed)
+        summary = summarise_condition(stats, blosum, n_resamples, seed, layers=False)
         out["untrained_seeds"].append({"seed": seed + k, **_seed_entry(summary)})
     out["signal"] = signal(out["model"], *out["untrained_seeds"], out["shuffled"])
     out["statistic"] = (

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -159,6 +160,11 @@ def untrained_envelope(per_seed: Sequence[dict]) -> dict:
     }
 
 
+def _copy(result: dict) -> dict:
+    """A control's entry of its own for each block that shows it."""
+    return {**result, "ci95": list(result["ci95"])}
+
+
 def _nan(value) -> float:
     return float("nan") if value is None else float(value)
 
@@ -171,12 +177,35 @@ def finish_block(block: dict, matrix, blosum, frequency, ci_method: str) -> dict
     return block
 
 
-def embedding_block(model, alphabet, counts, seeds: Sequence[int], n_resamples, seed):
+@dataclass
+class Shared:
+    """What every measure of one study uses, computed once."""
+
+    untrained: dict  # seed -> the untrained control of that seed (PerformerLM), built once
+    weights: np.ndarray  # (n_resamples, proteins): the protein resamples of every interval
+    frequency: np.ndarray  # (20, 20) the frequency-only matrix of all the proteins
+    frequency_control: dict  # its entry, with an interval over ``weights``
+
+
+def shared_inputs(model, counts_per_protein: np.ndarray, seeds, n_resamples: int, seed: int):
+    """The untrained controls (on the model's device), the protein resamples and the
+    frequency-only control of a study."""
+    device = next(model.parameters()).device
+    weights = resample_weights(len(counts_per_protein), n_resamples, seed)
+    return Shared(
+        untrained={s: untrained_control(model.config, s).to(device) for s in seeds},
+        weights=weights,
+        frequency=frequency_matrix(counts_per_protein.sum(0)),
+        frequency_control=frequency_control(counts_per_protein, blosum62(), weights),
+    )
+
+
+def embedding_block(model, alphabet, shared: Shared, n_resamples, seed):
     """The ``embedding`` block and its matrices: {"input"}, and "output" for an untied head."""
     blosum = blosum62()
     weights = resample_weights(len(off_diagonal_pairs(blosum)), n_resamples, seed)
-    frequency = frequency_matrix(counts)
-    controls = [untrained_control(model.config, s) for s in seeds]
+    frequency = entry(shared.frequency, blosum, pair_bootstrap(shared.frequency, blosum, weights))
+    untrained = {s: residue_vectors(c, alphabet) for s, c in shared.untrained.items()}
     blocks, matrices = {}, {}
     for side, vectors in residue_vectors(model, alphabet).items():
         if vectors is None:
@@ -184,14 +213,14 @@ def embedding_block(model, alphabet, counts, seeds: Sequence[int], n_resamples, 
         matrix = cosine_similarity(vectors)
         block = entry(matrix, blosum, pair_bootstrap(matrix, blosum, weights))
         per_seed = []
-        for s, control in zip(seeds, controls):
-            m = cosine_similarity(residue_vectors(control, alphabet)[side])
+        for s, control_vectors in untrained.items():
+            m = cosine_similarity(control_vectors[side])
             per_seed.append({"seed": s, **entry(m, blosum, pair_bootstrap(m, blosum, weights))})
         block["controls"] = {
             "untrained": untrained_envelope(per_seed),
-            "frequency": entry(frequency, blosum, pair_bootstrap(frequency, blosum, weights)),
+            "frequency": _copy(frequency),
         }
-        blocks[side] = finish_block(block, matrix, blosum, frequency, "pairs")
+        blocks[side] = finish_block(block, matrix, blosum, shared.frequency, "pairs")
         matrices[side] = matrix
     out = blocks["input"]
     out["vectors"] = "input token embeddings of the 20 residues, mean-centred, cosine similarity"
@@ -210,30 +239,24 @@ def frequency_control(counts_per_protein: np.ndarray, blosum, weights: np.ndarra
     return entry(frequency_matrix(counts_per_protein.sum(0)), blosum, percentile_interval(draws))
 
 
-def substitution_block(model, sequences, alphabet, counts_per_protein, seeds, options):
+def substitution_block(model, sequences, alphabet, shared: Shared, options):
     """The ``substitution`` block and its model matrix."""
     blosum = blosum62()
-    n_resamples, seed, max_length = options["n_resamples"], options["seed"], options["max_length"]
-    weights = resample_weights(len(sequences), n_resamples, seed)
-    device = next(model.parameters()).device
+    seed, max_length = options["seed"], options["max_length"]
 
     def measure(m, seqs):
         stats = substitution_statistics(m, seqs, alphabet, max_length=max_length, seed=seed)
         matrix = stats.matrix()
-        return matrix, entry(matrix, blosum, protein_bootstrap(stats, blosum, weights))
+        return matrix, entry(matrix, blosum, protein_bootstrap(stats, blosum, shared.weights))
 
     matrix, block = measure(model, sequences)
-    per_seed = []
-    for s in seeds:
-        _, result = measure(untrained_control(model.config, s).to(device), sequences)
-        per_seed.append({"seed": s, **result})
+    per_seed = [{"seed": s, **measure(c, sequences)[1]} for s, c in shared.untrained.items()]
     _, shuffled = measure(model, shuffled_sequences(sequences, seed))
     block["controls"] = {
         "untrained": untrained_envelope(per_seed),
-        "frequency": frequency_control(counts_per_protein, blosum, weights),
+        "frequency": _copy(shared.frequency_control),
         "shuffled": shuffled,
     }
-    frequency = frequency_matrix(counts_per_protein.sum(0))
     block["objective"] = "next-token" if model.config.causal else "masked"
     if not model.config.causal:
         block["mask_fraction"] = MASK_FRACTION
@@ -242,14 +265,15 @@ def substitution_block(model, sequences, alphabet, counts_per_protein, seeds, op
         "distribution (20 residues) at positions of true residue a (every residue but the "
         "first, the initiator methionine's place), p q's marginal"
     )
-    return finish_block(block, matrix, blosum, frequency, "proteins"), matrix
+    return finish_block(block, matrix, blosum, shared.frequency, "proteins"), matrix
 
 
-def attention_block(model, sequences, alphabet, counts_per_protein, seeds, options, done=None):
+def attention_block(model, sequences, alphabet, shared: Shared, options, done=None):
     """The ``attention`` block from blosum_study (Vig et al.'s statistic) and its matrix;
     ``done``: blosum_study's (study, matrices) of the same proteins and settings, if run."""
     blosum = blosum62()
     seed = options["seed"]
+    seeds = list(shared.untrained)
     if done is None:
         done = blosum_study(
             model,
@@ -260,19 +284,20 @@ def attention_block(model, sequences, alphabet, counts_per_protein, seeds, optio
             max_length=options["max_length"],
             return_matrices=True,
             untrained_seeds=len(seeds),
+            untrained_models=list(shared.untrained.values()),
         )
     study, matrices = done
     same = [study[k] for k in ("n_sequences", "max_length", "seed")]
-    if same != [len(sequences), options["max_length"], seed] or [
-        s["seed"] for s in study["untrained_seeds"]
-    ] != list(seeds):
+    if (
+        same != [len(sequences), options["max_length"], seed]
+        or [s["seed"] for s in study["untrained_seeds"]] != seeds
+    ):
         raise ValueError("the attention study was run on other proteins or settings")
-    weights = resample_weights(len(sequences), options["n_resamples"], seed)
     keys = ("pearson", "spearman", "ci95", "n_pairs")
     block = {k: study["model"][k] for k in keys}
     block["controls"] = {
         "untrained": untrained_envelope([dict(s) for s in study["untrained_seeds"]]),
-        "frequency": frequency_control(counts_per_protein, blosum, weights),
+        "frequency": _copy(shared.frequency_control),
         "shuffled": {k: study["shuffled"][k] for k in keys},
     }
     block["statistic"] = study["statistic"]
@@ -281,8 +306,8 @@ def attention_block(model, sequences, alphabet, counts_per_protein, seeds, optio
     }
     block["per_layer"] = study["model"]["per_layer"]
     block["layer_numbering"] = study["layer_numbering"]
-    frequency = frequency_matrix(counts_per_protein.sum(0))
-    return finish_block(block, matrices["model"], blosum, frequency, "proteins"), matrices["model"]
+    model_matrix = matrices["model"]
+    return finish_block(block, model_matrix, blosum, shared.frequency, "proteins"), model_matrix
 
 
 def similarity_study(
@@ -305,14 +330,13 @@ def similarity_study(
     seeds = list(range(seed, seed + untrained_seeds))
     counts = composition(sequences, alphabet, max_length)
     options = dict(n_resamples=n_resamples, seed=seed, max_length=max_length)
-    embedding, embedding_matrices = embedding_block(
-        model, alphabet, counts.sum(0), seeds, n_resamples, seed
-    )
+    shared = shared_inputs(model, counts, seeds, n_resamples, seed)
+    embedding, embedding_matrices = embedding_block(model, alphabet, shared, n_resamples, seed)
     substitution, substitution_matrix = substitution_block(
-        model, sequences, alphabet, counts, seeds, options
+        model, sequences, alphabet, shared, options
     )
     attention, attention_matrix = attention_block(
-        model, sequences, alphabet, counts, seeds, options, attention_study
+        model, sequences, alphabet, shared, options, attention_study
     )
     study = {"embedding": embedding, "substitution": substitution, "attention": attention}
     study["settings"] = {
@@ -332,7 +356,7 @@ def similarity_study(
         "embedding": embedding_matrices["input"],
         "substitution": substitution_matrix,
         "attention": attention_matrix,
-        "frequency": frequency_matrix(counts.sum(0)),
+        "frequency": shared.frequency,
         "blosum62": blosum62(),
     }
     if "output" in embedding_matrices:
@@ -348,6 +372,7 @@ __all__ = [
     "frequency_matrix",
     "partial_correlation",
     "residue_vectors",
+    "shared_inputs",
     "similarity_study",
     "untrained_envelope",
     "weighted_pearson",

@@ -1,6 +1,8 @@
 """The amino-acid similarity study: the substitution log-odds, the controls, the intervals and
 the signal rule, exactly, on hand-made numbers and tiny models."""
 
+import importlib
+import json
 import math
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from proteinperf.analysis.similarity import AMINO_ACIDS, blosum62, off_diagonal_pairs
+from proteinperf.analysis.similarity import AMINO_ACIDS, blosum62, off_diagonal_pairs, r_text
 from proteinperf.analysis.similarity_study import (
     composition,
     cosine_similarity,
@@ -16,6 +18,7 @@ from proteinperf.analysis.similarity_study import (
     finish_block,
     frequency_matrix,
     partial_correlation,
+    shared_inputs,
     untrained_envelope,
     weighted_pearson,
 )
@@ -27,6 +30,11 @@ from proteinperf.analysis.substitution import (
 from proteinperf.data import get_alphabet
 
 ALPHABET = get_alphabet()
+# the modules (the package's names of the same spelling are their functions)
+attention_maps, blosum_study, similarity_study = (
+    importlib.import_module(f"proteinperf.analysis.{name}")
+    for name in ("attention_maps", "blosum_study", "similarity_study")
+)
 PROTEINS = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "MADEFWYCPNGSHMLEDPVDAFQ", "MSTNQKRHDE"]
 
 
@@ -171,16 +179,19 @@ def test_signal_only_above_every_control(model, untrained, frequency, shuffled, 
 
 
 def test_embedding_block_controls_and_separate_lm_head():
-    counts = composition(PROTEINS, ALPHABET, None).sum(0)
-    tied, matrices = embedding_block(tiny_model(), ALPHABET, counts, [0, 1, 2], 50, 0)
+    counts = composition(PROTEINS, ALPHABET, None)
+
+    def block(model, seeds, n_resamples):
+        shared = shared_inputs(model, counts, seeds, n_resamples, 0)
+        return embedding_block(model, ALPHABET, shared, n_resamples, 0)
+
+    tied, matrices = block(tiny_model(), [0, 1, 2], 50)
     assert tied["lm_head"] is None and set(matrices) == {"input"}
     assert set(tied["controls"]) == {"untrained", "frequency"}  # embeddings read no proteins
     assert [s["seed"] for s in tied["controls"]["untrained"]["seeds"]] == [0, 1, 2]
     assert "190 residue pairs" in tied["ci_method"] and tied["n_pairs"] == 190
     assert tied["ci95"][0] <= tied["ci95"][1]
-    untied, matrices = embedding_block(
-        tiny_model(tie_embeddings=False), ALPHABET, counts, [0], 50, 0
-    )
+    untied, matrices = block(tiny_model(tie_embeddings=False), [0], 50)
     assert set(matrices) == {"input", "output"}
     assert set(untied["lm_head"]) >= {"pearson", "spearman", "ci95", "controls", "signal"}
     # A planted embedding: residues as BLOSUM62's own rows make r high, above every control.
@@ -188,5 +199,84 @@ def test_embedding_block_controls_and_separate_lm_head():
     with torch.no_grad():
         ids = [ALPHABET.tok_to_idx[a] for a in AMINO_ACIDS]
         model.embed_tokens.weight[ids] = torch.tensor(blosum62(), dtype=torch.float32)
-    planted, _ = embedding_block(model, ALPHABET, counts, [0, 1, 2], 100, 0)
+    planted, _ = block(model, [0, 1, 2], 100)
     assert planted["pearson"] > 0.6 and planted["signal"] is True
+
+
+def counting(monkeypatch, module, name):
+    """Count the calls of ``module.name`` (still calling it)."""
+    calls = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_study_builds_each_control_and_the_frequency_control_once(monkeypatch):
+    """One untrained model per seed for all three measures, one protein resample and one
+    frequency-only control for substitution and attention (were built per measure)."""
+    builds = counting(monkeypatch, similarity_study, "untrained_control")
+    builds_attention = counting(monkeypatch, blosum_study, "untrained_control")
+    resamples = counting(monkeypatch, similarity_study, "resample_weights")
+    frequency = counting(monkeypatch, similarity_study, "frequency_control")
+    study, _ = similarity_study.similarity_study(
+        tiny_model(), PROTEINS, ALPHABET, n_resamples=10, seed=3, untrained_seeds=2, max_length=20
+    )
+    assert [seed for _, seed in builds] == [3, 4] and not builds_attention
+    assert sorted(n for n, *_ in resamples) == [len(PROTEINS), 190]  # proteins once, pairs once
+    assert len(frequency) == 1
+    for measure in ("substitution", "attention"):
+        assert (
+            study[measure]["controls"]["frequency"]
+            == study["substitution"]["controls"]["frequency"]
+        )
+    assert [s["seed"] for s in study["attention"]["controls"]["untrained"]["seeds"]] == [3, 4]
+
+
+def test_blosum_study_with_the_callers_controls_equals_its_own(monkeypatch):
+    model = tiny_model(weight_scale=3.0)
+    options = dict(n_resamples=10, seed=1, max_length=20, untrained_seeds=2)
+    own = blosum_study.blosum_study(model, PROTEINS, ALPHABET, **options)
+    controls = [attention_maps.untrained_control(model.config, s) for s in (1, 2)]
+    builds = counting(monkeypatch, blosum_study, "untrained_control")
+    given = blosum_study.blosum_study(
+        model, PROTEINS, ALPHABET, untrained_models=controls, **options
+    )
+    assert not builds
+    assert json.dumps(given, sort_keys=True) == json.dumps(own, sort_keys=True)
+    with pytest.raises(ValueError, match="1 untrained models for 2 seeds"):
+        blosum_study.blosum_study(
+            model, PROTEINS, ALPHABET, untrained_models=controls[:1], **options
+        )
+
+
+def test_summary_without_layers_is_the_full_summary_less_its_layers():
+    """The extra untrained seeds keep only the overall numbers: the per-layer bootstraps they
+    no longer run would have been thrown away."""
+    stats = blosum_study.layer_statistics(tiny_model(), PROTEINS, ALPHABET, max_length=20)
+    full = blosum_study.summarise_condition(stats, blosum62(), 10, 0)
+    short = blosum_study.summarise_condition(stats, blosum62(), 10, 0, layers=False)
+    assert "per_layer" in full and {**short, "per_layer": full["per_layer"]} == full
+
+
+@pytest.mark.parametrize(
+    "result, text, label",
+    [
+        ({"pearson": 0.1234, "ci95": [0.01, 0.3]}, "0.123 [0.010, 0.300]", "r = 0.12 [0.01, 0.30]"),
+        ({"pearson": -0.25, "ci95": [None, None]}, "-0.250", "r = -0.25"),
+        ({"pearson": -0.25, "ci95": [math.nan, 0.1]}, "-0.250", "r = -0.25"),
+        ({"pearson": 0.5}, "0.500", "r = 0.50"),
+        ({"pearson": None, "ci95": [0.1, 0.2]}, "undefined", "r undefined"),
+        ({"pearson": math.nan, "ci95": [0.1, 0.2]}, "undefined", "r undefined"),
+        ({}, "undefined", "r undefined"),
+        (None, "undefined", "r undefined"),
+    ],
+)
+def test_r_text_is_the_one_format_of_r_and_its_interval(result, text, label):
+    from proteinperf.analysis.plots import r_label
+
+    assert r_text(result) == text and r_label(result) == label
