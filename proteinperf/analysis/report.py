@@ -340,6 +340,7 @@ def write_attention_report(
                 max_length=max_length,
                 threshold=threshold,
                 return_matrices=True,
+                untrained_models=[control],  # the control above: the same seed
             )
             (tmp / "blosum_study.json").write_text(json.dumps(json_safe(study), indent=2) + "\n")
             write_figures(study, matrices, tmp, prefix="study")
