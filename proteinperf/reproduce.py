@@ -218,6 +218,7 @@ def _fmt(value, digits: int) -> str:
 
 def table(report: dict) -> str:
     """Markdown laid out like the paper's Table 2 (+ steps, seconds and the far set)."""
+    from proteinperf.analysis.similarity import r_text
     from proteinperf.analysis.similarity_study import MEASURES
 
     lines = [
@@ -252,29 +253,20 @@ def table(report: dict) -> str:
     if s:
         notes.append(
             f"BLOSUM62 (Vig et al. statistic, {s['n_sequences']} held-out proteins, best "
-            f"bidirectional model {s['analysed_run']}): r = {_r(s['model'])}; untrained control "
-            f"{_r(s['untrained'])}; shuffled residues {_r(s['shuffled'])}; signal claimed: "
-            f"{'yes' if s['signal'] else 'no'}."
+            f"bidirectional model {s['analysed_run']}): r = {r_text(s['model'])}; untrained "
+            f"control {r_text(s['untrained'])}; shuffled residues {r_text(s['shuffled'])}; "
+            f"signal claimed: {'yes' if s['signal'] else 'no'}."
         )
     measures = report.get("amino_acid_similarity") or {}
     for name in MEASURES:
         block = measures.get(name)
         if block:
             notes.append(
-                f"Amino-acid similarity from {name}: r = {_r(block)}; controls: "
-                + "; ".join(f"{k} {_r(v)}" for k, v in block["controls"].items())
+                f"Amino-acid similarity from {name}: r = {r_text(block)}; controls: "
+                + "; ".join(f"{k} {r_text(v)}" for k, v in block["controls"].items())
                 + f"; signal claimed: {'yes' if block['signal'] else 'no'}."
             )
     return "\n".join(lines + notes) + "\n"
-
-
-def _r(result: dict) -> str:
-    r, (low, high) = result.get("pearson"), result.get("ci95") or (None, None)
-    if r is None:
-        return "undefined"
-    if low is None or high is None:
-        return f"{r:.3f}"
-    return f"{r:.3f} [{low:.3f}, {high:.3f}]"
 
 
 OBJECTIVES = {"mlm": "masked-residue", "clm": "next-token"}

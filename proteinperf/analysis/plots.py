@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from .similarity import AMINO_ACIDS, NOTABLE_PAIRS, compare_with_blosum
+from .similarity import AMINO_ACIDS, NOTABLE_PAIRS, compare_with_blosum, r_text
 
 MAX_LETTER_TICKS = 60  # beyond this, residue letters on the axes become unreadable
 PANEL_INCHES = 1.9
@@ -342,6 +342,7 @@ __all__ = [
     "error_grid",
     "exact_vs_favor",
     "matrix_panels",
+    "r_label",
     "save_figure",
 ]
 
@@ -352,14 +353,9 @@ def _off_diagonal(matrix) -> np.ndarray:
     return m
 
 
-def _r_label(result: Mapping) -> str:
-    low, high = result.get("ci95") or (None, None)
-    r = result.get("pearson")
-    if r is None or not np.isfinite(r):
-        return "r undefined"
-    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return f"r = {r:.2f}"
-    return f"r = {r:.2f} [{low:.2f}, {high:.2f}]"
+def r_label(result: Mapping | None) -> str:
+    """A figure's "r = 0.42 [0.30, 0.51]" (see similarity.r_text)."""
+    return r_text(result, digits=2, prefix="r = ", undefined="r undefined")
 
 
 def similarity_figure(matrices: Mapping[str, np.ndarray], study: Mapping) -> Figure:
@@ -368,7 +364,7 @@ def similarity_figure(matrices: Mapping[str, np.ndarray], study: Mapping) -> Fig
     gives r against BLOSUM62 with its bootstrap 95% interval."""
     names = {"model": "trained model", "untrained": "untrained control", "shuffled": "shuffled"}
     panels = {
-        f"{label}\n{_r_label(study.get(key, {}))}": _off_diagonal(matrices[key])
+        f"{label}\n{r_label(study.get(key, {}))}": _off_diagonal(matrices[key])
         for key, label in names.items()
         if key in matrices
     }

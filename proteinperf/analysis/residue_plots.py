@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from .plots import matrix_panels
+from .plots import matrix_panels, r_label
 from .similarity import AMINO_ACIDS, PROPERTY_GROUPS
 
 GROUP_ORDER = "".join(PROPERTY_GROUPS.values())  # AVLIM FWY STNQ KRH DE CGP
@@ -38,15 +38,6 @@ def reorder(matrix, order: str = GROUP_ORDER, source: str = AMINO_ACIDS) -> np.n
     return m
 
 
-def _r_text(block: Mapping | None) -> str:
-    if not block or block.get("pearson") is None or not np.isfinite(block["pearson"]):
-        return "r undefined"
-    low, high = block.get("ci95") or (None, None)
-    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return f"r = {block['pearson']:.2f}"
-    return f"r = {block['pearson']:.2f} [{low:.2f}, {high:.2f}]"
-
-
 def matrices_figure(matrices: Mapping[str, np.ndarray], study: Mapping) -> Figure:
     """Each learned matrix, the frequency-only control and BLOSUM62, residues grouped by
     property (group boundaries drawn), each titled with its r against BLOSUM62."""
@@ -59,7 +50,7 @@ def matrices_figure(matrices: Mapping[str, np.ndarray], study: Mapping) -> Figur
             block = study["embedding"].get("lm_head")
         elif key == "frequency":
             block = study["embedding"]["controls"]["frequency"]
-        label = title if key == "blosum62" else f"{title}\n{_r_text(block)}"
+        label = title if key == "blosum62" else f"{title}\n{r_label(block)}"
         panels[label] = reorder(matrices[key])
     fig = matrix_panels(panels, order=GROUP_ORDER)
     fig.set_size_inches(3.3 * len(panels), 3.4)

@@ -297,6 +297,18 @@ def percentile_interval(values, level: float = 0.95) -> list[float]:
     return [float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))]
 
 
+def r_text(result, digits: int = 3, prefix: str = "", undefined: str = "undefined") -> str:
+    """A {"pearson", "ci95"} result as reports write it: "r [low, high]" (prefixed), the r alone
+    when the interval is undefined, ``undefined`` when r is (missing, None or NaN)."""
+    r = (result or {}).get("pearson")
+    if r is None or not np.isfinite(r):
+        return undefined
+    low, high = result.get("ci95") or (None, None)
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f"{prefix}{r:.{digits}f}"
+    return f"{prefix}{r:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def bootstrap_vs_blosum(
     stats: ResidueAttentionStats,
     blosum: np.ndarray | None = None,
@@ -367,4 +379,5 @@ __all__ = [
     "resample_weights",
     "residue_index",
     "residue_mask",
+    "r_text",
 ]

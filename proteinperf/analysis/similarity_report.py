@@ -15,7 +15,7 @@ from proteinperf.outputs import check_apart
 from proteinperf.plain import plain
 
 from . import plots, residue_plots
-from .similarity import AMINO_ACIDS
+from .similarity import AMINO_ACIDS, r_text
 from .similarity_study import MEASURES, residue_vectors, similarity_study
 
 FIGURES = ("similarity_matrices.png", "similarity_vs_controls.png", "embedding_map.png")
@@ -32,15 +32,6 @@ def check_outdir(outdir, inputs, overwrite: bool) -> Path:
     if outdir.exists() and not overwrite:
         raise InputError(f"{outdir} exists (use --overwrite to replace it)")
     return outdir
-
-
-def _r(block) -> str:
-    if not block or block.get("pearson") is None:
-        return "undefined"
-    low, high = block.get("ci95") or (None, None)
-    if low is None or high is None:
-        return f"{block['pearson']:.3f}"
-    return f"{block['pearson']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def markdown(study: dict, title: str) -> str:
@@ -66,9 +57,9 @@ def markdown(study: dict, title: str) -> str:
         spearman = block.get("spearman")
         partial = block["partial_given_frequency"]["pearson"]
         lines.append(
-            f"| {name} | {_r(block)} | {'-' if spearman is None else f'{spearman:.3f}'} | "
-            f"{_r(c['untrained'])} | {_r(c['frequency'])} | "
-            f"{_r(c['shuffled']) if 'shuffled' in c else 'n/a'} | "
+            f"| {name} | {r_text(block)} | {'-' if spearman is None else f'{spearman:.3f}'} | "
+            f"{r_text(c['untrained'])} | {r_text(c['frequency'])} | "
+            f"{r_text(c['shuffled']) if 'shuffled' in c else 'n/a'} | "
             f"{'-' if partial is None else f'{partial:.3f}'} | "
             f"{'yes' if block['signal'] else 'no'} |"
         )
