@@ -138,3 +138,31 @@ def test_attention_says_what_it_does_and_found(tmp_path, tiny_checkpoint, sample
     assert f"mean total variation per query {tv:.3f}" in err
     assert main([*argv, "--max-length", "12", "--layers", "1", "--overwrite", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_attention_bootstrap_reuses_the_reports_control(
+    tmp_path, tiny_checkpoint, fasta, monkeypatch
+):
+    """--bootstrap's BLOSUM62 study uses the report's untrained control (same seed), built once."""
+    import importlib
+
+    from proteinperf.analysis.report import write_attention_report
+
+    # the modules (the package's names of the same spelling are their functions)
+    attention_maps = importlib.import_module("proteinperf.analysis.attention_maps")
+    blosum_module = importlib.import_module("proteinperf.analysis.blosum_study")
+    seeds = []
+    original = attention_maps.untrained_control
+
+    def counted(config, seed=0):
+        seeds.append(seed)
+        return original(config, seed)
+
+    monkeypatch.setattr(attention_maps, "untrained_control", counted)
+    monkeypatch.setattr(blosum_module, "untrained_control", counted)
+    out = write_attention_report(
+        tiny_checkpoint, fasta, tmp_path / "r", max_seqs=3, max_length=20, bootstrap=10, seed=2
+    )
+    assert seeds == [2]
+    assert json.loads((out / "blosum_study.json").read_text())["untrained_seeds"][0]["seed"] == 2
