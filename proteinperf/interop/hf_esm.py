@@ -87,7 +87,10 @@ def fair_esm_name(key: str) -> str:
 
 def hf_hyperparameters(config: dict, where: str) -> dict:
     """fair-esm's encoder_* settings of an ESM-2 config.json; anything else is refused."""
-    get = lambda name: config.get(name, _DEFAULTS.get(name))  # noqa: E731
+
+    def get(name):
+        return config.get(name, _DEFAULTS.get(name))
+
     if config.get("model_type") != "esm":
         raise ESMConversionError(
             f"{where}: model_type {config.get('model_type')!r}, not a transformers ESM model"
@@ -219,7 +222,10 @@ def read_hf_esm(directory) -> tuple[dict, dict, dict | None]:
             f"{directory}: no lm_head weights, not an EsmForMaskedLM (an EsmModel has no LM head)"
         )
     head_dim = hparams["encoder_embed_dim"] // hparams["encoder_attention_heads"]
-    state.pop("esm.embeddings.position_ids", None)  # older transformers saved it
+    # Older transformers saved the position ids, and a learned position table it ignores when
+    # loading a rotary model (_keys_to_ignore_on_load_unexpected); neither is used.
+    for key in ("esm.embeddings.position_ids", "esm.embeddings.position_embeddings.weight"):
+        state.pop(key, None)
     for key in [k for k in state if k.endswith("rotary_embeddings.inv_freq")]:
         check_rotary_inv_freq(state.pop(key), head_dim, f"{directory}: {key}")
     state = {fair_esm_name(k): v for k, v in state.items()}

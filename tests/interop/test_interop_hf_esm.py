@@ -157,15 +157,20 @@ def test_checkpoint_records_source_and_settings(tmp_path, hf_dir):
 
 
 def test_pytorch_bin_untied_without_token_dropout(tmp_path):
-    """The older layout (pytorch_model.bin, LayerNorm .weight/.bias, rotary inv_freq per model),
-    an untied decoder, token dropout off and a config.json without rope_theta."""
+    """The older layout (pytorch_model.bin, LayerNorm .weight/.bias, position ids and an unused
+    position table), an untied decoder, token dropout off and a config.json without
+    rope_theta."""
     model = random_hf_esm2(seed=1, token_dropout=False, tie_word_embeddings=False)
     with torch.no_grad():
         model.lm_head.decoder.weight.normal_()
     directory = tmp_path / "bin"
     model.save_pretrained(directory)
     (directory / "model.safetensors").unlink()
-    torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    unused = {  # what older transformers saved beside the weights, unused by rotary models
+        "esm.embeddings.position_ids": torch.arange(1026)[None],
+        "esm.embeddings.position_embeddings.weight": torch.randn(1026, DIM),
+    }
+    torch.save({**model.state_dict(), **unused}, directory / "pytorch_model.bin")
     config = json.loads((directory / "config.json").read_text())
     del config["rope_theta"]
     (directory / "config.json").write_text(json.dumps(config))
