@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
+from proteinperf import pretrained
 from proteinperf.atomic import atomic_output
-from proteinperf.checksum import file_sha256
 from proteinperf.errors import ProteinperfError
 from proteinperf.model import ModelConfig, PerformerLM
 from proteinperf.plain import plain
 
-FORMAT = "proteinperf-model"
-FORMAT_VERSION = 1
+MODEL_FORMAT = "proteinperf-model"
+MODEL_FORMAT_VERSION = 1
 ALPHABET = "ESM-1b"
 # A Lightning checkpoint of proteinperf.lightning_module.ProteinLM carries
 # checkpoint[LIGHTNING_KEY] = lightning_metadata(...), and for exact resumption the RNG state
@@ -57,7 +57,7 @@ def lightning_metadata(
     meta = {
         "model_config": dataclasses.asdict(config),
         "objective": objective,
-        "format_version": FORMAT_VERSION,
+        "format_version": MODEL_FORMAT_VERSION,
     }
     if unigram_log_probs is not None:
         meta["unigram_log_probs"] = unigram_log_probs
@@ -77,8 +77,8 @@ def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:
     if clash:
         raise ValueError(f"extra checkpoint keys clash with the format's: {', '.join(clash)}")
     payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
         "model_config": dataclasses.asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "alphabet": ALPHABET,
@@ -90,16 +90,15 @@ def save_model(path, model: PerformerLM, extra: dict | None = None) -> Path:
 
 
 def resolve_checkpoint(name_or_path) -> Path:
-    """The file of a checkpoint path or of a named pretrained model (see proteinperf.models);
-    CheckpointError listing the known names if it is neither."""
-    from proteinperf import models
-
-    path = models.resolve(name_or_path)
+    """The file of a checkpoint path or of a named pretrained model (proteinperf.pretrained);
+    CheckpointError listing the known names if it is neither. A named model's file must have
+    the sha256 its card promises (read once per process: pretrained.model_file_sha256)."""
+    path = pretrained.resolve(name_or_path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {models.unknown_name_message(str(name_or_path))}")
-    expected = models.card_sha256(path)
+        raise CheckpointError(f"checkpoint {pretrained.unknown_name_message(str(name_or_path))}")
+    expected = pretrained.card_sha256(path)
     if expected is not None and not path.is_dir():
-        actual = file_sha256(path)
+        actual = pretrained.model_file_sha256(path)
         if actual != expected:
             raise CheckpointError(
                 f"checkpoint {path}: sha256 {actual[:16]}... differs from its card's "
@@ -137,7 +136,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 
 
 def _kind(obj: dict) -> str:
-    if obj.get("format") == FORMAT:
+    if obj.get("format") == MODEL_FORMAT:
         return "model"
     if isinstance(obj.get(LIGHTNING_KEY), dict) and "state_dict" in obj:
         return "lightning"
@@ -147,9 +146,9 @@ def _kind(obj: dict) -> str:
 
 
 def _check_version(version, where: str) -> None:
-    if version != FORMAT_VERSION:
+    if version != MODEL_FORMAT_VERSION:
         raise CheckpointError(
-            f"{where}: format_version {version!r}, this proteinperf reads {FORMAT_VERSION}"
+            f"{where}: format_version {version!r}, this proteinperf reads {MODEL_FORMAT_VERSION}"
         )
 
 
@@ -274,8 +273,8 @@ def load_model(
 
 __all__ = [
     "CheckpointError",
-    "FORMAT",
-    "FORMAT_VERSION",
+    "MODEL_FORMAT",
+    "MODEL_FORMAT_VERSION",
     "LIGHTNING_KEY",
     "checkpoint_metadata",
     "lightning_metadata",

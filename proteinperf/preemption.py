@@ -7,15 +7,21 @@ Lightning's SLURM support (pytorch_lightning 2.6) does part of the job and is us
 - Its SIGUSR1 handler writes ``hpc_ckpt_<n>.ckpt`` from inside the signal handler, wherever
   the step happens to be (between two parameter updates of the optimizer, or with a barrier
   while another rank waits in a gradient all-reduce); its SIGTERM handler saves nothing and
-  runs a broadcast inside the handler. ``Preemption`` only sets a flag in the handler; at the
-  next optimizer step every rank learns of it in one all-reduce, all save ``last.ckpt``
-  together at that step boundary (the point Lightning's own ``every_n_train_steps``
-  checkpoints resume exactly from), rank 0 asks SLURM to requeue (SIGUSR1 only: a preempted
-  job is requeued by SLURM itself) and the process exits with 128 + the signal number.
+  runs a broadcast inside the handler. ``Preemption`` only sets a flag in the handler. One
+  process acts on it after the optimizer step under way; under DDP the ranks agree in one
+  small all-reduce every ``check_every_n_steps`` optimizer steps (each costs a host sync, so
+  not every step). All ranks then save ``last.ckpt`` together at that step boundary (the point
+  Lightning's own ``every_n_train_steps`` checkpoints resume exactly from), rank 0 asks SLURM
+  to requeue (SIGUSR1 only: a preempted job is requeued by SLURM itself) and the process exits
+  with 128 + the signal number. A signal that the end of training overtakes stops the run
+  there, before the evaluation that follows it.
 - ``last.ckpt`` is otherwise written at validations only; ``Preemption`` also writes it every
   ``interval_minutes`` of wall-clock time, so a SIGKILL loses at most that much.
 - A requeued job starts again with the same command; ``resume_checkpoint`` finds the newest
-  checkpoint of its run folder (the folder is named after the job id, proteinperf.train).
+  checkpoint of its run folder (the folder is named after the job id, proteinperf.train). It is
+  not Lightning's ``ckpt_path="last"``, which considers ``last*.ckpt`` only: a job requeued
+  after training ended resumes from ``final.ckpt``, and the run needs the path before ``fit``
+  (it keeps the previous part's CSV log, which Lightning's logger would otherwise delete).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+
+from proteinperf.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +100,24 @@ class Preemption(pl.Callback):
     ``interval_minutes`` of training (None or 0: only at validations and on signals).
 
     ``requeue``: after the requeue signal (SIGUSR1 unless Lightning's SLURMEnvironment names
-    another), rank 0 runs ``scontrol requeue`` in a SLURM job.
+    another), rank 0 runs ``scontrol requeue`` in a SLURM job. ``check_every_n_steps``: under
+    DDP, the optimizer steps between two agreements of the ranks (a signal is acted on at most
+    that many steps late; one process checks after every step).
     """
 
-    def __init__(self, interval_minutes: float | None = 30.0, requeue: bool = True):
+    def __init__(
+        self,
+        interval_minutes: float | None = 30.0,
+        requeue: bool = True,
+        check_every_n_steps: int = 10,
+    ):
         if interval_minutes is not None and interval_minutes < 0:
             raise ValueError(f"interval_minutes must be >= 0, got {interval_minutes}")
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.interval = float(interval_minutes or 0) * 60.0
         self.requeue = requeue
+        self.check_every = int(check_every_n_steps)
         self.received: int | None = None  # the first signal since training started
         self._requeue_signal = signal.SIGUSR1
         self._previous: dict[int, object] = {}
@@ -142,7 +160,12 @@ class Preemption(pl.Callback):
         self._install(trainer)
 
     def on_train_end(self, trainer, pl_module):
+        # A signal after the last check: stop here, not after the evaluation that follows (a
+        # requeued run resumes from this last.ckpt straight into it).
+        decision = self._agree(trainer, self._local_decision(signals_only=True))
         self._restore()
+        if decision >= _STOP:
+            self._stop(trainer, decision, self._save_last(trainer))
 
     def on_exception(self, trainer, pl_module, exception):
         self._restore()
@@ -151,6 +174,8 @@ class Preemption(pl.Callback):
         if trainer.global_step == self._last_step:  # accumulating: no optimizer step yet
             return
         self._last_step = trainer.global_step
+        if trainer.world_size > 1 and trainer.global_step % self.check_every:
+            return
         decision = self._agree(trainer, self._local_decision())
         if decision == _NOTHING:
             return
@@ -158,9 +183,11 @@ class Preemption(pl.Callback):
         if decision >= _STOP:
             self._stop(trainer, decision, path)
 
-    def _local_decision(self) -> int:
+    def _local_decision(self, signals_only: bool = False) -> int:
         if self.received is not None:
             return _STOP_REQUEUE if self.received == self._requeue_signal else _STOP
+        if signals_only:
+            return _NOTHING
         if self.interval and time.monotonic() - self._last_save >= self.interval:
             return _SAVE
         return _NOTHING
@@ -180,11 +207,13 @@ class Preemption(pl.Callback):
         folder = Path(callback.dirpath) if callback and callback.dirpath else None
         folder = folder or Path(trainer.default_root_dir) / "checkpoints"
         path = folder / "last.ckpt"
-        # Written beside it and renamed: a kill during the write leaves the previous last.ckpt.
-        tmp = folder / f".last.ckpt.tmp-{os.getpid()}"
-        trainer.save_checkpoint(tmp)  # every rank (it holds a barrier); rank 0 writes
+        # Every rank calls save_checkpoint (it holds a barrier); rank 0 writes, beside the
+        # file and renamed into place: a kill during the write leaves the previous last.ckpt.
         if trainer.is_global_zero:
-            os.replace(tmp, path)
+            with atomic_output(path, fsync=True) as tmp:
+                trainer.save_checkpoint(tmp)
+        else:
+            trainer.save_checkpoint(path)
         trainer.strategy.barrier("preemption-save")
         self._last_save = time.monotonic()
         return str(path)

@@ -304,7 +304,7 @@ def curves_figure(runs: list[dict], unigram: dict | None = None):
 def export_models(report: dict, models: dict, out_dir: Path) -> list[dict]:
     """Best bidirectional and best causal run as named models (fp16, <= 15 MB) in out_dir."""
     from proteinperf.checkpoint import save_model
-    from proteinperf.models import export_model
+    from proteinperf.pretrained.export import export_model
 
     exported = []
     for objective, suffix in (("mlm", "bid"), ("clm", "causal")):

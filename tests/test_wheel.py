@@ -46,6 +46,11 @@ def test_wheel_ships_conf_and_data(wheel):
     for data in shipped:
         assert f"proteinperf/_data/{data}" in names  # what conf/data/ refers to
     assert "proteinperf/cli/train.py" in names and "proteinperf/constants.py" in names
+    pretrained = [
+        p.name for ext in ("pt", "json") for p in ROOT.glob(f"proteinperf/pretrained/*.{ext}")
+    ]
+    assert len(pretrained) >= 4 and "proteinperf/pretrained/__init__.py" in names
+    assert {f"proteinperf/pretrained/{name}" for name in pretrained} <= names  # models + cards
     assert not [n for n in names if "__pycache__" in n or n.startswith(("conf/", "data/"))]
 
 

@@ -55,19 +55,23 @@ def _card(text: str | None) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proteinperf import models
+    from proteinperf import pretrained
 
     if args.export:
+        from proteinperf.pretrained.export import export_model
+
         if not args.out:
             raise CommandError("--export needs --out FILE.pt")
-        print(models.export_model(args.export, args.out, _card(args.card)))
+        print(export_model(args.export, args.out, _card(args.card)))
         return 0
-    cards = models.list_models()
+    cards = pretrained.list_models()
     if args.json:
         print(json.dumps(cards, indent=2))
         return 0
     if not cards:
-        print(f"no named models installed (searched: {', '.join(map(str, models.search_dirs()))})")
+        print(
+            f"no named models installed (searched: {', '.join(map(str, pretrained.search_dirs()))})"
+        )
         return 0
     for index, card in enumerate(cards):
         if index:

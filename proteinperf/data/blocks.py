@@ -1,6 +1,6 @@
 """Parsing of one block of FASTA bytes (whole records) into per-split tokens and metadata.
 
-The bytes are scanned once by a compiled kernel (kernels.scan_block: records, tokens, header
+The bytes are scanned once by a compiled kernel (numba_parser.scan_block: records, tokens, header
 field positions, invalid characters); everything after that works on per-record arrays, and the
 Arrow columns are gathered straight from the block. No per-record Python.
 """
@@ -49,7 +49,7 @@ _KEYS, _KEY_LENS = marker_table(MARKERS)
 
 class Scratch:
     """The buffers parse_block scans into, kept from one block to the next (see
-    kernels.scan_block). The token arrays parse_block returns may be views of `out`: hand a
+    numba_parser.scan_block). The token arrays parse_block returns may be views of `out`: hand a
     Scratch to another block only once the previous block's tokens are written."""
 
     def __init__(self):
@@ -61,7 +61,7 @@ class Scratch:
             size = n + n // 8  # the next block is usually a little longer or shorter
             self.out, self.titles = np.empty(size, np.uint8), np.empty(size, np.uint8)
         if self.rec is None or self.rec.shape[1] < n // 256 + 16:
-            from .kernels import NUM_COLS
+            from .numba_parser import NUM_COLS
 
             self.rec = np.empty((NUM_COLS, n // 256 + 16), np.int64)
 
@@ -89,7 +89,7 @@ def parse_block(
     (line in block, record id, what is wrong), "newlines"}: with invalid="error" a character
     outside the alphabet, or an integer header field (n=, TaxID=, OX=) that is not a number.
     """
-    from . import kernels as k  # numba is imported (and the kernels loaded) on first use only
+    from . import numba_parser as k  # numba is imported (and the kernels loaded) on first use only
 
     a = np.frombuffer(data, dtype=np.uint8)
     policy = INVALID_POLICIES.index(invalid)
@@ -195,7 +195,7 @@ def parse_block(
 
 
 def _error(a, titles, rec, row, line, what) -> dict:
-    from . import kernels as k
+    from . import numba_parser as k
 
     rec_id = bytes(titles[rec[k.H0, row] : rec[k.ID_END, row]]).decode("utf-8", "replace")
     return {"error": (line, rec_id, what), "newlines": int(np.count_nonzero(a == 10))}
@@ -203,7 +203,7 @@ def _error(a, titles, rec, row, line, what) -> dict:
 
 def _meta(h, rec, rows, ints) -> pa.Table:
     """The metadata table (id, cluster_id, description, header fields, length) of `rows`."""
-    from . import kernels as k
+    from . import numba_parser as k
 
     uniref_start = np.where(rec[k.UNIREF] != 0, rec[k.H0], -1)
     cols = {
@@ -231,7 +231,7 @@ def _marker_of(name: str) -> str:
 def _int_column(h, rec, name):
     """((values, present), None) of an integer header field over the whole block, or
     (None, row) with the first row whose value is not a number."""
-    from . import kernels as k
+    from . import numba_parser as k
 
     i = MARKERS.index(_marker_of(name))
     starts, ends = rec[k.FIELD_S + i], rec[k.FIELD_E + i]
@@ -278,7 +278,7 @@ def _validity(present):
 
 def _strings(h, starts, ends, rows, nullable=False) -> pa.Array:
     """A string array of the byte ranges [starts, ends) of `h` at `rows` (start < 0: null)."""
-    from . import kernels as k
+    from . import numba_parser as k
 
     offsets, data = k.gather_strings(h, starts, ends, rows)
     validity, nulls = _validity(starts[rows] >= 0) if nullable else (None, 0)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .alphabet import get_alphabet
 from .fasta import DataError
-from .prepare import FORMAT_VERSION
+from .prepare import CORPUS_FORMAT_VERSION
 
 
 def _memmap(path: Path, dtype) -> np.ndarray:
@@ -31,10 +31,10 @@ class ProteinCorpus:
             self.manifest = json.loads(manifest_file.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"{manifest_file}: corrupt manifest ({err}); prepare again") from None
-        if self.manifest.get("format_version") != FORMAT_VERSION:
+        if self.manifest.get("format_version") != CORPUS_FORMAT_VERSION:
             raise DataError(
                 f"{self.path}: corpus format {self.manifest.get('format_version')}, "
-                f"expected {FORMAT_VERSION}; run `proteinperf prepare` again"
+                f"expected {CORPUS_FORMAT_VERSION}; run `proteinperf prepare` again"
             )
         if split not in self.manifest["splits"]:
             raise DataError(f"split must be one of {list(self.manifest['splits'])}, got {split!r}")

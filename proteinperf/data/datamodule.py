@@ -16,7 +16,7 @@ from proteinperf.constants import OBJECTIVES
 
 from .alphabet import get_alphabet
 from .corpus import ProteinCorpus
-from .prepare import FORMAT_VERSION, prepare
+from .prepare import CORPUS_FORMAT_VERSION, prepare
 from .sampling import (
     _EVAL_EPOCH,
     IGNORE,
@@ -157,7 +157,8 @@ class _ResumableLoader(DataLoader):
 def fasta_cache_dir(fasta: Path, cache_dir: str | None, options: dict) -> Path:
     st = fasta.stat()
     key = json.dumps(
-        [str(fasta.resolve()), st.st_size, st.st_mtime_ns, FORMAT_VERSION, options], sort_keys=True
+        [str(fasta.resolve()), st.st_size, st.st_mtime_ns, CORPUS_FORMAT_VERSION, options],
+        sort_keys=True,
     )
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     root = Path(cache_dir) if cache_dir else fasta.parent / ".cache" / "proteinperf"

@@ -1,6 +1,6 @@
 """FASTA -> corpus directory: parallel over blocks, deterministic, atomic, bounded memory.
 
-Layout of a corpus directory (FORMAT_VERSION 1), per split in train/valid/test:
+Layout of a corpus directory (CORPUS_FORMAT_VERSION 1), per split in train/valid/test:
   {split}.tokens.bin   uint8 token ids (residues only, records back to back)
   {split}.offsets.bin  int64, n+1 entries: record i is tokens[offsets[i]:offsets[i+1]]
   {split}.meta.parquet id, cluster_id, description, n, tax, taxid, repid, os, ox, gn, length
@@ -42,7 +42,7 @@ from .fasta import (
     open_binary,
 )
 
-FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 1
 BLOCK_SIZE = 8 << 20
 CHECKSUM_LEAD = 256 << 20  # bytes the checksum thread may read ahead of the parse
 # Metadata encoding, chosen for speed (it is written by the one thread that orders the
@@ -351,7 +351,7 @@ def _build(
     os.remove(tmp / ".id_hashes")
     alphabet = get_alphabet()
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": CORPUS_FORMAT_VERSION,
         "splits": {
             s: {
                 "records": writer.records[i],

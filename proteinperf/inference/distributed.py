@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import signal
 import sys
 import time
 import warnings
@@ -42,16 +41,6 @@ from .common import WINDOW_RECORDS, WINDOW_RESIDUES, length_sorted_batches, prog
 from .fasta_index import INDEX_FILE, FastaIndex, IndexReader, build_index
 from .peers import Peers, new_attempt, read_attempt
 from .shards import JournalTail, PartWriter, ShardStore, shard_dir
-
-# Test hook: a rank dies (SIGKILL) after writing this many batches, or before merging if it has
-# fewer; "K:raise" raises SimulatedKill instead (for runs inside the test process).
-KILL_AFTER_ENV = "PROTEINPERF_TEST_KILL_AFTER_BATCHES"
-# Test hook: this rank raises SimulatedKill after its first batch (the others go on).
-FAIL_RANK_ENV = "PROTEINPERF_TEST_FAIL_RANK"
-
-
-class SimulatedKill(RuntimeError):
-    pass
 
 
 def _libc_trim():
@@ -231,8 +220,6 @@ class BulkInference(pl.LightningModule):
         self.peers.start()
         self.batches, self.residues, self.busy = 0, 0, 0.0
         self.started = time.monotonic()
-        self.kill_after = os.environ.get(KILL_AFTER_ENV)
-        self.fail_rank = os.environ.get(FAIL_RANK_ENV)
         self.trim, self.last_trim = _libc_trim(), 0.0
         self.bar = None
         if self.global_rank == 0:
@@ -260,24 +247,12 @@ class BulkInference(pl.LightningModule):
             self.last_trim = time.monotonic()
         if self.bar is not None and time.monotonic() - self.last_poll > 0.5:
             self._advance_bar()
-        if self.fail_rank is not None and int(self.fail_rank) == self.global_rank:
-            raise SimulatedKill(f"{FAIL_RANK_ENV}={self.fail_rank}")
-        if self.kill_after and self.batches >= int(self.kill_after.split(":")[0]):
-            self._die()
 
     def _advance_bar(self) -> None:
         self.bar.update(self.tail.new_residues())
         self.last_poll = time.monotonic()
 
-    def _die(self) -> None:
-        self.part.close()
-        if self.kill_after.endswith(":raise"):
-            raise SimulatedKill(f"{KILL_AFTER_ENV}={self.kill_after}")
-        os.kill(os.getpid(), signal.SIGKILL)
-
     def on_predict_end(self) -> None:
-        if self.kill_after:
-            self._die()
         self.part.close()
         self.peers.finish([self.residues, self.batches, self.busy])
         if self.global_rank != 0:

@@ -165,7 +165,9 @@ def test_module_is_built_from_config(tmp_path):
 def test_renamed_modules_left_no_aliases():
     import importlib
 
-    for old in ("proteinperf.training", "proteinperf.attention.kernels"):
+    renamed = ("proteinperf.training", "proteinperf.attention.kernels", "proteinperf.models",
+               "proteinperf.data.kernels")  # fmt: skip
+    for old in renamed:
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module(old)
     from proteinperf import checkpoint, train

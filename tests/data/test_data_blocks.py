@@ -1,4 +1,4 @@
-"""The compiled block parser (kernels.scan_block via parse_block) against simple references:
+"""The compiled block parser (numba_parser.scan_block via parse_block) against simple references:
 Biopython + normalise + the alphabet table for tokens, parse_header for header fields, and the
 Arrow-regex split keys + NumPy hash for splits."""
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bulk_faults import SimulatedKill, failing, fault_env
 from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.inference import distributed, fasta_index, shards
 from proteinperf.inference.common import read_records
-from proteinperf.inference.distributed import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.embed import embed_fasta
 from proteinperf.inference.fasta_index import INDEX_FILE, IndexReader, build_index
 from proteinperf.inference.peers import PeerFailed, Peers, new_attempt
@@ -119,10 +119,8 @@ def test_resume_reuses_the_index_and_reads_the_file_once(tmp_path, checkpoints, 
         distributed, "build_index", lambda *a, **kw: built.append(a) or build(*a, **kw)
     )
     out = tmp_path / "e.h5"
-    monkeypatch.setenv(KILL_AFTER_ENV, "2:raise")
-    with pytest.raises(SimulatedKill):
+    with failing(after_batches=2), pytest.raises(SimulatedKill):
         run(out)
-    monkeypatch.delenv(KILL_AFTER_ENV)
     assert len(built) == 1 and (shard_dir(out) / INDEX_FILE).is_file()
     run(out, resume=True)
     assert len(built) == 1  # the resumed run loaded the index rank 0 saved
@@ -186,7 +184,7 @@ def test_peers_see_an_error_marker_and_a_silent_rank(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_rank_stops_both_ranks_with_its_error(tmp_path, checkpoints):
+def test_a_failing_rank_stops_both_ranks_with_its_error(tmp_path, tmp_path_factory, checkpoints):
     """Two gloo CPU processes; rank 1 raises after its first batch while rank 0 has a long way
     to go: rank 0 stops at its next batch with rank 1's error, the shards kept for --resume."""
     ckpt = str(checkpoints["favor_relu"])
@@ -196,10 +194,8 @@ def test_a_failing_rank_stops_both_ranks_with_its_error(tmp_path, checkpoints):
            "--toks-per-batch", "64", "--device", "cpu", "--devices", "2",
            "--strategy", "ddp"]  # fmt: skip
     started = time.monotonic()
-    failed = subprocess.run(
-        cmd, cwd=tmp_path, env=cli_env(PROTEINPERF_TEST_FAIL_RANK="1"), capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
+    env = fault_env(tmp_path_factory.mktemp("faults"), cli_env(), after_batches=1, ranks=[1])
+    failed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     seconds = time.monotonic() - started
     assert failed.returncode != 0
     assert "rank 1 failed: SimulatedKill" in failed.stderr, failed.stderr[-2000:]

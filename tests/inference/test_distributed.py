@@ -12,15 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from bulk_faults import SimulatedKill, failing, fault_env
 from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
-from proteinperf.inference.distributed import (
-    KILL_AFTER_ENV,
-    SimulatedKill,
-    assign_batches,
-)
+from proteinperf.inference.distributed import assign_batches
 from proteinperf.inference.embed import embed_fasta, embed_sequences
 from proteinperf.inference.fasta_index import IndexReader, build_index
 from proteinperf.inference.score import score_fasta
@@ -138,7 +135,7 @@ def test_record_over_the_budget_gets_a_batch_of_its_own(tmp_path, checkpoints):
 
 
 @pytest.mark.parametrize("task", ["embed-h5", "embed-pt-dir", "score"])
-def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoints, monkeypatch, task):
+def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoints, task):
     model, _ = load_model(checkpoints["favor_relu"])
     fasta = write_fasta(tmp_path / "in.fasta", proteins())
     if task == "score":
@@ -156,10 +153,8 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoints, monkeypatc
     reference = tmp_path / "ref" / name
     run(reference)
     out = tmp_path / "run" / name
-    monkeypatch.setenv(KILL_AFTER_ENV, "2:raise")
-    with pytest.raises(SimulatedKill):
+    with failing(after_batches=2), pytest.raises(SimulatedKill):
         run(out)
-    monkeypatch.delenv(KILL_AFTER_ENV)
     assert not out.exists() and shard_dir(out).is_dir()
     with pytest.raises(ValueError, match="--resume"):
         run(out)
@@ -180,7 +175,9 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoints, monkeypatc
 
 
 @pytest.mark.slow
-def test_two_processes_killed_and_resumed_match_one_process_h5(tmp_path, checkpoints):
+def test_two_processes_killed_and_resumed_match_one_process_h5(
+    tmp_path, tmp_path_factory, checkpoints
+):
     """The user's path: `python -m proteinperf.cli embed --devices 2` (Lightning re-runs it
     for rank 1); both ranks are SIGKILLed after a batch, then the run is resumed."""
     ckpt = str(checkpoints["favor_relu"])
@@ -189,9 +186,8 @@ def test_two_processes_killed_and_resumed_match_one_process_h5(tmp_path, checkpo
     cmd = [sys.executable, "-m", "proteinperf.cli", "embed", ckpt, fasta, str(out),
            "--include", "mean", "per-token", "--toks-per-batch", "50", "--device", "cpu",
            "--devices", "2", "--strategy", "ddp"]  # fmt: skip
-    killed = subprocess.run(
-        cmd, cwd=tmp_path, env=cli_env(**{KILL_AFTER_ENV: "1"}), capture_output=True, text=True
-    )
+    env = fault_env(tmp_path_factory.mktemp("faults"), cli_env(), after_batches=1, kill=True)
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert killed.returncode != 0, killed.stderr[-2000:]
     assert not out.exists() and len(list(shard_dir(out).glob("part-r000[01]-*.jsonl"))) == 2
     assert (shard_dir(out) / "index.npz").is_file()  # rank 0's, read by rank 1 and --resume
@@ -238,16 +234,14 @@ def test_two_processes_spawn_match_one_process_pt_dir(tmp_path, checkpoints):
             torch.testing.assert_close(b[kind][2], a[kind][2], atol=1e-5, rtol=0)
 
 
-def test_resume_refuses_an_input_edited_in_place(tmp_path, checkpoints, monkeypatch):
+def test_resume_refuses_an_input_edited_in_place(tmp_path, checkpoints):
     """Same path, size and mtime, other residues: the shards would be stale embeddings."""
     model, _ = load_model(checkpoints["favor_relu"])
     fasta = Path(write_fasta(tmp_path / "in.fasta", proteins()))
     out = tmp_path / "e.h5"
     run = lambda **kw: embed_fasta(model, fasta, out, toks_per_batch=60, quiet=True, **kw)  # noqa: E731
-    monkeypatch.setenv(KILL_AFTER_ENV, "2:raise")
-    with pytest.raises(SimulatedKill):
+    with failing(after_batches=2), pytest.raises(SimulatedKill):
         run()
-    monkeypatch.delenv(KILL_AFTER_ENV)
     stat = fasta.stat()
     text = fasta.read_text()
     first = text.splitlines()[1]

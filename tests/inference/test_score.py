@@ -2,12 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from bulk_faults import SimulatedKill, failing
 from helpers import SEQUENCES, variant_model
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
-from proteinperf.inference.distributed import KILL_AFTER_ENV, SimulatedKill, model_hash
+from proteinperf.inference.distributed import model_hash
 from proteinperf.inference.likelihood import pseudo_log_probs
 from proteinperf.inference.score import (
     SCORE_COLUMNS,
@@ -113,15 +114,13 @@ def test_forward_passes_are_those_pll_makes(tmp_path, checkpoints, fasta, budget
         hook.remove()
 
 
-def test_pll_journals_every_record_and_resumes(tmp_path, checkpoints, fasta, monkeypatch):
+def test_pll_journals_every_record_and_resumes(tmp_path, checkpoints, fasta):
     """One record per batch: the progress bar (and --resume) move after every protein."""
     model, _ = load_model(checkpoints["favor_relu"])
     reference, out = tmp_path / "ref.csv", tmp_path / "run.csv"
     score_fasta(model, fasta, reference, quiet=True)
-    monkeypatch.setenv(KILL_AFTER_ENV, "1:raise")
-    with pytest.raises(SimulatedKill):
+    with failing(after_batches=1), pytest.raises(SimulatedKill):
         score_fasta(model, fasta, out, quiet=True)
-    monkeypatch.delenv(KILL_AFTER_ENV)
     store = ShardStore(shard_dir(out))
     assert len(store.done()) == 1  # all four fit one batch of the token budget
     summary = score_fasta(model, fasta, out, quiet=True, resume=True)

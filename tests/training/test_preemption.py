@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import ROOT
 
-from proteinperf.preemption import Preempted, resume_checkpoint
+from proteinperf.preemption import Preempted, Preemption, resume_checkpoint
 from proteinperf.train import run_id, train
 
 RUN = [
@@ -119,6 +120,49 @@ def test_last_checkpoint_on_a_wall_clock_interval(make_cfg, tmp_path):
     folder = Path(train(cfg)["output_dir"]) / "checkpoints"
     assert load(folder / "last.ckpt")["global_step"] == 7
     assert not list(folder.glob(".*tmp*"))
+
+
+class _Strategy:
+    """What Preemption uses of a DDP strategy; counts the all-reduces."""
+
+    root_device = torch.device("cpu")
+
+    def __init__(self):
+        self.reduced = []
+
+    def reduce(self, value, reduce_op):
+        self.reduced.append(int(value))
+        return value
+
+    def barrier(self, name=None):
+        pass
+
+
+def _ddp_trainer(folder: Path) -> SimpleNamespace:
+    """Rank 0 of 2, as far as Preemption looks (save_checkpoint writes the step)."""
+    trainer = SimpleNamespace(world_size=2, global_step=0, is_global_zero=True, loggers=[])
+    trainer.strategy = _Strategy()
+    trainer.checkpoint_callback = SimpleNamespace(dirpath=str(folder))
+    trainer.save_checkpoint = lambda path: Path(path).write_text(str(trainer.global_step))
+    return trainer
+
+
+def test_ranks_agree_every_n_steps_and_at_the_end_of_training(tmp_path, monkeypatch):
+    """Under DDP one all-reduce (a host sync) every check_every_n_steps optimizer steps, not
+    every step; a signal the end of training overtakes still saves and stops there."""
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    trainer = _ddp_trainer(tmp_path)
+    callback = Preemption(interval_minutes=None, check_every_n_steps=4)
+    for step in range(1, 14):
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, None, None, None, step - 1)
+    assert len(trainer.strategy.reduced) == 3  # after steps 4, 8 and 12
+    callback.received = signal.SIGTERM  # during step 13, after the last agreement
+    with pytest.raises(Preempted) as stopped:
+        callback.on_train_end(trainer, None)
+    assert stopped.value.step == 13 and (tmp_path / "last.ckpt").read_text() == "13"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left
 
 
 def test_resume_checkpoint_is_the_newest(tmp_path):
@@ -256,8 +300,9 @@ def _two_tasks(tmp_path, corpus_cache, job: str, *extra: str, restarts: str = "0
 
 @pytest.mark.slow
 def test_two_task_gloo_job_preempted_and_requeued_ends_as_uninterrupted(tmp_path, corpus_cache):
-    """SIGTERM reaches only rank 1 during step 3: both ranks save at the same step and exit;
-    requeued, both resume in slurm-<job> and end with the uninterrupted run's weights."""
+    """SIGTERM reaches only rank 1 during step 3; the ranks agree every 2 steps: both save at
+    step 4 and exit; requeued, both resume in slurm-<job> and end with the uninterrupted run's
+    weights."""
     _fake_scontrol(tmp_path)
     straight = _two_tasks(tmp_path, corpus_cache, "100")
     assert [code for code, _ in straight] == [0, 0], straight[0][1][-3000:]
@@ -267,11 +312,12 @@ def test_two_task_gloo_job_preempted_and_requeued_ends_as_uninterrupted(tmp_path
         "+callbacks.signal.step=2",
         "+callbacks.signal.signal=SIGTERM",
         "+callbacks.signal.ranks=[1]",
+        "callbacks.preemption.check_every_n_steps=2",
     ]
     stopped = _two_tasks(tmp_path, corpus_cache, "200", *probe)
     assert [code for code, _ in stopped] == [128 + signal.SIGTERM] * 2, stopped[1][1][-3000:]
     runs = tmp_path / "logs" / "tiny_cpu" / "runs"
-    assert load(runs / "slurm-200" / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert load(runs / "slurm-200" / "checkpoints" / "last.ckpt")["global_step"] == 4
 
     resumed = _two_tasks(tmp_path, corpus_cache, "200", restarts="1")
     assert [code for code, _ in resumed] == [0, 0], resumed[0][1][-3000:]

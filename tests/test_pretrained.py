@@ -1,6 +1,7 @@
 """Named pretrained models: registry, export, and names accepted wherever a checkpoint is."""
 
 import json
+import os
 from pathlib import Path
 
 import helpers
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import proteinperf
-from proteinperf import load_model, models
+from proteinperf import load_model, pretrained
 from proteinperf.checkpoint import (
     CheckpointError,
     checkpoint_metadata,
@@ -19,6 +20,7 @@ from proteinperf.checksum import file_sha256
 from proteinperf.cli import main
 from proteinperf.errors import InputError
 from proteinperf.model import ModelConfig, PerformerLM
+from proteinperf.pretrained.export import MAX_SHIPPED_MB, export_model
 
 TINY = {**helpers.TINY, "attention": "favor_relu"}
 
@@ -27,8 +29,8 @@ TINY = {**helpers.TINY, "attention": "favor_relu"}
 def models_dir(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "models"
     folder.mkdir()
-    monkeypatch.setenv(models.MODELS_DIR_ENV, str(folder))
-    monkeypatch.setattr(models, "PACKAGE_DIR", tmp_path / "no-shipped-models")
+    monkeypatch.setenv(pretrained.MODELS_DIR_ENV, str(folder))
+    monkeypatch.setattr(pretrained, "PACKAGE_DIR", tmp_path / "no-shipped-models")
     return folder
 
 
@@ -42,7 +44,7 @@ def trained(tmp_path) -> tuple[Path, PerformerLM]:
 
 
 def test_empty_registry(models_dir, capsys):
-    assert models.registry() == {} and models.list_models() == []
+    assert pretrained.registry() == {} and pretrained.list_models() == []
     assert main(["models", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["models"]) == 0
@@ -52,9 +54,9 @@ def test_empty_registry(models_dir, capsys):
 def test_export_register_load_by_name(models_dir, trained, capsys):
     path, model = trained
     card = {"data": "sample", "steps": 3, "test": {"accuracy": 0.25, "perplexity": 17.0}}
-    out = models.export_model(path, models_dir / "tiny-bid.pt", card)
+    out = export_model(path, models_dir / "tiny-bid.pt", card)
     assert out.stat().st_size < path.stat().st_size  # fp16
-    assert models.registry() == {"tiny-bid": out}
+    assert pretrained.registry() == {"tiny-bid": out}
     assert resolve_checkpoint("tiny-bid") == out
 
     loaded, _ = load_model("tiny-bid")
@@ -77,7 +79,7 @@ def test_export_register_load_by_name(models_dir, trained, capsys):
 
 def test_cli_commands_accept_a_name(models_dir, trained, tmp_path, capsys):
     path, _ = trained
-    models.export_model(path, models_dir / "tiny-bid.pt")
+    export_model(path, models_dir / "tiny-bid.pt")
     fasta = tmp_path / "p.fasta"
     fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nMSDNELLKKAVE\n")
     assert main(["evaluate", "tiny-bid", str(fasta)]) == 0
@@ -86,7 +88,7 @@ def test_cli_commands_accept_a_name(models_dir, trained, tmp_path, capsys):
 
 def test_unknown_name_is_one_line_listing_known(models_dir, trained, capsys):
     path, _ = trained
-    models.export_model(path, models_dir / "tiny-bid.pt")
+    export_model(path, models_dir / "tiny-bid.pt")
     with pytest.raises(CheckpointError, match=r"not-a-model.*known: tiny-bid"):
         load_model("not-a-model")
     assert main(["evaluate", "not-a-model", str(path)]) == 2
@@ -96,7 +98,7 @@ def test_unknown_name_is_one_line_listing_known(models_dir, trained, capsys):
 
 def test_a_named_model_whose_bytes_changed_is_refused(models_dir, trained, capsys):
     path, _ = trained
-    out = models.export_model(path, models_dir / "tiny-bid.pt")
+    out = export_model(path, models_dir / "tiny-bid.pt")
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["sha256"] == file_sha256(out)
     data = bytearray(out.read_bytes())
@@ -108,13 +110,34 @@ def test_a_named_model_whose_bytes_changed_is_refused(models_dir, trained, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the file is damaged" in err
     # a file that is not a registered model has no card to check against
-    assert models.card_sha256(path) is None
+    assert pretrained.card_sha256(path) is None
+
+
+def test_a_named_model_is_read_in_full_once_per_process(models_dir, trained, monkeypatch):
+    """Loading by name again does not hash the file again; a file rewritten since (new mtime)
+    is hashed again and refused if its bytes no longer match the card."""
+    path, _ = trained
+    out = export_model(path, models_dir / "tiny-bid.pt")
+    hashed = []
+    real = pretrained.file_sha256
+    monkeypatch.setattr(pretrained, "file_sha256", lambda p: hashed.append(p) or real(p))
+    for _ in range(3):
+        load_model("tiny-bid")
+    assert hashed == [out.resolve()]
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    mtime = out.stat().st_mtime_ns
+    out.write_bytes(bytes(data))
+    os.utime(out, ns=(mtime + 10**9, mtime + 10**9))
+    with pytest.raises(CheckpointError, match="differs from its card"):
+        load_model("tiny-bid")
+    assert len(hashed) == 2
 
 
 def test_export_refuses_oversized_files(models_dir, trained):
     path, _ = trained
     with pytest.raises(ValueError, match="MB"):
-        models.export_model(path, models_dir / "big.pt", max_mb=0.001)
+        export_model(path, models_dir / "big.pt", max_mb=0.001)
     assert not list(models_dir.iterdir())  # nothing half-written
 
 
@@ -127,9 +150,9 @@ def test_export_refuses_weights_beyond_float16(models_dir, tmp_path, capsys):
         model.layers[0].fc1.weight[0, 0] = 1e5
     path = save_model(tmp_path / "drifted.pt", model)
     with pytest.raises(InputError, match=r"weight layers\.0\.fc1\.weight reaches 1e\+05"):
-        models.export_model(path, models_dir / "drifted.pt")
+        export_model(path, models_dir / "drifted.pt")
     assert not list(models_dir.iterdir())
-    out = models.export_model(path, models_dir / "wide.pt", dtype=torch.bfloat16)
+    out = export_model(path, models_dir / "wide.pt", dtype=torch.bfloat16)
     assert load_model(out)[0].layers[0].fc1.weight[0, 0] == 99840.0  # 1e5 in bf16: finite
     out = models_dir / "cli.pt"
     assert main(["models", "--export", str(path), "--out", str(out)]) == 2
@@ -138,13 +161,13 @@ def test_export_refuses_weights_beyond_float16(models_dir, tmp_path, capsys):
 
 def test_package_data_ships_pretrained_files():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert "pretrained/*.pt" in text and "pretrained/*.json" in text
+    assert '"proteinperf.pretrained" = ["*.pt", "*.json"]' in text
 
 
 def test_shipped_models_load_and_match_their_cards():
     """Every model in proteinperf/pretrained/ loads by name (weights_only), fits the shipping
     limit and is what its card says."""
-    from proteinperf.models import MAX_SHIPPED_MB, PACKAGE_DIR, model_card
+    from proteinperf.pretrained import PACKAGE_DIR, model_card
 
     shipped = sorted(PACKAGE_DIR.glob("*.pt"))
     assert {p.stem for p in shipped} >= {"swissprot-performer-bid", "swissprot-transformer-causal"}
@@ -161,9 +184,9 @@ def test_shipped_models_load_and_match_their_cards():
 
 
 def test_listing_shows_size_training_held_out_beside_unigram_and_limits(monkeypatch, capsys):
-    from proteinperf.models import PACKAGE_DIR, model_card
+    from proteinperf.pretrained import PACKAGE_DIR, model_card
 
-    monkeypatch.delenv(models.MODELS_DIR_ENV, raising=False)
+    monkeypatch.delenv(pretrained.MODELS_DIR_ENV, raising=False)
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     for path in sorted(PACKAGE_DIR.glob("*.pt")):

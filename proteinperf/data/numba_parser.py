@@ -1,4 +1,5 @@
-"""Numba kernels for the hot path of `proteinperf prepare`: one scan over a block of FASTA bytes.
+"""The compiled (Numba) loops of the FASTA block parser, the hot path of `proteinperf prepare`:
+one scan over a block of FASTA bytes.
 
 Why hand-written loops here (and nowhere else in the package): prepare has to run near disk
 speed on tens of GB, and expressed as whole-array NumPy operations the same work costs a dozen
