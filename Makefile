@@ -8,7 +8,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,bench
+EXTRAS ?= dev,bench,hf
 DATASET ?= sample
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.proteinperf-installed
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(STAMP) ## create/refresh .venv with the package (editable) and its dev/bench extras
+install: $(STAMP) ## create/refresh .venv with the package (editable) and its dev/bench/hf extras
 
 # Hydra overrides: `make train model=tiny trainer.max_steps=200` reaches make as variable
 # definitions (MAKEOVERRIDES, newest first, hence the reverse); `make train -- -m ...` brings

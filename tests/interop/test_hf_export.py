@@ -241,6 +241,9 @@ def test_embed_of_the_folder_equals_embed_of_the_checkpoint(tmp_path, capsys):
     fasta = write_fasta(tmp_path / "in.fa", SEQUENCES)
     assert main(["export-hf", "swissprot-performer-bid", str(tmp_path / "hf")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "hf")
+    again = ["export-hf", "swissprot-performer-bid", str(tmp_path / "hf")]
+    assert main(again) == 2 and "add --overwrite" in capsys.readouterr().err
+    assert main([*again, "--overwrite"]) == 0
     outs = []
     for checkpoint in ("swissprot-performer-bid", str(tmp_path / "hf")):
         out = tmp_path / f"{len(outs)}.npz"
