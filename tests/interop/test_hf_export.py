@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SEQUENCES, tiny_model, write_fasta
+from helpers import ROOT, SEQUENCES, tiny_model, write_fasta
 
 from proteinperf.checkpoint import (
     CheckpointError,
@@ -71,6 +72,14 @@ def _greedy(model, prompt: str) -> list[int]:
     return ids
 
 
+def _clean_env(hf_home: Path) -> dict:
+    """No PYTHON* variables (python -I ignores them anyway), transformers' module cache in
+    ``hf_home``, offline, one thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return env
+
+
 # The tests that run transformers share one child interpreter (about 30 s: marked slow).
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -96,12 +105,10 @@ def exported(tmp_path_factory):
     torch.save({"folders": spec}, root / "spec.pt")
     empty = root / "cwd"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     child = subprocess.run(
         [sys.executable, "-I", str(CHILD), str(root / "spec.pt"), str(root / "results.pt")],
         cwd=empty,
-        env=env,
+        env=_clean_env(root / "hf_home"),
         capture_output=True,
         text=True,
     )
@@ -278,3 +285,38 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         export_hf("swissprot-performer-bid", tmp_path / "hf")
     assert list(tmp_path.iterdir()) == []
+
+
+def _isolated(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``code`` in ``python -I`` from ``cwd``, with proteinperf unimportable (as in hf_child)."""
+    prelude = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path\n"
+        "                    if not getattr(f, '__module__', '').startswith('__editable__')]\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-I", "-c", prelude + code],
+        cwd=cwd,
+        env=_clean_env(cwd / ".hf_home"),
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_readme_hugging_face_example_runs_as_written(tmp_path):
+    section = (ROOT / "README.md").read_text().split("## Hugging Face", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"^    proteinperf (export-hf .*?)\s+#", section, flags=re.M).group(1)
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    name, checkpoint, folder = command.split()
+    assert main([name, checkpoint, str(tmp_path / folder)]) == 0  # the snippet runs from there
+    code = (
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('proteinperf') is None\n"
+        f"{snippet}"
+        "logits = model(**tokenizer(['MKV'], return_tensors='pt')).logits\n"
+        "print(type(model).__name__, list(logits.shape))\n"
+    )
+    run = _isolated(code, tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines()[-1] == "ProteinperfForMaskedLM [1, 5, 33]"
