@@ -123,7 +123,7 @@ def export_hf(checkpoint, out) -> Path:
                 "auto_map": {"AutoTokenizer": [TOKENIZER_MODULE_CLASS, None]},
                 "add_eos": not config.causal,  # a causal model continues its prompt
                 "padding_side": "left" if config.causal else "right",
-                "model_max_length": config.max_len if config.positional == "learned" else None,
+                **({"model_max_length": config.max_len} if config.positional == "learned" else {}),
             },
         )
         (tmp / "README.md").write_text(model_card(card, objective, config))
@@ -193,7 +193,7 @@ def model_card(card: dict, objective: str, config) -> str:
         lines += [
             "`generate()` carries proteinperf's decoding state (the fixed-size FAVOR+ prefix "
             "sums, or the KV cache of exact attention) from token to token; greedy search and "
-            "sampling use it, beam search is not supported. Prompts are framed `<cls>` + "
+            "sampling use it, beam search needs `use_cache=False`. Prompts are framed `<cls>` + "
             "residues and padded on the left.",
             "",
         ]

@@ -9,7 +9,7 @@ the final LayerNorm), ``attention_mask`` its padding mask (1 = real token).
 Causal generation carries PerformerLM's decoding state (FAVOR+ prefix sums of fixed size, or
 the KV cache of exact attention) between steps: ``generate`` feeds one token per step, with
 positions counted per row, so left-padded prompts decode as if unpadded. The state is not a
-transformers ``Cache``: greedy search and sampling use it; beam search is not supported.
+transformers ``Cache``: greedy search and sampling use it; beam search needs use_cache=False.
 """
 
 from __future__ import annotations
@@ -125,6 +125,17 @@ class ProteinperfForCausalLM(ProteinperfPreTrainedModel, GenerationMixin):
                 ignore_index=IGNORE_INDEX,
             )
         return ProteinperfCausalLMOutput(loss=loss, logits=logits, hidden_states=hidden)
+
+    def generate(self, *args, **kwargs):
+        config = kwargs.get("generation_config") or self.generation_config
+        beams = kwargs.get("num_beams", config.num_beams) or 1
+        if beams > 1 and kwargs.get("use_cache", config.use_cache) is not False:
+            # beam search would reorder a transformers Cache between steps, not this state
+            raise ValueError(
+                "beam search cannot reorder proteinperf's decoding state: pass use_cache=False "
+                "(every step runs the whole sequence) or use greedy search or sampling"
+            )
+        return super().generate(*args, **kwargs)
 
     def prepare_inputs_for_generation(
         self, input_ids, attention_mask=None, decoding_state=None, use_cache=None, **kwargs

@@ -68,6 +68,12 @@ def run(entry: dict) -> dict:
         result["generated_uncached"] = model.generate(
             **alone, max_new_tokens=n, do_sample=False, use_cache=False
         )
+        try:
+            model.generate(**alone, max_new_tokens=n, num_beams=2)
+            result["beams_with_cache"] = "ran"
+        except ValueError as err:
+            result["beams_with_cache"] = str(err)
+        result["beams"] = model.generate(**alone, max_new_tokens=n, num_beams=2, use_cache=False)
     return result
 
 

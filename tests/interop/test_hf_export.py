@@ -189,6 +189,10 @@ def test_generate_continues_as_proteinperfs_greedy_decoding(exported, name):
     assert got["step_lengths"][0] == width and set(got["step_lengths"][1:]) == {1}
     uncached = got["generated_uncached"][0].tolist()
     assert uncached[: len(_greedy(model, PROMPTS[0]))] == _greedy(model, PROMPTS[0])
+    assert "beam search cannot reorder" in got["beams_with_cache"]
+    prompt = _greedy(model, PROMPTS[0])[: len(alphabet.tokenize(PROMPTS[0])) + 1]
+    beams = got["beams"][0].tolist()  # without the state: runs, continues the prompt
+    assert beams[: len(prompt)] == prompt and len(beams) > len(prompt)
 
 
 def _without_imports(source: str) -> str:
