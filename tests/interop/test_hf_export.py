@@ -324,3 +324,23 @@ def test_readme_hugging_face_example_runs_as_written(tmp_path):
     run = _isolated(code, tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines()[-1] == "ProteinperfForMaskedLM [1, 5, 33]"
+
+
+@pytest.mark.parametrize(
+    "name, argv",
+    [
+        ("swissprot-transformer-causal", "generate {ckpt} {out} --num-samples 3 --seed 1 --quiet"),
+        ("swissprot-performer-bid", "score {ckpt} {fasta} {out} --quiet"),
+        ("swissprot-performer-bid", "evaluate {ckpt} {fasta} --out {out} --quiet"),
+    ],
+    ids=["generate", "score", "evaluate"],
+)
+def test_commands_give_the_same_output_from_the_folder(tmp_path, name, argv):
+    fasta = write_fasta(tmp_path / "in.fa", SEQUENCES)
+    folder = export_hf(name, tmp_path / "hf")
+    outputs = []
+    for ckpt in (name, folder):
+        out = tmp_path / f"out{len(outputs)}"
+        assert main(argv.format(ckpt=ckpt, fasta=fasta, out=out).split()) == 0
+        outputs.append(out.read_text().replace(str(folder), name))
+    assert outputs[0].count("\n") >= 3 and outputs[0] == outputs[1]
