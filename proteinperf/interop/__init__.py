@@ -1,1 +1,1 @@
-"""Interoperability with other protein language models (fair-esm ESM-2)."""
+"""Interoperability: ESM-2 checkpoints in, Hugging Face transformers folders out."""

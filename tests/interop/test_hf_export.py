@@ -25,6 +25,7 @@ from proteinperf.checkpoint import (
 )
 from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
+from proteinperf.errors import ConfigError
 from proteinperf.interop import hf_export
 from proteinperf.interop.hf_export import export_hf
 
@@ -344,3 +345,14 @@ def test_commands_give_the_same_output_from_the_folder(tmp_path, name, argv):
         assert main(argv.format(ckpt=ckpt, fasta=fasta, out=out).split()) == 0
         outputs.append(out.read_text().replace(str(folder), name))
     assert outputs[0].count("\n") >= 3 and outputs[0] == outputs[1]
+
+
+def test_without_safetensors_both_directions_say_which_extra(tmp_path, monkeypatch):
+    folder = export_hf("swissprot-performer-bid", tmp_path / "hf")
+    for name in ("safetensors", "safetensors.torch"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(CheckpointError, match=r"pip install 'proteinperf\[hf\]'"):
+        load_model(folder)
+    with pytest.raises(ConfigError, match=r"pip install 'proteinperf\[hf\]'"):
+        export_hf("swissprot-performer-bid", tmp_path / "again")
+    assert not (tmp_path / "again").exists()
