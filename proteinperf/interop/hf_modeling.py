@@ -51,6 +51,8 @@ class ProteinperfPreTrainedModel(PreTrainedModel):
     def _forward(self, input_ids, attention_mask, output_hidden_states):
         """(logits (B, L, V), hidden states of layers 0..n or None, last hidden state)."""
         padding_mask = None if attention_mask is None else attention_mask.bool()
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         n = self.config.n_layers
         first = 0 if output_hidden_states else n
         out = self.model(input_ids, padding_mask, repr_layers=range(first, n + 1))
