@@ -43,9 +43,10 @@ ENTRY_MODULES = {
 CONFIG_CLASS = "configuration_proteinperf.ProteinperfConfig"
 TOKENIZER_CLASS = "ProteinperfTokenizer"
 TOKENIZER_MODULE_CLASS = f"tokenization_proteinperf.{TOKENIZER_CLASS}"
-MODEL_CLASSES = {  # auto class -> class, by objective
-    "mlm": {"AutoModel": "ProteinperfModel", "AutoModelForMaskedLM": "ProteinperfForMaskedLM"},
-    "clm": {"AutoModel": "ProteinperfModel", "AutoModelForCausalLM": "ProteinperfForCausalLM"},
+BASE_CLASS = "modeling_proteinperf.ProteinperfModel"  # AutoModel: the representations
+HEAD_CLASSES = {  # objective -> (auto class, class)
+    "mlm": ("AutoModelForMaskedLM", "ProteinperfForMaskedLM"),
+    "clm": ("AutoModelForCausalLM", "ProteinperfForCausalLM"),
 }
 # What a registered model's card says about its .pt file, not about the exported folder.
 CARD_FILE_FIELDS = ("path", "sha256", "size_mb")
@@ -79,15 +80,16 @@ def export_hf(checkpoint, out) -> Path:
     card = _card(checkpoint, extras.get("card"), model)
     extras["card"] = card
     extras.setdefault("objective", objective)
-    classes = MODEL_CLASSES[objective]
+    auto_head, head = HEAD_CLASSES[objective]
     with atomic_output(out, directory=True) as tmp:
         carry(ENTRY_MODULES, tmp, names=ENTRY_MODULES)
         hf_config = {
             "model_type": "proteinperf",
-            "architectures": [classes[next(k for k in classes if k != "AutoModel")]],
+            "architectures": [head],
             "auto_map": {
                 "AutoConfig": CONFIG_CLASS,
-                **{auto: f"modeling_proteinperf.{cls}" for auto, cls in classes.items()},
+                "AutoModel": BASE_CLASS,
+                auto_head: f"modeling_proteinperf.{head}",
             },
             **dataclasses.asdict(config),
             "pad_token_id": config.padding_idx,
