@@ -22,7 +22,8 @@ PACKAGE_DIR = Path(proteinperf.__file__).resolve().parent
 
 
 class CarryError(ValueError):
-    """An import that cannot be expressed in a flat folder (a bug in a carried module)."""
+    """An import that cannot be expressed in a flat folder: a bug in a carried module, caught
+    by tests/interop/test_carry.py before any export."""
 
 
 def module_file(module: str) -> Path:
@@ -94,8 +95,8 @@ def _our_imports(tree: ast.AST, module: str) -> list[tuple[ast.stmt, str]]:
                 if is_module(f"{target}.{alias.name}"):
                     raise CarryError(
                         f"{module} line {node.lineno}: imports the module {target}.{alias.name} "
-                        "as a name, which a flat folder cannot hold; import the names it uses "
-                        f"from {target}.{alias.name}"
+                        "as a name; transformers copies only the files named in `from .x import "
+                        f"...` lines, so import the names it uses from {target}.{alias.name}"
                     )
             found.append((node, target))
     return found
