@@ -7,12 +7,16 @@ A model file is a plain dict (loadable with ``torch.load(weights_only=True)``)::
 
 ``load_model`` also reads Lightning ``.ckpt`` files of the training module, which carry
 ``checkpoint["proteinperf"] = {"model_config": ..., "format_version": 1}`` and the model's
-weights in ``state_dict`` under the ``model.`` prefix.
+weights in ``state_dict`` under the ``model.`` prefix, and the Hugging Face folders that
+``proteinperf export-hf`` writes (``read_hf_directory``): ``config.json`` holds the model config's
+fields and, under ``"proteinperf"``, the format marker and the rest of the metadata;
+``model.safetensors`` the weights under the ``model.`` prefix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 from pathlib import Path
 
@@ -35,6 +39,12 @@ LIGHTNING_RNG_KEY = "proteinperf_rng"
 LIGHTNING_DRAWN_AT_KEY = "proteinperf_drawn_at"
 LIGHTNING_PREFIX = "model."
 RESERVED_KEYS = ("format", "format_version", "model_config", "state_dict", "alphabet")
+# A Hugging Face folder (proteinperf.interop.hf_export writes it, read_hf_directory reads it)
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+HF_CONTACTS = "contact_regression.safetensors"  # a converted ESM-2's contact head, if any
+HF_META_KEY = "proteinperf"  # config.json's entry: format, format_version, alphabet, card, ...
+HF_PREFIX = "model."  # the transformers classes hold the PerformerLM as `model`
 # Changing these gives a different set of feature buffers; the checkpoint's are then not used.
 FEATURE_FIELDS = (
     "attention",
@@ -111,7 +121,12 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     """``torch.load(weights_only=True)`` with every failure turned into one CheckpointError."""
     path = resolve_checkpoint(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path}: is a directory, expected a file")
+        if (path / HF_CONFIG).is_file() and (path / HF_WEIGHTS).is_file():
+            return read_hf_directory(path)
+        raise CheckpointError(
+            f"checkpoint {path}: is a directory without {HF_CONFIG} and {HF_WEIGHTS}, not a "
+            "model file or a folder written by `proteinperf export-hf`"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -132,6 +147,53 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(
             f"checkpoint {path}: not a proteinperf checkpoint (holds a {type(obj).__name__})"
         )
+    return obj
+
+
+def _safetensors(path: Path) -> dict:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(
+            f"checkpoint {path}: reading safetensors needs the hf extra "
+            "(pip install 'proteinperf[hf]')"
+        ) from None
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path}: corrupt or not safetensors ({detail})") from err
+
+
+def read_hf_directory(path) -> dict:
+    """A folder written by ``export-hf`` as the dict ``read_checkpoint`` returns for a model
+    file: weights from ``model.safetensors``, config and metadata from ``config.json``."""
+    path = Path(path)
+    try:
+        config = json.loads((path / HF_CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path / HF_CONFIG}: not valid JSON ({err})") from err
+    meta = config.get(HF_META_KEY) if isinstance(config, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path}: {HF_CONFIG} has no {HF_META_KEY!r} entry of format "
+            f"{MODEL_FORMAT!r}; "
+            "only folders written by `proteinperf export-hf` are read (for an ESM-2 folder, "
+            "use `proteinperf convert-esm`)"
+        )
+    state = _safetensors(path / HF_WEIGHTS)
+    n = len(HF_PREFIX)
+    obj = {
+        **{k: v for k, v in meta.items() if k != "format"},
+        "format": MODEL_FORMAT,
+        "model_config": {
+            f.name: config[f.name] for f in dataclasses.fields(ModelConfig) if f.name in config
+        },
+        "state_dict": {k[n:] if k.startswith(HF_PREFIX) else k: v for k, v in state.items()},
+    }
+    if (path / HF_CONTACTS).is_file():
+        obj["contact_regression"] = _safetensors(path / HF_CONTACTS)
     return obj
 
 
@@ -275,6 +337,8 @@ __all__ = [
     "CheckpointError",
     "MODEL_FORMAT",
     "MODEL_FORMAT_VERSION",
+    "HF_CONFIG",
+    "HF_WEIGHTS",
     "LIGHTNING_KEY",
     "checkpoint_metadata",
     "lightning_metadata",
@@ -283,6 +347,7 @@ __all__ = [
     "model_with_weights",
     "model_state_from_checkpoint",
     "read_checkpoint",
+    "read_hf_directory",
     "resolve_checkpoint",
     "save_model",
 ]

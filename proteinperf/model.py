@@ -19,10 +19,18 @@ from proteinperf.attention import (
     draw_features,
     favor_attention,
     favor_attention_weights,
-    recurrent,
     softmax_attention,
     softmax_attention_weights,
 )
+from proteinperf.attention.recurrent import (
+    TOKEN_KERNELS,
+    favor_step,
+    favor_token_step,
+    init_kv_cache,
+    kv_step,
+    kv_token_step,
+)
+from proteinperf.attention.recurrent import init_state as init_favor_state
 from proteinperf.constants import ATTENTIONS, FEATURE_SCALINGS  # noqa: F401 (re-exported)
 from proteinperf.errors import ConfigError, InputError
 from proteinperf.layers import LayerDict, resolve_layers
@@ -301,17 +309,17 @@ class SelfAttention(nn.Module):
         """The empty decoding state: FAVOR prefix sums (fixed size) or an exact KV cache."""
         h, dh = self.n_heads, self.head_dim
         if self.is_favor:
-            return recurrent.init_state(batch, h, self.nb_features, dh, device=device)
-        return recurrent.init_kv_cache(batch, h, dh, dh, device=device)
+            return init_favor_state(batch, h, self.nb_features, dh, device=device)
+        return init_kv_cache(batch, h, dh, dh, device=device)
 
     def step(self, x, keep, rotary, state):
         """Causal attention of the next C positions x (B, C, d) after ``state``: (out, state)."""
         q, k = self.project_qk(x, rotary)
         v = self._split_heads(self.v_proj(x))
         if self.is_favor:
-            y, state = recurrent.favor_step(state, q, k, v, self.features, self.kernel, keep)
+            y, state = favor_step(state, q, k, v, self.features, self.kernel, keep)
         else:
-            y, state = recurrent.kv_step(state, q, k, v, keep)
+            y, state = kv_step(state, q, k, v, keep)
         b, _, length, _ = y.shape
         y = y.transpose(1, 2).reshape(b, length, self.n_heads * self.head_dim)
         return self.out_proj(y), state
@@ -567,7 +575,7 @@ class PerformerLM(nn.Module):
             return False
         if _autocast_on(tokens.device.type):
             return False
-        if self.config.favor_kernel not in (None, *recurrent.TOKEN_KERNELS):
+        if self.config.favor_kernel not in (None, *TOKEN_KERNELS):
             return False
         first = state.layers[0][0]  # FAVOR context or KV keys
         if first.dtype != self.embed_tokens.weight.dtype:
@@ -650,11 +658,11 @@ class PerformerLM(nn.Module):
             qk = qk.reshape(b, 2, h, dh)
             v = qkv[:, qk_size:].view(b, h, -1)  # (B, H, d_v')
             if layer.kernel is not None:
-                y, layer_state = recurrent.favor_token_step(
+                y, layer_state = favor_token_step(
                     layer_state, qk, v, layer.features_t, layer.kernel, alone
                 )
             else:
-                y, layer_state = recurrent.kv_token_step(layer_state, qk, v, alone)
+                y, layer_state = kv_token_step(layer_state, qk, v, alone)
             layer_states.append(layer_state)
             x = x + torch.addmm(layer.out_bias, y.view(b, -1), layer.out_weight_t)
             y = torch.layer_norm(x, shape, layer.ln2_weight, layer.ln2_bias, layer.ln2_eps)

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "attention",
     "similarity",
     "convert_esm",
+    "export_hf",
     "models",
 )
 

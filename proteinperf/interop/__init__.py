@@ -1,1 +1,1 @@
-"""Interoperability with other protein language models (ESM-2 from fair-esm and transformers)."""
+"""Interoperability: ESM-2 in (fair-esm files, transformers folders); transformers folders out."""

@@ -30,6 +30,7 @@ SAME_PATH = [
     "contacts {bid} {copy} {copy} --quiet",
     "prepare {copy} --out {copy} --quiet",
     "convert-esm {copy} {copy}",
+    "export-hf {copy} {copy}",
 ]
 
 
