@@ -21,14 +21,7 @@ import functools
 import torch
 
 from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
-from .scan import (
-    chunk_prefixes,
-    chunk_suffixes,
-    chunk_weights,
-    future_mask,
-    pad_positions,
-    pair_decay,
-)
+from .scan import ChunkDecays, chunk_prefixes, chunk_suffixes, pad_positions, running_max, scaled
 
 FUSED_KERNELS = ("softmax", "relu")
 _BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}  # feature entries per block
@@ -181,15 +174,36 @@ def bidirectional_favor(q, k, v, features, kernel, key_padding_mask, block_size=
     )
 
 
+# Causal: (positions, m) entries per span (super-chunk). A span's temporaries (features, their
+# gradients, the (C, C) products) then stay a few MiB on a CPU, where the allocator keeps
+# them between calls (larger ones are fresh pages each call: page faults cost more than the
+# extra ops), and GPU calls up to long L stay one span (one set of kernel launches).
+_SPAN_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 28}
+
+
+def span_chunks(batch_heads: int, nb_features: int, size: int, device: torch.device) -> int:
+    """Chunks of ``size`` positions per span of the causal kernel (at least one)."""
+    target = _SPAN_ELEMENTS.get(device.type, 1 << 24)
+    return max(1, target // max(1, batch_heads * nb_features * size))
+
+
+def _spans(chunks: int, per: int) -> list[tuple[int, int]]:
+    """[lo, hi) chunk ranges of at most ``per`` chunks, as even as they go."""
+    count = -(-chunks // per)
+    per = -(-chunks // count)
+    return [(lo, min(chunks, lo + per)) for lo in range(0, chunks, per)]
+
+
 def _causal_key_logits(k_blk, w, kernel, keep_blk):
     """As ``_key_logits``, padded keys at MASKED_LOG_SCALE (the running max's floor)."""
     return _key_logits(k_blk, w, kernel, keep_blk, MASKED_LOG_SCALE)
 
 
-def _causal_features(q, k, w, keep, kernel):
+def _causal_features(q, k, w, keep, kernel, running=None, start=None):
     """φ(q) and the key features κ̃ (zero for padded keys), (BH, L, m), and (softmax) the
-    running max M_j of the key logits, (BH, L). In place: no projection is kept (relu's
-    backward reads its mask off the features: ReLU(x) + ε > ε exactly where x > 0, short of
+    running max M_j of the key logits, (BH, L): given, or from the logits and ``start`` (BH,),
+    the stabiliser of a carried state. In place: no projection is kept (relu's backward
+    reads its mask off the features: ReLU(x) + ε > ε exactly where x > 0, short of
     0 < x < ε·2⁻²⁴ in float32, where the kink makes any slope as good)."""
     proj = q @ w.T
     if kernel == "relu":
@@ -200,37 +214,22 @@ def _causal_features(q, k, w, keep, kernel):
     if kernel == "relu":
         kappa, running = logits.clamp_min_(0.0).add_(RELU_EPSILON), None
     else:
-        running = logits.amax(-1).cummax(-1).values
+        if running is None:
+            running = running_max(logits.amax(-1), start)
         kappa = logits.sub_(running.unsqueeze(-1)).exp_()  # κ̃_j = exp(t_j − M_j)
     if keep is not None:
         kappa = kappa.mul_(keep.unsqueeze(-1))
     return phi_q, kappa, running
 
 
-class _Decays:
-    """The stabiliser's weights for chunks of C: pair (i, j ≤ i) exp(M_j − M_i), (BH, N, C, C);
-    query i from the prefix exp(E_{n−1} − M_i) and key j to its chunk's end exp(M_j − E_n),
-    (BH, N, C, 1); the scan over chunks (scan.chunk_weights). All ≤ 1. relu: 0/1 masks."""
-
-    def __init__(self, running, future, chunks, like):
-        if running is None:
-            self.pair = (~future).to(like.dtype)
-            self.scan = chunk_weights(like.new_zeros(chunks), like.new_zeros(()))
-            self.from_prev = self.to_end = None
-            return
-        self.pair = pair_decay(running, future)
-        ends = running[..., -1]  # E_n, (BH, N)
-        start = torch.full_like(ends[:, 0], MASKED_LOG_SCALE)
-        self.scan = chunk_weights(ends, start)
-        before = torch.cat([start.unsqueeze(-1), ends[:, :-1]], -1)  # E_{n−1}
-        self.from_prev = torch.exp(before.unsqueeze(-1) - running).unsqueeze(-1)
-        self.to_end = torch.exp(running - ends.unsqueeze(-1)).unsqueeze(-1)
-
-
-def _scaled(x, factor, inplace=False):
-    if factor is None:
-        return x
-    return x.mul_(factor) if inplace else x * factor
+def _decays(running, start, chunks, size):
+    """ChunkDecays of a span: running (BH, N·C) or None (relu); start (BH,) or None (no
+    keys before: the floor)."""
+    if running is None:
+        return ChunkDecays(None)
+    if start is None:
+        start = torch.full_like(running[:, 0], MASKED_LOG_SCALE)
+    return ChunkDecays(running.view(-1, chunks, size), start)
 
 
 def _zero_where_at_most(grad, x, threshold):
@@ -261,89 +260,145 @@ def _add_bmm(acc, a, b):
     return acc
 
 
+def _span_forward(q, k, ve, w, keep, kernel, size, carried, final):
+    """One span of N chunks after the state ``carried`` ((context, its stabiliser), or None:
+    no keys before): [numerator, denominator] (BH, N·C, e), the chunk prefixes (BH, N, m, e),
+    the running max (softmax) and, if ``final``, the state after the span."""
+    bh, positions, e = ve.shape
+    n = positions // size
+    initial, start = carried if carried is not None else (None, None)
+    phi_q, kappa, running = _causal_features(q, k, w, keep, kernel, start=start)
+    decays = _decays(running, start, n, size)
+    phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, ve))
+    states = kappa.transpose(-1, -2) @ scaled(ve, decays.to_end)  # (BH, N, m, e)
+    prefixes, state = chunk_prefixes(states, decays.scan, initial, final)
+    del states
+    scores = decays.mask(phi_q @ kappa.transpose(-1, -2))  # (BH, N, C, C)
+    out_ext = _add_bmm(scaled(phi_q @ prefixes, decays.from_prev, True), scores, ve)
+    carried = (state, decays.end) if final else None
+    return out_ext.view(bh, positions, e), prefixes, running, carried
+
+
+def _span_backward(q, k, ve, w, keep, kernel, size, prefixes, running, carried, do, grad_final):
+    """Backward of ``_span_forward``: d q, d k, d v' of the span and, if a state was
+    ``carried`` in ((True, its stabiliser: the running max before the span; relu: None), or
+    None), d of that state. ``grad_final``: d of the state after the span (None: the last)."""
+    start = None if carried is None else carried[1]
+    bh, positions, e = ve.shape
+    n = positions // size
+    phi_q, kappa, _ = _causal_features(q, k, w, keep, kernel, running=running)
+    decays = _decays(running, start, n, size)
+    phi_q, kappa, ve, do = (t.view(bh, n, size, -1) for t in (phi_q, kappa, ve, do))
+    # Query side: dφq_i = Σ_{j≤i} pair_ij (do_i·v'_j) κ̃_j + exp(E_{n−1} − M_i) P_n do_i.
+    # Ordered so that at most four (L, m)-sized buffers are alive at once.
+    do_prev = scaled(do, decays.from_prev)
+    weights = decays.mask(do @ ve.transpose(-1, -2))  # (BH, N, C_i, C_j)
+    grad_phi_q = _add_bmm(do_prev @ prefixes.transpose(-1, -2), weights, kappa)
+    grad_states, grad_initial = chunk_suffixes(
+        phi_q.transpose(-1, -2) @ do_prev, decays.scan, grad_final, initial=carried is not None
+    )
+    del do_prev
+    grad_q = _feature_backward(grad_phi_q.view(bh, positions, -1), phi_q, kernel) @ w
+    # Key side, in-chunk pairs and (through S_n) every later query. Into dφq's buffer:
+    # fresh (L, m) memory costs the kernel's page zeroing, about as much as the product.
+    later = _bmm(scaled(ve, decays.to_end), grad_states.transpose(-1, -2), out=grad_phi_q)
+    grad_kappa = _add_bmm(later, weights.transpose(-1, -2), phi_q)
+    scores = decays.mask(_bmm(phi_q, kappa.transpose(-1, -2), out=weights))
+    del phi_q
+    grad_v = _add_bmm(
+        scaled(kappa @ grad_states, decays.to_end, True), scores.transpose(-1, -2), do
+    )
+    del scores, weights, grad_states
+    grad_logits = _feature_backward(grad_kappa.view(bh, positions, -1), kappa, kernel)
+    if kernel == "relu":
+        grad_k = grad_logits @ w
+    else:  # logits = Wk̂ − |k̂|²/2  =>  dk̂ = Wᵀg − k̂ Σ_m g
+        grad_k = grad_logits @ w - k * grad_logits.sum(-1, keepdim=True)
+    return grad_q, grad_k, grad_v.view(bh, positions, e), grad_initial
+
+
+def _cat(parts, dim):
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
 class CausalFavor(torch.autograd.Function):
-    """Causal FAVOR+ over N chunks of C positions, all chunks at once (scan.py).
+    """Causal FAVOR+ over N chunks of C positions, all chunks of a span at once (scan.py).
 
     Key logits are shifted by the running max M_i = max_{j≤i} max_m t_jm (never by a max over
     future keys), so every exponent is ≤ 0 and output i depends on keys ≤ i only, also in
     floating point. Per chunk: the masked (C, C) products inside it, and its state
     S_n = Σ_{j∈n} exp(M_j − E_n) κ̃_j v'_jᵀ; the prefixes P_n (the states before each chunk)
     are one scan over the S_n. Backward recomputes the features and runs the scan backwards:
-    dS_n = Σ_{n' > n} exp(E_n − E_{n'−1}) dP_n'. Saved: q, k, v' and the N prefixes
-    (N·m·(d+1)), no (L, m) feature tensor. A ragged last chunk is padded with zeros: its
-    padded keys come after every real query and the final state is not returned.
+    dS_n = Σ_{n' > n} exp(E_n − E_{n'−1}) dP_n'. Saved: q, k, v', the N prefixes
+    (N·m·(d+1)) and the running max (L), no (L, m) feature tensor. A ragged last chunk is
+    padded with zeros: its padded keys come after every real query.
+
+    Long inputs run in spans of whole chunks (``span_chunks``: bounded temporaries), the
+    state after a span carried into the next and its gradient back: a few more ops per span.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v_ext, w, keep, kernel, chunk):
+    def forward(ctx, q, k, v_ext, w, keep, kernel, chunk, span=None):
         bh, length, _ = q.shape
-        e = v_ext.shape[-1]
         size = min(chunk, length)
         n = -(-length // size)
         pad = n * size - length
         q, k, v_ext = (pad_positions(t, pad, -2) for t in (q, k, v_ext))
         keep = None if keep is None else pad_positions(keep, pad, -1, False)
-        phi_q, kappa, running = _causal_features(q, k, w, keep, kernel)
-        phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, v_ext))
-        running = None if running is None else running.view(bh, n, size)
-        decays = _Decays(running, future_mask(size, q.device), n, q)
-        states = kappa.transpose(-1, -2) @ _scaled(ve, decays.to_end)  # (BH, N, m, e)
-        prefixes, _ = chunk_prefixes(states, decays.scan)
-        del states
-        scores = (phi_q @ kappa.transpose(-1, -2)).mul_(decays.pair)  # (BH, N, C, C)
-        out_ext = _add_bmm(_scaled(phi_q @ prefixes, decays.from_prev, True), scores, ve)
-        out_ext = out_ext.view(bh, n * size, e)[:, :length]
+        spans = _spans(n, span or span_chunks(bh, w.shape[0], size, q.device))
+        outs, prefixes, runnings, carried = [], [], [], None
+        for lo, hi in spans:
+            part = _rows(spans, lo * size, hi * size, q, k, v_ext, keep)
+            out_ext, pre, running, carried = _span_forward(
+                *part[:3], w, part[3], kernel, size, carried, final=hi < n
+            )
+            outs.append(out_ext)
+            prefixes.append(pre)
+            runnings.append(running)
+        out_ext = _cat(outs, 1)[:, :length]
         den = out_ext[..., -1:] + DENOMINATOR_EPS
         out = out_ext[..., :-1] / den
-        ctx.save_for_backward(q, k, v_ext, w, keep, prefixes, den, out)
-        ctx.kernel, ctx.chunk = kernel, chunk
+        running = None if kernel == "relu" else _cat(runnings, 1)
+        ctx.save_for_backward(q, k, v_ext, w, keep, _cat(prefixes, 1), running, den, out)
+        ctx.kernel, ctx.size, ctx.spans = kernel, size, spans
         return out
 
     @staticmethod
     @_without_autocast
     def backward(ctx, grad_out):
-        q, k, v_ext, w, keep, prefixes, den, out = ctx.saved_tensors
-        kernel = ctx.kernel
-        bh, padded, _ = q.shape
-        n, length = prefixes.shape[1], grad_out.shape[1]
-        size = padded // n
+        q, k, v_ext, w, keep, prefixes, running, den, out = ctx.saved_tensors
+        size, spans = ctx.size, ctx.spans
+        padded, length = q.shape[1], grad_out.shape[1]
         grad_o = torch.cat([grad_out / den, -(grad_out * out).sum(-1, keepdim=True) / den], -1)
-        do = pad_positions(grad_o, padded - length, -2).view(bh, n, size, -1)
-        phi_q, kappa, running = _causal_features(q, k, w, keep, kernel)
-        phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, v_ext))
-        running = None if running is None else running.view(bh, n, size)
-        decays = _Decays(running, future_mask(size, q.device), n, q)
-        # Query side: dφq_i = Σ_{j≤i} pair_ij (do_i·v'_j) κ̃_j + exp(E_{n−1} − M_i) P_n do_i.
-        # Ordered so that at most four (L, m)-sized buffers are alive at once.
-        do_prev = _scaled(do, decays.from_prev)
-        weights = (do @ ve.transpose(-1, -2)).mul_(decays.pair)  # (BH, N, C_i, C_j)
-        grad_phi_q = _add_bmm(do_prev @ prefixes.transpose(-1, -2), weights, kappa)
-        grad_states = chunk_suffixes(phi_q.transpose(-1, -2) @ do_prev, decays.scan)
-        del do_prev
-        grad_q = _feature_backward(grad_phi_q.view(bh, padded, -1), phi_q, kernel) @ w
-        # Key side, in-chunk pairs and (through S_n) every later query. Into dφq's buffer:
-        # fresh (L, m) memory costs the kernel's page zeroing, about as much as the product.
-        ve_end = _scaled(ve, decays.to_end)
-        later = _bmm(ve_end, grad_states.transpose(-1, -2), out=grad_phi_q)
-        grad_kappa = _add_bmm(later, weights.transpose(-1, -2), phi_q)
-        scores = _bmm(phi_q, kappa.transpose(-1, -2), out=weights).mul_(decays.pair)
-        del phi_q
-        grad_v = _add_bmm(
-            _scaled(kappa @ grad_states, decays.to_end, True), scores.transpose(-1, -2), do
-        )
-        del scores, weights, grad_states
-        grad_v = grad_v.view(bh, padded, -1)
-        grad_logits = _feature_backward(grad_kappa.view(bh, padded, -1), kappa, kernel)
-        if kernel == "relu":
-            grad_k = grad_logits @ w
-        else:  # logits = Wk̂ − |k̂|²/2  =>  dk̂ = Wᵀg − k̂ Σ_m g
-            grad_k = grad_logits @ w - k * grad_logits.sum(-1, keepdim=True)
-        trim = slice(0, length)
-        return grad_q[:, trim], grad_k[:, trim], grad_v[:, trim], None, None, None, None
+        grad_o = pad_positions(grad_o, padded - length, -2)
+        grads, grad_state = [], None
+        for lo, hi in reversed(spans):
+            rows = (lo * size, hi * size)
+            part = _rows(spans, *rows, q, k, v_ext, keep, running, grad_o)
+            carried = None
+            if lo > 0:
+                carried = (True, None if running is None else running[:, rows[0] - 1])
+            *grad, grad_state = _span_backward(
+                *part[:3], w, part[3], ctx.kernel, size,
+                prefixes[:, lo:hi] if len(spans) > 1 else prefixes,
+                part[4], carried, part[5], grad_state,
+            )  # fmt: skip
+            grads.append(grad)
+        grad_q, grad_k, grad_v = (_cat(g[::-1], 1)[:, :length] for g in zip(*grads))
+        return grad_q, grad_k, grad_v, None, None, None, None, None
 
 
-def causal_favor(q, k, v, features, kernel, key_padding_mask, chunk):
-    """Shapes as ``favor_attention``; float32 (or float64) in and out."""
+def _rows(spans, lo, hi, *tensors):
+    """The rows [lo, hi) of each (BH, L, ...) tensor (None stays None); all of it for one span."""
+    if len(spans) == 1:
+        return tensors
+    return tuple(None if t is None else t[:, lo:hi] for t in tensors)
+
+
+def causal_favor(q, k, v, features, kernel, key_padding_mask, chunk, span=None):
+    """Shapes as ``favor_attention``; float32 (or float64) in and out. ``span``: chunks per
+    span (None: ``span_chunks``)."""
     b, h, length, _ = q.shape
     args = _flatten_heads(q, k, v, key_padding_mask)
-    return CausalFavor.apply(*args[:3], features, args[3], kernel, chunk).view(b, h, length, -1)
+    out = CausalFavor.apply(*args[:3], features, args[3], kernel, chunk, span)
+    return out.view(b, h, length, -1)
