@@ -174,17 +174,23 @@ def bidirectional_favor(q, k, v, features, kernel, key_padding_mask, block_size=
     )
 
 
-# Causal: (positions, m) entries per span (super-chunk). A span's temporaries (features, their
-# gradients, the (C, C) products) then stay a few MiB on a CPU, where the allocator keeps
-# them between calls (larger ones are fresh pages each call: page faults cost more than the
-# extra ops), and GPU calls up to long L stay one span (one set of kernel launches).
-_SPAN_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 28}
+# Causal: (positions, m) entries per span (super-chunk). On a CPU a call whose (L, m) tensors
+# hold up to 2^22 entries (16 MiB) runs as one span, a longer one in spans of 2^21: measured
+# (glibc's allocator), larger temporaries, or several spans of 2^22, come back as fresh pages
+# every call and their page faults cost more than the extra ops of a span (~170). A GPU keeps
+# long inputs in one span (one set of kernel launches).
+_SPAN_ELEMENTS = {"cpu": (1 << 22, 1 << 21), "cuda": (1 << 28, 1 << 28)}
 
 
-def span_chunks(batch_heads: int, nb_features: int, size: int, device: torch.device) -> int:
+def span_chunks(
+    batch_heads: int, nb_features: int, size: int, chunks: int, device: torch.device
+) -> int:
     """Chunks of ``size`` positions per span of the causal kernel (at least one)."""
-    target = _SPAN_ELEMENTS.get(device.type, 1 << 24)
-    return max(1, target // max(1, batch_heads * nb_features * size))
+    whole, part = _SPAN_ELEMENTS.get(device.type, (1 << 24, 1 << 24))
+    per_chunk = max(1, batch_heads * nb_features * size)
+    if chunks * per_chunk <= whole:
+        return chunks
+    return max(1, part // per_chunk)
 
 
 def _spans(chunks: int, per: int) -> list[tuple[int, int]]:
@@ -345,7 +351,7 @@ class CausalFavor(torch.autograd.Function):
         pad = n * size - length
         q, k, v_ext = (pad_positions(t, pad, -2) for t in (q, k, v_ext))
         keep = None if keep is None else pad_positions(keep, pad, -1, False)
-        spans = _spans(n, span or span_chunks(bh, w.shape[0], size, q.device))
+        spans = _spans(n, span or span_chunks(bh, w.shape[0], size, n, q.device))
         outs, prefixes, runnings, carried = [], [], [], None
         for lo, hi in spans:
             part = _rows(spans, lo * size, hi * size, q, k, v_ext, keep)
