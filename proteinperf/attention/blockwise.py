@@ -182,6 +182,9 @@ def bidirectional_favor(q, k, v, features, kernel, key_padding_mask, block_size=
 _SPAN_ELEMENTS = {"cpu": (1 << 22, 1 << 21), "cuda": (1 << 28, 1 << 28)}
 
 
+_KEEP_ELEMENTS = 1 << 21  # (L, m) entries up to which the causal kernel keeps its features
+
+
 def span_chunks(
     batch_heads: int, nb_features: int, size: int, chunks: int, device: torch.device
 ) -> int:
@@ -269,7 +272,9 @@ def _add_bmm(acc, a, b):
 def _span_forward(q, k, ve, w, keep, kernel, size, carried, final):
     """One span of N chunks after the state ``carried`` ((context, its stabiliser), or None:
     no keys before): [numerator, denominator] (BH, N·C, e), the chunk prefixes (BH, N, m, e),
-    the running max (softmax) and, if ``final``, the state after the span."""
+    the running max (softmax), if ``final`` the state after the span, and what backward could
+    otherwise recompute: φ(q), κ̃ (BH, N, C, m) and the weighted in-chunk products
+    (BH, N, C, C)."""
     bh, positions, e = ve.shape
     n = positions // size
     initial, start = carried if carried is not None else (None, None)
@@ -282,17 +287,23 @@ def _span_forward(q, k, ve, w, keep, kernel, size, carried, final):
     scores = decays.mask(phi_q @ kappa.transpose(-1, -2))  # (BH, N, C, C)
     out_ext = _add_bmm(scaled(phi_q @ prefixes, decays.from_prev, True), scores, ve)
     carried = (state, decays.end) if final else None
-    return out_ext.view(bh, positions, e), prefixes, running, carried
+    return out_ext.view(bh, positions, e), prefixes, running, carried, (phi_q, kappa, scores)
 
 
-def _span_backward(q, k, ve, w, keep, kernel, size, prefixes, running, carried, do, grad_final):
+def _span_backward(
+    q, k, ve, w, keep, kernel, size, prefixes, running, carried, do, grad_final, kept=None
+):
     """Backward of ``_span_forward``: d q, d k, d v' of the span and, if a state was
     ``carried`` in ((True, its stabiliser: the running max before the span; relu: None), or
-    None), d of that state. ``grad_final``: d of the state after the span (None: the last)."""
+    None), d of that state. ``grad_final``: d of the state after the span (None: the last);
+    ``kept``: forward's φ(q), κ̃ and in-chunk products, or None (recomputed)."""
     start = None if carried is None else carried[1]
     bh, positions, e = ve.shape
     n = positions // size
-    phi_q, kappa, _ = _causal_features(q, k, w, keep, kernel, running=running)
+    if kept is None:
+        phi_q, kappa, _ = _causal_features(q, k, w, keep, kernel, running=running)
+        kept = (phi_q, kappa, None)
+    phi_q, kappa, scores = kept
     decays = _decays(running, start, n, size)
     phi_q, kappa, ve, do = (t.view(bh, n, size, -1) for t in (phi_q, kappa, ve, do))
     # Query side: dφq_i = Σ_{j≤i} pair_ij (do_i·v'_j) κ̃_j + exp(E_{n−1} − M_i) P_n do_i.
@@ -309,7 +320,8 @@ def _span_backward(q, k, ve, w, keep, kernel, size, prefixes, running, carried, 
     # fresh (L, m) memory costs the kernel's page zeroing, about as much as the product.
     later = _bmm(scaled(ve, decays.to_end), grad_states.transpose(-1, -2), out=grad_phi_q)
     grad_kappa = _add_bmm(later, weights.transpose(-1, -2), phi_q)
-    scores = decays.mask(_bmm(phi_q, kappa.transpose(-1, -2), out=weights))
+    if scores is None:
+        scores = decays.mask(_bmm(phi_q, kappa.transpose(-1, -2), out=weights))
     del phi_q
     grad_v = _add_bmm(
         scaled(kappa @ grad_states, decays.to_end, True), scores.transpose(-1, -2), do
@@ -355,7 +367,7 @@ class CausalFavor(torch.autograd.Function):
         outs, prefixes, runnings, carried = [], [], [], None
         for lo, hi in spans:
             part = _rows(spans, lo * size, hi * size, q, k, v_ext, keep)
-            out_ext, pre, running, carried = _span_forward(
+            out_ext, pre, running, carried, kept = _span_forward(
                 *part[:3], w, part[3], kernel, size, carried, final=hi < n
             )
             outs.append(out_ext)
@@ -365,14 +377,18 @@ class CausalFavor(torch.autograd.Function):
         den = out_ext[..., -1:] + DENOMINATOR_EPS
         out = out_ext[..., :-1] / den
         running = None if kernel == "relu" else _cat(runnings, 1)
-        ctx.save_for_backward(q, k, v_ext, w, keep, _cat(prefixes, 1), running, den, out)
+        # Small calls keep φ(q), κ̃ and the in-chunk products for backward (autograd's way):
+        # recomputing them costs a fifth of the call, and memory is no concern at this size.
+        if len(spans) > 1 or bh * q.shape[1] * w.shape[0] > _KEEP_ELEMENTS:
+            kept = (None, None, None)
+        ctx.save_for_backward(q, k, v_ext, w, keep, _cat(prefixes, 1), running, den, out, *kept)
         ctx.kernel, ctx.size, ctx.spans = kernel, size, spans
         return out
 
     @staticmethod
     @_without_autocast
     def backward(ctx, grad_out):
-        q, k, v_ext, w, keep, prefixes, running, den, out = ctx.saved_tensors
+        q, k, v_ext, w, keep, prefixes, running, den, out, *kept = ctx.saved_tensors
         size, spans = ctx.size, ctx.spans
         padded, length = q.shape[1], grad_out.shape[1]
         grad_o = torch.cat([grad_out / den, -(grad_out * out).sum(-1, keepdim=True) / den], -1)
@@ -387,7 +403,7 @@ class CausalFavor(torch.autograd.Function):
             *grad, grad_state = _span_backward(
                 *part[:3], w, part[3], ctx.kernel, size,
                 prefixes[:, lo:hi] if len(spans) > 1 else prefixes,
-                part[4], carried, part[5], grad_state,
+                part[4], carried, part[5], grad_state, None if kept[0] is None else kept,
             )  # fmt: skip
             grads.append(grad)
         grad_q, grad_k, grad_v = (_cat(g[::-1], 1)[:, :length] for g in zip(*grads))

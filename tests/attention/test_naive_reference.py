@@ -89,10 +89,14 @@ def test_linear_time_paths_match_the_reference(kernel, causal, length, size, pat
     "length, size, span", [(24, 4, 2), (23, 4, 2), (40, 7, 3), (23, 4, 1), (23, 1, 5), (9, 4, 8)]
 )
 @pytest.mark.parametrize("pattern", [None, "ragged", "first_block_padded"])
-def test_causal_spans_match_the_reference(kernel, length, size, span, pattern):
+@pytest.mark.parametrize("keep", [True, False])
+def test_causal_spans_match_the_reference(kernel, length, size, span, pattern, keep, monkeypatch):
     """Long inputs run the causal kernel in spans of chunks with the state carried between
     them (blockwise.span_chunks); here spans are forced small. "first_block_padded" pads
-    the whole first span."""
+    the whole first span. keep=False: one span recomputes its features in backward, as
+    large calls do."""
+    if not keep:
+        monkeypatch.setattr(blockwise, "_KEEP_ELEMENTS", 0)
     q, k, v, w = _inputs(length, kernel)
     mask = _mask(pattern, length, size * span)
     upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), dtype=q.dtype)
