@@ -7,7 +7,8 @@ only q, k, v, the (m, d+1) context and the normaliser are kept, and backward mak
 features again instead of storing them: memory O(L·d + m·d) and about half the time.
 
 Kernels: "softmax" (FAVOR+ positive features) and "relu"; others use favor.py's autograd
-paths. Blocks (bidirectional) and chunks (causal) change speed and memory, never the result.
+paths. Blocks (bidirectional), chunks and spans (causal) change speed and memory, never the
+result.
 Bidirectional maths (Choromanski et al., 2021, Eq. 4-5), per (batch, head), with v' = [v, 1]:
     φ(q)_i = exp(Wq̂_i − max_m Wq̂_i)          (per-query shift: cancels in the ratio)
     κ_j    = exp(Wk̂_j − |k̂_j|²/2 − s*)        (one shift s* over all keys and features)
@@ -175,11 +176,11 @@ def bidirectional_favor(q, k, v, features, kernel, key_padding_mask, block_size=
 
 
 # Causal: (positions, m) entries per span (super-chunk). On a CPU a call whose (L, m) tensors
-# hold up to 2^22 entries (16 MiB) runs as one span, a longer one in spans of 2^21: measured
-# (glibc's allocator), larger temporaries, or several spans of 2^22, come back as fresh pages
-# every call and their page faults cost more than the extra ops of a span (~170). A GPU keeps
-# long inputs in one span (one set of kernel launches).
-_SPAN_ELEMENTS = {"cpu": (1 << 22, 1 << 21), "cuda": (1 << 28, 1 << 28)}
+# hold up to 2^22 entries (16 MiB) runs as one span, a longer one in spans of 2^20: measured
+# (glibc's allocator, B=1, H=8, m=256, L=4096), larger temporaries come back as fresh pages
+# every call, and their page faults cost more than a span's ~170 extra ops. A GPU keeps long
+# inputs in one span (one set of kernel launches).
+_SPAN_ELEMENTS = {"cpu": (1 << 22, 1 << 20), "cuda": (1 << 28, 1 << 28)}
 
 
 _KEEP_ELEMENTS = 1 << 21  # (L, m) entries up to which the causal kernel keeps its features
@@ -346,13 +347,15 @@ class CausalFavor(torch.autograd.Function):
     future keys), so every exponent is ≤ 0 and output i depends on keys ≤ i only, also in
     floating point. Per chunk: the masked (C, C) products inside it, and its state
     S_n = Σ_{j∈n} exp(M_j − E_n) κ̃_j v'_jᵀ; the prefixes P_n (the states before each chunk)
-    are one scan over the S_n. Backward recomputes the features and runs the scan backwards:
+    are one scan over the S_n. Backward runs the scan backwards:
     dS_n = Σ_{n' > n} exp(E_n − E_{n'−1}) dP_n'. Saved: q, k, v', the N prefixes
-    (N·m·(d+1)) and the running max (L), no (L, m) feature tensor. A ragged last chunk is
-    padded with zeros: its padded keys come after every real query.
+    (N·m·(d+1)) and the running max (L); the features are recomputed in backward, except in
+    calls of at most _KEEP_ELEMENTS (L, m) entries, which keep them and the in-chunk
+    products. A ragged last chunk is padded with zeros: its padded keys come after every
+    real query.
 
     Long inputs run in spans of whole chunks (``span_chunks``: bounded temporaries), the
-    state after a span carried into the next and its gradient back: a few more ops per span.
+    state after a span carried into the next and its gradient back: ~170 more ops per span.
     """
 
     @staticmethod
@@ -364,16 +367,17 @@ class CausalFavor(torch.autograd.Function):
         q, k, v_ext = (pad_positions(t, pad, -2) for t in (q, k, v_ext))
         keep = None if keep is None else pad_positions(keep, pad, -1, False)
         spans = _spans(n, span or span_chunks(bh, w.shape[0], size, n, q.device))
-        outs, prefixes, runnings, carried = [], [], [], None
+        outs, prefixes, runnings, carried = None, [], [], None
         for lo, hi in spans:
-            part = _rows(spans, lo * size, hi * size, q, k, v_ext, keep)
-            out_ext, pre, running, carried, kept = _span_forward(
+            rows = (lo * size, hi * size)
+            part = _rows(spans, *rows, q, k, v_ext, keep)
+            out_span, pre, running, carried, kept = _span_forward(
                 *part[:3], w, part[3], kernel, size, carried, final=hi < n
             )
-            outs.append(out_ext)
+            outs = _gather(outs, (out_span,), spans, rows, (v_ext,))
             prefixes.append(pre)
             runnings.append(running)
-        out_ext = _cat(outs, 1)[:, :length]
+        out_ext = outs[0][:, :length]
         den = out_ext[..., -1:] + DENOMINATOR_EPS
         out = out_ext[..., :-1] / den
         running = None if kernel == "relu" else _cat(runnings, 1)
@@ -393,7 +397,7 @@ class CausalFavor(torch.autograd.Function):
         padded, length = q.shape[1], grad_out.shape[1]
         grad_o = torch.cat([grad_out / den, -(grad_out * out).sum(-1, keepdim=True) / den], -1)
         grad_o = pad_positions(grad_o, padded - length, -2)
-        grads, grad_state = [], None
+        grads, grad_state = None, None
         for lo, hi in reversed(spans):
             rows = (lo * size, hi * size)
             part = _rows(spans, *rows, q, k, v_ext, keep, running, grad_o)
@@ -405,9 +409,22 @@ class CausalFavor(torch.autograd.Function):
                 prefixes[:, lo:hi] if len(spans) > 1 else prefixes,
                 part[4], carried, part[5], grad_state, None if kept[0] is None else kept,
             )  # fmt: skip
-            grads.append(grad)
-        grad_q, grad_k, grad_v = (_cat(g[::-1], 1)[:, :length] for g in zip(*grads))
+            grads = _gather(grads, grad, spans, rows, (q, k, v_ext))
+        grad_q, grad_k, grad_v = (g[:, :length] for g in grads)
         return grad_q, grad_k, grad_v, None, None, None, None, None
+
+
+def _gather(wholes, pieces, spans, rows, like):
+    """Span results into whole-length tensors shaped as ``like`` (made on the first call):
+    each piece is copied in and freed, never all pieces and the whole at once. One span:
+    the pieces are the wholes."""
+    if len(spans) == 1:
+        return pieces
+    if wholes is None:
+        wholes = [torch.empty_like(t) for t in like]
+    for whole, piece in zip(wholes, pieces):
+        whole[:, rows[0] : rows[1]] = piece
+    return wholes
 
 
 def _rows(spans, lo, hi, *tensors):
