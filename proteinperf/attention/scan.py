@@ -126,15 +126,9 @@ def chunk_suffixes(
     """Backward of ``chunk_prefixes`` to the chunk states (..., N, m, e): the gradient of S_b
     is Σ_{n > b} w[n, b+1] dP_n (+ w[N, b+1] dF), and (if ``initial``) to the initial state
     Σ_n w[n, 0] dP_n (+ w[N, 0] dF), else None."""
-    if weights is None:
-        tail = [grad_prefixes[..., 1:, :, :]]
-        if grad_final is not None:
-            tail.append(grad_final[..., None, :, :])
-        else:
-            tail.append(torch.zeros_like(grad_prefixes[..., :1, :, :]))
-        grad_states = torch.cat(tail, -3).flip(-3).cumsum_(-3).flip(-3)
-        first = grad_prefixes[..., 0, :, :] + grad_states[..., 0, :, :] if initial else None
-        return grad_states, first
+    n = grad_prefixes.shape[-3]
+    if weights is None:  # a suffix sum: the product with a triangle of ones (flip is slower)
+        weights = grad_prefixes.new_ones(n + 1, n + 1).tril_()
     flat = grad_prefixes.flatten(-2)
     if grad_final is not None:
         flat = torch.cat([flat, grad_final.flatten(-2).unsqueeze(-2)], -2)
