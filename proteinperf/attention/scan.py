@@ -96,7 +96,7 @@ def chunk_prefixes(
     initial: torch.Tensor | None = None,  # (..., m, e): the state before the first chunk
     final: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The state before each chunk (..., N, m, e), contiguous, and (if ``final``) the state
+    """The state before each chunk (..., N, m, e) and (if ``final``) the state
     after the last (..., m, e), else None. Scaled: prefix n is relative to E_{n−1} (the
     initial end for n = 0), the final state to E_{N−1}: a matmul with the weights, an
     exclusive prefix sum in log space. Unscaled: an exclusive cumsum."""
