@@ -7,7 +7,8 @@ only q, k, v, the (m, d+1) context and the normaliser are kept, and backward mak
 features again instead of storing them: memory O(L·d + m·d) and about half the time.
 
 Kernels: "softmax" (FAVOR+ positive features) and "relu"; others use favor.py's autograd
-paths. Blocks (bidirectional) and chunks (causal) change speed and memory, never the result.
+paths. Blocks (bidirectional), chunks and spans (causal) change speed and memory, never the
+result.
 Bidirectional maths (Choromanski et al., 2021, Eq. 4-5), per (batch, head), with v' = [v, 1]:
     φ(q)_i = exp(Wq̂_i − max_m Wq̂_i)          (per-query shift: cancels in the ratio)
     κ_j    = exp(Wk̂_j − |k̂_j|²/2 − s*)        (one shift s* over all keys and features)
@@ -21,14 +22,7 @@ import functools
 import torch
 
 from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
-from .scan import (
-    chunk_prefixes,
-    chunk_suffixes,
-    chunk_weights,
-    future_mask,
-    pad_positions,
-    pair_decay,
-)
+from .scan import ChunkDecays, chunk_prefixes, chunk_suffixes, pad_positions, running_max, scaled
 
 FUSED_KERNELS = ("softmax", "relu")
 _BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}  # feature entries per block
@@ -181,15 +175,45 @@ def bidirectional_favor(q, k, v, features, kernel, key_padding_mask, block_size=
     )
 
 
+# Causal: (positions, m) entries per span (super-chunk). On a CPU a call whose (L, m) tensors
+# hold up to 2^22 entries (16 MiB) runs as one span, a longer one in spans of 2^20: measured
+# (glibc's allocator, B=1, H=8, m=256, L=4096), larger temporaries come back as fresh pages
+# every call, and their page faults cost more than a span's ~170 extra ops. A GPU keeps long
+# inputs in one span (one set of kernel launches).
+_SPAN_ELEMENTS = {"cpu": (1 << 22, 1 << 20), "cuda": (1 << 28, 1 << 28)}
+
+
+_KEEP_ELEMENTS = 1 << 21  # (L, m) entries up to which the causal kernel keeps its features
+
+
+def span_chunks(
+    batch_heads: int, nb_features: int, size: int, chunks: int, device: torch.device
+) -> int:
+    """Chunks of ``size`` positions per span of the causal kernel (at least one)."""
+    whole, part = _SPAN_ELEMENTS.get(device.type, (1 << 24, 1 << 24))
+    per_chunk = max(1, batch_heads * nb_features * size)
+    if chunks * per_chunk <= whole:
+        return chunks
+    return max(1, part // per_chunk)
+
+
+def _spans(chunks: int, per: int) -> list[tuple[int, int]]:
+    """[lo, hi) chunk ranges of at most ``per`` chunks, as even as they go."""
+    count = -(-chunks // per)
+    per = -(-chunks // count)
+    return [(lo, min(chunks, lo + per)) for lo in range(0, chunks, per)]
+
+
 def _causal_key_logits(k_blk, w, kernel, keep_blk):
     """As ``_key_logits``, padded keys at MASKED_LOG_SCALE (the running max's floor)."""
     return _key_logits(k_blk, w, kernel, keep_blk, MASKED_LOG_SCALE)
 
 
-def _causal_features(q, k, w, keep, kernel):
+def _causal_features(q, k, w, keep, kernel, running=None, start=None):
     """φ(q) and the key features κ̃ (zero for padded keys), (BH, L, m), and (softmax) the
-    running max M_j of the key logits, (BH, L). In place: no projection is kept (relu's
-    backward reads its mask off the features: ReLU(x) + ε > ε exactly where x > 0, short of
+    running max M_j of the key logits, (BH, L): given, or from the logits and ``start`` (BH,),
+    the stabiliser of a carried state. In place: no projection is kept (relu's backward
+    reads its mask off the features: ReLU(x) + ε > ε exactly where x > 0, short of
     0 < x < ε·2⁻²⁴ in float32, where the kink makes any slope as good)."""
     proj = q @ w.T
     if kernel == "relu":
@@ -200,37 +224,22 @@ def _causal_features(q, k, w, keep, kernel):
     if kernel == "relu":
         kappa, running = logits.clamp_min_(0.0).add_(RELU_EPSILON), None
     else:
-        running = logits.amax(-1).cummax(-1).values
+        if running is None:
+            running = running_max(logits.amax(-1), start)
         kappa = logits.sub_(running.unsqueeze(-1)).exp_()  # κ̃_j = exp(t_j − M_j)
     if keep is not None:
         kappa = kappa.mul_(keep.unsqueeze(-1))
     return phi_q, kappa, running
 
 
-class _Decays:
-    """The stabiliser's weights for chunks of C: pair (i, j ≤ i) exp(M_j − M_i), (BH, N, C, C);
-    query i from the prefix exp(E_{n−1} − M_i) and key j to its chunk's end exp(M_j − E_n),
-    (BH, N, C, 1); the scan over chunks (scan.chunk_weights). All ≤ 1. relu: 0/1 masks."""
-
-    def __init__(self, running, future, chunks, like):
-        if running is None:
-            self.pair = (~future).to(like.dtype)
-            self.scan = chunk_weights(like.new_zeros(chunks), like.new_zeros(()))
-            self.from_prev = self.to_end = None
-            return
-        self.pair = pair_decay(running, future)
-        ends = running[..., -1]  # E_n, (BH, N)
-        start = torch.full_like(ends[:, 0], MASKED_LOG_SCALE)
-        self.scan = chunk_weights(ends, start)
-        before = torch.cat([start.unsqueeze(-1), ends[:, :-1]], -1)  # E_{n−1}
-        self.from_prev = torch.exp(before.unsqueeze(-1) - running).unsqueeze(-1)
-        self.to_end = torch.exp(running - ends.unsqueeze(-1)).unsqueeze(-1)
-
-
-def _scaled(x, factor, inplace=False):
-    if factor is None:
-        return x
-    return x.mul_(factor) if inplace else x * factor
+def _decays(running, start, chunks, size):
+    """ChunkDecays of a span: running (BH, N·C) or None (relu); start (BH,) or None (no
+    keys before: the floor)."""
+    if running is None:
+        return ChunkDecays(None)
+    if start is None:
+        start = torch.full_like(running[:, 0], MASKED_LOG_SCALE)
+    return ChunkDecays(running.view(-1, chunks, size), start)
 
 
 def _zero_where_at_most(grad, x, threshold):
@@ -261,89 +270,174 @@ def _add_bmm(acc, a, b):
     return acc
 
 
+def _span_forward(q, k, ve, w, keep, kernel, size, carried, final):
+    """One span of N chunks after the state ``carried`` ((context, its stabiliser), or None:
+    no keys before): [numerator, denominator] (BH, N·C, e), the chunk prefixes (BH, N, m, e),
+    the running max (softmax), if ``final`` the state after the span, and what backward could
+    otherwise recompute: φ(q), κ̃ (BH, N, C, m) and the weighted in-chunk products
+    (BH, N, C, C)."""
+    bh, positions, e = ve.shape
+    n = positions // size
+    initial, start = carried if carried is not None else (None, None)
+    phi_q, kappa, running = _causal_features(q, k, w, keep, kernel, start=start)
+    decays = _decays(running, start, n, size)
+    phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, ve))
+    states = kappa.transpose(-1, -2) @ scaled(ve, decays.to_end)  # (BH, N, m, e)
+    prefixes, state = chunk_prefixes(states, decays.scan, initial, final)
+    del states
+    scores = decays.mask(phi_q @ kappa.transpose(-1, -2))  # (BH, N, C, C)
+    out_ext = _add_bmm(scaled(phi_q @ prefixes, decays.from_prev, True), scores, ve)
+    carried = (state, decays.end) if final else None
+    return out_ext.view(bh, positions, e), prefixes, running, carried, (phi_q, kappa, scores)
+
+
+def _span_backward(
+    q, k, ve, w, keep, kernel, size, prefixes, running, carried, do, grad_final, kept=None
+):
+    """Backward of ``_span_forward``: d q, d k, d v' of the span and, if a state was
+    ``carried`` in ((True, its stabiliser: the running max before the span; relu: None), or
+    None), d of that state. ``grad_final``: d of the state after the span (None: the last);
+    ``kept``: forward's φ(q), κ̃ and in-chunk products, or None (recomputed)."""
+    start = None if carried is None else carried[1]
+    bh, positions, e = ve.shape
+    n = positions // size
+    if kept is None:
+        phi_q, kappa, _ = _causal_features(q, k, w, keep, kernel, running=running)
+        kept = (phi_q, kappa, None)
+    phi_q, kappa, scores = kept
+    decays = _decays(running, start, n, size)
+    phi_q, kappa, ve, do = (t.view(bh, n, size, -1) for t in (phi_q, kappa, ve, do))
+    # Query side: dφq_i = Σ_{j≤i} pair_ij (do_i·v'_j) κ̃_j + exp(E_{n−1} − M_i) P_n do_i.
+    # Ordered so that at most four (L, m)-sized buffers are alive at once.
+    do_prev = scaled(do, decays.from_prev)
+    weights = decays.mask(do @ ve.transpose(-1, -2))  # (BH, N, C_i, C_j)
+    grad_phi_q = _add_bmm(do_prev @ prefixes.transpose(-1, -2), weights, kappa)
+    grad_states, grad_initial = chunk_suffixes(
+        phi_q.transpose(-1, -2) @ do_prev, decays.scan, grad_final, initial=carried is not None
+    )
+    del do_prev
+    grad_q = _feature_backward(grad_phi_q.view(bh, positions, -1), phi_q, kernel) @ w
+    # Key side, in-chunk pairs and (through S_n) every later query. Into dφq's buffer:
+    # fresh (L, m) memory costs the kernel's page zeroing, about as much as the product.
+    later = _bmm(scaled(ve, decays.to_end), grad_states.transpose(-1, -2), out=grad_phi_q)
+    grad_kappa = _add_bmm(later, weights.transpose(-1, -2), phi_q)
+    if scores is None:
+        scores = decays.mask(_bmm(phi_q, kappa.transpose(-1, -2), out=weights))
+    del phi_q
+    grad_v = _add_bmm(
+        scaled(kappa @ grad_states, decays.to_end, True), scores.transpose(-1, -2), do
+    )
+    del scores, weights, grad_states
+    grad_logits = _feature_backward(grad_kappa.view(bh, positions, -1), kappa, kernel)
+    if kernel == "relu":
+        grad_k = grad_logits @ w
+    else:  # logits = Wk̂ − |k̂|²/2  =>  dk̂ = Wᵀg − k̂ Σ_m g
+        grad_k = grad_logits @ w - k * grad_logits.sum(-1, keepdim=True)
+    return grad_q, grad_k, grad_v.view(bh, positions, e), grad_initial
+
+
+def _cat(parts, dim):
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
 class CausalFavor(torch.autograd.Function):
-    """Causal FAVOR+ over N chunks of C positions, all chunks at once (scan.py).
+    """Causal FAVOR+ over N chunks of C positions, all chunks of a span at once (scan.py).
 
     Key logits are shifted by the running max M_i = max_{j≤i} max_m t_jm (never by a max over
     future keys), so every exponent is ≤ 0 and output i depends on keys ≤ i only, also in
     floating point. Per chunk: the masked (C, C) products inside it, and its state
     S_n = Σ_{j∈n} exp(M_j − E_n) κ̃_j v'_jᵀ; the prefixes P_n (the states before each chunk)
-    are one scan over the S_n. Backward recomputes the features and runs the scan backwards:
-    dS_n = Σ_{n' > n} exp(E_n − E_{n'−1}) dP_n'. Saved: q, k, v' and the N prefixes
-    (N·m·(d+1)), no (L, m) feature tensor. A ragged last chunk is padded with zeros: its
-    padded keys come after every real query and the final state is not returned.
+    are one scan over the S_n. Backward runs the scan backwards:
+    dS_n = Σ_{n' > n} exp(E_n − E_{n'−1}) dP_n'. Saved: q, k, v', the N prefixes
+    (N·m·(d+1)) and the running max (L); the features are recomputed in backward, except in
+    calls of at most _KEEP_ELEMENTS (L, m) entries, which keep them and the in-chunk
+    products. A ragged last chunk is padded with zeros: its padded keys come after every
+    real query.
+
+    Long inputs run in spans of whole chunks (``span_chunks``: bounded temporaries), the
+    state after a span carried into the next and its gradient back: ~170 more ops per span.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v_ext, w, keep, kernel, chunk):
+    def forward(ctx, q, k, v_ext, w, keep, kernel, chunk, span=None):
         bh, length, _ = q.shape
-        e = v_ext.shape[-1]
         size = min(chunk, length)
         n = -(-length // size)
         pad = n * size - length
         q, k, v_ext = (pad_positions(t, pad, -2) for t in (q, k, v_ext))
         keep = None if keep is None else pad_positions(keep, pad, -1, False)
-        phi_q, kappa, running = _causal_features(q, k, w, keep, kernel)
-        phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, v_ext))
-        running = None if running is None else running.view(bh, n, size)
-        decays = _Decays(running, future_mask(size, q.device), n, q)
-        states = kappa.transpose(-1, -2) @ _scaled(ve, decays.to_end)  # (BH, N, m, e)
-        prefixes, _ = chunk_prefixes(states, decays.scan)
-        del states
-        scores = (phi_q @ kappa.transpose(-1, -2)).mul_(decays.pair)  # (BH, N, C, C)
-        out_ext = _add_bmm(_scaled(phi_q @ prefixes, decays.from_prev, True), scores, ve)
-        out_ext = out_ext.view(bh, n * size, e)[:, :length]
+        spans = _spans(n, span or span_chunks(bh, w.shape[0], size, n, q.device))
+        outs, prefixes, runnings, carried = None, [], [], None
+        for lo, hi in spans:
+            rows = (lo * size, hi * size)
+            part = _rows(spans, *rows, q, k, v_ext, keep)
+            out_span, pre, running, carried, kept = _span_forward(
+                *part[:3], w, part[3], kernel, size, carried, final=hi < n
+            )
+            outs = _gather(outs, (out_span,), spans, rows, (v_ext,))
+            prefixes.append(pre)
+            runnings.append(running)
+        out_ext = outs[0][:, :length]
         den = out_ext[..., -1:] + DENOMINATOR_EPS
         out = out_ext[..., :-1] / den
-        ctx.save_for_backward(q, k, v_ext, w, keep, prefixes, den, out)
-        ctx.kernel, ctx.chunk = kernel, chunk
+        running = None if kernel == "relu" else _cat(runnings, 1)
+        # Small calls keep φ(q), κ̃ and the in-chunk products for backward (autograd's way):
+        # recomputing them costs a fifth of the call, and memory is no concern at this size.
+        if len(spans) > 1 or bh * q.shape[1] * w.shape[0] > _KEEP_ELEMENTS:
+            kept = (None, None, None)
+        ctx.save_for_backward(q, k, v_ext, w, keep, _cat(prefixes, 1), running, den, out, *kept)
+        ctx.kernel, ctx.size, ctx.spans = kernel, size, spans
         return out
 
     @staticmethod
     @_without_autocast
     def backward(ctx, grad_out):
-        q, k, v_ext, w, keep, prefixes, den, out = ctx.saved_tensors
-        kernel = ctx.kernel
-        bh, padded, _ = q.shape
-        n, length = prefixes.shape[1], grad_out.shape[1]
-        size = padded // n
+        q, k, v_ext, w, keep, prefixes, running, den, out, *kept = ctx.saved_tensors
+        size, spans = ctx.size, ctx.spans
+        padded, length = q.shape[1], grad_out.shape[1]
         grad_o = torch.cat([grad_out / den, -(grad_out * out).sum(-1, keepdim=True) / den], -1)
-        do = pad_positions(grad_o, padded - length, -2).view(bh, n, size, -1)
-        phi_q, kappa, running = _causal_features(q, k, w, keep, kernel)
-        phi_q, kappa, ve = (t.view(bh, n, size, -1) for t in (phi_q, kappa, v_ext))
-        running = None if running is None else running.view(bh, n, size)
-        decays = _Decays(running, future_mask(size, q.device), n, q)
-        # Query side: dφq_i = Σ_{j≤i} pair_ij (do_i·v'_j) κ̃_j + exp(E_{n−1} − M_i) P_n do_i.
-        # Ordered so that at most four (L, m)-sized buffers are alive at once.
-        do_prev = _scaled(do, decays.from_prev)
-        weights = (do @ ve.transpose(-1, -2)).mul_(decays.pair)  # (BH, N, C_i, C_j)
-        grad_phi_q = _add_bmm(do_prev @ prefixes.transpose(-1, -2), weights, kappa)
-        grad_states = chunk_suffixes(phi_q.transpose(-1, -2) @ do_prev, decays.scan)
-        del do_prev
-        grad_q = _feature_backward(grad_phi_q.view(bh, padded, -1), phi_q, kernel) @ w
-        # Key side, in-chunk pairs and (through S_n) every later query. Into dφq's buffer:
-        # fresh (L, m) memory costs the kernel's page zeroing, about as much as the product.
-        ve_end = _scaled(ve, decays.to_end)
-        later = _bmm(ve_end, grad_states.transpose(-1, -2), out=grad_phi_q)
-        grad_kappa = _add_bmm(later, weights.transpose(-1, -2), phi_q)
-        scores = _bmm(phi_q, kappa.transpose(-1, -2), out=weights).mul_(decays.pair)
-        del phi_q
-        grad_v = _add_bmm(
-            _scaled(kappa @ grad_states, decays.to_end, True), scores.transpose(-1, -2), do
-        )
-        del scores, weights, grad_states
-        grad_v = grad_v.view(bh, padded, -1)
-        grad_logits = _feature_backward(grad_kappa.view(bh, padded, -1), kappa, kernel)
-        if kernel == "relu":
-            grad_k = grad_logits @ w
-        else:  # logits = Wk̂ − |k̂|²/2  =>  dk̂ = Wᵀg − k̂ Σ_m g
-            grad_k = grad_logits @ w - k * grad_logits.sum(-1, keepdim=True)
-        trim = slice(0, length)
-        return grad_q[:, trim], grad_k[:, trim], grad_v[:, trim], None, None, None, None
+        grad_o = pad_positions(grad_o, padded - length, -2)
+        grads, grad_state = None, None
+        for lo, hi in reversed(spans):
+            rows = (lo * size, hi * size)
+            part = _rows(spans, *rows, q, k, v_ext, keep, running, grad_o)
+            carried = None
+            if lo > 0:
+                carried = (True, None if running is None else running[:, rows[0] - 1])
+            *grad, grad_state = _span_backward(
+                *part[:3], w, part[3], ctx.kernel, size,
+                prefixes[:, lo:hi] if len(spans) > 1 else prefixes,
+                part[4], carried, part[5], grad_state, None if kept[0] is None else kept,
+            )  # fmt: skip
+            grads = _gather(grads, grad, spans, rows, (q, k, v_ext))
+        grad_q, grad_k, grad_v = (g[:, :length] for g in grads)
+        return grad_q, grad_k, grad_v, None, None, None, None, None
 
 
-def causal_favor(q, k, v, features, kernel, key_padding_mask, chunk):
-    """Shapes as ``favor_attention``; float32 (or float64) in and out."""
+def _gather(wholes, pieces, spans, rows, like):
+    """Span results into whole-length tensors shaped as ``like`` (made on the first call):
+    each piece is copied in and freed, never all pieces and the whole at once. One span:
+    the pieces are the wholes."""
+    if len(spans) == 1:
+        return pieces
+    if wholes is None:
+        wholes = [torch.empty_like(t) for t in like]
+    for whole, piece in zip(wholes, pieces):
+        whole[:, rows[0] : rows[1]] = piece
+    return wholes
+
+
+def _rows(spans, lo, hi, *tensors):
+    """The rows [lo, hi) of each (BH, L, ...) tensor (None stays None); all of it for one span."""
+    if len(spans) == 1:
+        return tensors
+    return tuple(None if t is None else t[:, lo:hi] for t in tensors)
+
+
+def causal_favor(q, k, v, features, kernel, key_padding_mask, chunk, span=None):
+    """Shapes as ``favor_attention``; float32 (or float64) in and out. ``span``: chunks per
+    span (None: ``span_chunks``)."""
     b, h, length, _ = q.shape
     args = _flatten_heads(q, k, v, key_padding_mask)
-    return CausalFavor.apply(*args[:3], features, args[3], kernel, chunk).view(b, h, length, -1)
+    out = CausalFavor.apply(*args[:3], features, args[3], kernel, chunk, span)
+    return out.view(b, h, length, -1)

@@ -23,7 +23,7 @@ from .blockwise import FUSED_KERNELS, bidirectional_favor, causal_favor
 from .fla_backend import fla_causal_linear_attention, use_fla
 from .naive import naive_attention_weights
 from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
-from .scan import chunk_prefixes, chunk_weights, future_mask, pad_positions
+from .scan import ChunkDecays, chunk_prefixes, pad_positions, running_max, scaled
 
 
 def default_chunk(length: int, nb_features: int, dim_v: int, device: torch.device) -> int:
@@ -178,28 +178,18 @@ def causal_linear_attention(phi_q, phi_k, log_scale_k, v_ext, chunk: int, contex
     n = -(-length // size)
     pad = n * size - length
     pq, pk, ve = (pad_positions(t, pad, -2).view(b, h, n, size, -1) for t in (phi_q, phi_k, v_ext))
-    if context is None:
-        context = phi_q.new_zeros(b, h, m, e)
-    future = future_mask(size, pq.device)
-    scores = pq @ pk.transpose(-1, -2)  # (B, H, N, C, C)
-    if log_scale_k is None:
-        weights = chunk_weights(pq.new_zeros(n), pq.new_zeros(()))
-        prefixes, final = chunk_prefixes(pk.transpose(-1, -2) @ ve, weights, context)
-        out = scores.masked_fill_(future, 0.0) @ ve + pq @ prefixes
-        return out.view(b, h, n * size, e)[:, :, :length], (final, shift)
-
-    if shift is None:
-        shift = phi_q.new_full((b, h), MASKED_LOG_SCALE)
-    s = pad_positions(log_scale_k, pad, -1, MASKED_LOG_SCALE)
-    running = torch.maximum(s.detach().cummax(-1).values, shift.unsqueeze(-1))  # M_i
-    s, running = s.view(b, h, n, size), running.view(b, h, n, size)
-    ends = running[..., -1]  # E_n, (B, H, N)
-    before = torch.cat([shift.unsqueeze(-1), ends[..., :-1]], -1)  # E_{n-1}
-
-    decay = (s.unsqueeze(-2) - running.unsqueeze(-1)).masked_fill(future, -torch.inf).exp()
-    intra = (scores * decay) @ ve
-    states = pk.transpose(-1, -2) @ (ve * torch.exp(s - ends.unsqueeze(-1)).unsqueeze(-1))
-    prefixes, final = chunk_prefixes(states, chunk_weights(ends, shift), context)
-    inter = (pq @ prefixes) * torch.exp(before.unsqueeze(-1) - running).unsqueeze(-1)
-    out = (intra + inter).view(b, h, n * size, e)[:, :, :length]
-    return out, (final, ends[..., -1])
+    decays = ChunkDecays(None)
+    if log_scale_k is not None:
+        if shift is None:
+            shift = phi_q.new_full((b, h), MASKED_LOG_SCALE)
+        s = pad_positions(log_scale_k, pad, -1, MASKED_LOG_SCALE)
+        running = running_max(s, shift)  # M_i
+        # Key j's scale relative to M_j, folded into v' (an (L, e) product, not (L, m)).
+        ve = ve * torch.exp(s - running).view(b, h, n, size, 1)
+        decays = ChunkDecays(running.view(b, h, n, size), shift)
+    states = pk.transpose(-1, -2) @ scaled(ve, decays.to_end)  # (B, H, N, m, e)
+    prefixes, final = chunk_prefixes(states, decays.scan, context, final=True)
+    scores = decays.mask(pq @ pk.transpose(-1, -2))  # (B, H, N, C, C)
+    out = scaled(pq @ prefixes, decays.from_prev, True) + scores @ ve
+    end = shift if decays.end is None else decays.end
+    return out.view(b, h, n * size, e)[:, :, :length], (final, end)

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 
 from .phi import MASKED_LOG_SCALE
+from .scan import running_max
 
 FLA_VERSION = "0.6.0"  # the fla-core release whose layout and arguments this module uses
 FLA_KERNELS = ("softmax", "relu")
@@ -85,10 +86,9 @@ def running_max_gates(
     """(M, g), both (B, H, L): M_j = max(shift, s_1..s_j) (detached: the shift cancels), and
     g_j = M_{j−1} − M_j (M_0 = shift, MASKED_LOG_SCALE for no keys), 0 while M_{j−1} is
     at the floor."""
-    s = log_scale_k.detach()
     if shift is None:
-        shift = s.new_full(s.shape[:-1], MASKED_LOG_SCALE)
-    running = torch.maximum(s.cummax(-1).values, shift.unsqueeze(-1))
+        shift = log_scale_k.new_full(log_scale_k.shape[:-1], MASKED_LOG_SCALE)
+    running = running_max(log_scale_k, shift)
     before = torch.cat([shift.unsqueeze(-1), running[..., :-1]], -1)
     gates = torch.where(before > MASKED_LOG_SCALE, before - running, torch.zeros_like(running))
     return running, gates

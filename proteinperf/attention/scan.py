@@ -13,6 +13,7 @@ prefix sum is a lower-triangular (N+1, N+1) matrix of such weights times the sta
 A plain cumsum would need exp(E_n) itself (overflows) or one common reference (underflows
 early chunks whose keys are far below later ones): neither is exact. The matrix costs
 N²·m·(d+1) per (batch, head), small next to the L·C·(m+d) of the intra-chunk products.
+Unscaled features (relu) need no weights: their prefix sums are a cumsum.
 """
 
 from __future__ import annotations
@@ -41,37 +42,99 @@ def pad_positions(x: torch.Tensor, pad: int, dim: int, value: float = 0.0) -> to
     return F.pad(x, widths, value=value)
 
 
+def running_max(log_scale: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """M_j = max(start, s_1..s_j) along the last axis, detached (the shift cancels in the
+    ratio). start (...,): the stabiliser of a carried state; None: no keys before."""
+    running = log_scale.detach().cummax(-1).values
+    return running if start is None else torch.maximum(running, start.unsqueeze(-1))
+
+
 def chunk_weights(ends: torch.Tensor, initial_end: torch.Tensor) -> torch.Tensor:
     """Weights of the scan over [initial state, chunk 0, ..., chunk N−1], (..., N+1, N+1):
     entry (a, b ≤ a) is exp(E_b − E_a) with E = [initial_end, E_0, ..., E_{N−1}] (ends:
-    (..., N)), 0 above the diagonal. Unscaled features: ends all 0, ones on and below it."""
+    (..., N)), 0 above the diagonal."""
     refs = torch.cat([initial_end.unsqueeze(-1), ends], -1)
     return pair_decay(refs, future_mask(refs.shape[-1], refs.device))
 
 
+class ChunkDecays:
+    """The stabiliser's weights for N chunks of C, from the running max M (..., N, C) and the
+    stabiliser ``start`` (...,) of the state before chunk 0: pair (i, j ≤ i) exp(M_j − M_i),
+    (..., N, C, C); query i from the state before its chunk exp(E_{n−1} − M_i) and key j to its
+    chunk's end exp(M_j − E_n), (..., N, C, 1); the scan over chunks (``chunk_weights``); ``end``
+    (...,) = E_{N−1}, what the state after the last chunk is relative to. All ≤ 1.
+    Unscaled features (running None): every weight is 1, so all are None and ``mask`` keeps
+    the lower triangle."""
+
+    def __init__(self, running: torch.Tensor | None, start: torch.Tensor | None = None):
+        self.pair = self.scan = self.from_prev = self.to_end = self.end = None
+        if running is None:
+            return
+        self.pair = pair_decay(running, future_mask(running.shape[-1], running.device))
+        ends = running[..., -1]  # E_n, (..., N)
+        self.scan = chunk_weights(ends, start)
+        before = torch.cat([start.unsqueeze(-1), ends[..., :-1]], -1)  # E_{n−1}
+        self.from_prev = torch.exp(before.unsqueeze(-1) - running).unsqueeze(-1)
+        self.to_end = torch.exp(running - ends.unsqueeze(-1)).unsqueeze(-1)
+        self.end = ends[..., -1]
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """(..., N, C, C) in-chunk pair products, in place: weighted, future pairs zeroed."""
+        return scores.tril_() if self.pair is None else scores.mul_(self.pair)
+
+
+def scaled(x: torch.Tensor, factor: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
+    """x · factor (a ChunkDecays weight), or x itself where the weight is None (all ones)."""
+    if factor is None:
+        return x
+    return x.mul_(factor) if inplace else x * factor
+
+
 def chunk_prefixes(
     states: torch.Tensor,  # (..., N, m, e): the keys of each chunk, relative to its end E_n
-    weights: torch.Tensor,  # from chunk_weights
+    weights: torch.Tensor | None,  # ChunkDecays.scan; None: unscaled (plain sums)
     initial: torch.Tensor | None = None,  # (..., m, e): the state before the first chunk
+    final: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The state before each chunk (..., N, m, e), contiguous, and (given an initial state)
-    the state after the last (..., m, e), else None. Scaled: prefix n is relative to E_{n−1}
-    (the initial end for n = 0), the final state to E_{N−1}. A matmul with the weights: an
-    exclusive prefix sum in log space."""
+    """The state before each chunk (..., N, m, e) and (if ``final``) the state
+    after the last (..., m, e), else None. Scaled: prefix n is relative to E_{n−1} (the
+    initial end for n = 0), the final state to E_{N−1}: a matmul with the weights, an
+    exclusive prefix sum in log space. Unscaled: an exclusive cumsum."""
     n = states.shape[-3]
+    if weights is None:
+        first = initial.unsqueeze(-3) if initial is not None else None
+        if first is None:
+            first = torch.zeros_like(states[..., :1, :, :])
+        prefixes = torch.cat([first, states[..., :-1, :, :]], -3).cumsum_(-3)
+        last = prefixes[..., -1, :, :] + states[..., -1, :, :] if final else None
+        return prefixes, last
     flat = states.flatten(-2)  # (..., N, m·e)
-    prefixes = weights[..., :n, 1:] @ flat
-    if initial is None:
-        return prefixes.view_as(states), None
-    start = initial.flatten(-2).unsqueeze(-2)  # (..., 1, m·e)
-    prefixes = prefixes.addcmul_(weights[..., :n, :1], start)
-    final = torch.addcmul(weights[..., n:, 1:] @ flat, weights[..., n:, :1], start)
-    return prefixes.view_as(states), final.view_as(initial)
+    rows = weights[..., : n + 1 if final else n, :]
+    out = rows[..., 1:] @ flat
+    if initial is not None:
+        out = out.addcmul_(rows[..., :1], initial.flatten(-2).unsqueeze(-2))
+    prefixes = out[..., :n, :].view_as(states)
+    return prefixes, out[..., n, :].view_as(states[..., 0, :, :]) if final else None
 
 
-def chunk_suffixes(grad_prefixes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Backward of ``chunk_prefixes`` (no initial state) to the chunk states: the gradient of
-    S_n is Σ_{n' > n} w[n', n+1] dP_n', (..., N, m, e)."""
+def chunk_suffixes(
+    grad_prefixes: torch.Tensor,  # (..., N, m, e)
+    weights: torch.Tensor | None,  # as given to chunk_prefixes
+    grad_final: torch.Tensor | None = None,  # (..., m, e): d of the state after the last chunk
+    initial: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backward of ``chunk_prefixes`` to the chunk states (..., N, m, e): the gradient of S_b
+    is Σ_{n > b} w[n, b+1] dP_n (+ w[N, b+1] dF), and (if ``initial``) to the initial state
+    Σ_n w[n, 0] dP_n (+ w[N, 0] dF), else None."""
     n = grad_prefixes.shape[-3]
-    flat = weights[..., :n, 1:].transpose(-1, -2) @ grad_prefixes.flatten(-2)
-    return flat.view_as(grad_prefixes)
+    if weights is None:  # a suffix sum: the product with a triangle of ones (flip is slower)
+        weights = grad_prefixes.new_ones(n + 1, n + 1).tril_()
+    flat = grad_prefixes.flatten(-2)
+    if grad_final is not None:
+        flat = torch.cat([flat, grad_final.flatten(-2).unsqueeze(-2)], -2)
+    rows = weights[..., : flat.shape[-2], :] if initial else weights[..., : flat.shape[-2], 1:]
+    out = rows.transpose(-1, -2) @ flat
+    if not initial:
+        return out.view_as(grad_prefixes), None
+    first = out[..., 0, :].view_as(grad_prefixes[..., 0, :, :])
+    return out[..., 1:, :].view_as(grad_prefixes), first

@@ -8,8 +8,8 @@ The production kernel (``attention.blockwise.CausalFavor``) does all chunks at o
 - forward + backward time (B=1, H=8, d=64, m=256, float32) at L = 256, 1024, 4096, the two
   kernels timed in turns in one process (interleaved: a load change hits both alike), with
   this process's user and system CPU time and minor page faults per step beside the wall
-  time (the batched kernel's (L, m) temporaries are fresh memory to the allocator, which on
-  glibc's defaults is returned and faulted in again at every step);
+  time (temporaries too large for glibc to keep are returned and faulted in again at every
+  step: the kernel runs long inputs in spans to keep them small);
 - the machine's load average before and after (other work distorts timings).
 """
 

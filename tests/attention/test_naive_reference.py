@@ -82,6 +82,62 @@ def test_linear_time_paths_match_the_reference(kernel, causal, length, size, pat
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=f"grad {name}")
 
 
+@pytest.mark.parametrize("kernel", FUSED_KERNELS)
+# (L, chunk, chunks per span): even spans, a ragged last chunk; a ragged last span; one chunk
+# per span; size-1 chunks; one span for all (the span larger than the input).
+@pytest.mark.parametrize(
+    "length, size, span", [(24, 4, 2), (23, 4, 2), (40, 7, 3), (23, 4, 1), (23, 1, 5), (9, 4, 8)]
+)
+@pytest.mark.parametrize("pattern", [None, "ragged", "first_block_padded"])
+@pytest.mark.parametrize("keep", [True, False])
+def test_causal_spans_match_the_reference(kernel, length, size, span, pattern, keep, monkeypatch):
+    """Long inputs run the causal kernel in spans of chunks with the state carried between
+    them (blockwise.span_chunks); here spans are forced small. "first_block_padded" pads
+    the whole first span. keep=False: one span recomputes its features in backward, as
+    large calls do."""
+    if not keep:
+        monkeypatch.setattr(blockwise, "_KEEP_ELEMENTS", 0)
+    q, k, v, w = _inputs(length, kernel)
+    mask = _mask(pattern, length, size * span)
+    upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), dtype=q.dtype)
+
+    def fast(q, k, v):
+        return blockwise.causal_favor(q, k, v, w, kernel, mask, size, span)
+
+    def reference(q, k, v):
+        return naive_attention(q, k, v, w, True, kernel, mask)
+
+    out, grads = _values_and_grads(fast, q, k, v, upstream)
+    ref, ref_grads = _values_and_grads(reference, q, k, v, upstream)
+    torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-10)
+    for name, got, want in zip("qkv", grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("kernel", FUSED_KERNELS)
+def test_causal_spans_with_large_key_norms_in_float32(kernel):
+    # The stabiliser carried from span to span: real logits far below 0 after a padded span.
+    q, k, v, w = _inputs(24, kernel)
+    k = k / k.norm(dim=-1, keepdim=True) * 100.0
+    mask = _mask("first_block_padded", 24, 8)
+    ref = naive_attention(q, k, v, w, True, kernel, mask)
+    q, k, v, w = (t.float() for t in (q, k, v, w))
+    out = blockwise.causal_favor(q, k, v, w, kernel, mask, 4, 2)
+    assert ref[1, :, 8:].abs().amax() > 0.1
+    torch.testing.assert_close(out.double(), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_span_size_bounds_the_temporaries():
+    # CPU: one span while a call's (positions, m) tensors hold <= 2^22 entries, else spans of
+    # <= 2^20 (at least one chunk); a GPU keeps long inputs in one span.
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert blockwise.span_chunks(16, 64, 128, 32, cpu) == 32  # B=2, H=8, m=64, L=4096
+    per = blockwise.span_chunks(8, 256, 128, 32, cpu)  # B=1, H=8, m=256, L=4096
+    assert 1 <= per < 32 and per * 8 * 256 * 128 <= 1 << 20
+    assert blockwise.span_chunks(1 << 10, 1 << 10, 256, 4, cpu) == 1
+    assert blockwise.span_chunks(8, 256, 256, 128, cuda) == 128  # L = 32768
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kernel", ["softmax", "softmax_hyp"])
@@ -163,7 +219,7 @@ def test_block_and_chunk_sizes_reach_the_fused_kernels(monkeypatch):
         original = cls.apply
 
         def spy(*args, _original=original, _name=name):
-            seen.append((_name, args[-1]))
+            seen.append((_name, args[6]))  # the block rows or the chunk size
             return _original(*args)
 
         monkeypatch.setattr(cls, "apply", spy)
