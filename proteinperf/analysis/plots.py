@@ -66,18 +66,29 @@ def grid_dpi(length: int) -> int:
 
 
 def save_figure(fig: Figure, path, dpi: int = 150, palette: Sequence[str] | None = None) -> Path:
-    """Write ``fig`` as PNG (or what the suffix says) and return the path.
+    """Write ``fig`` as PNG (or what the suffix says) and return the path; ``palette`` as in
+    ``figure_png``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not palette:
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        return path
+    path.write_bytes(figure_png(fig, dpi, palette))
+    return path
+
+
+def figure_png(fig: Figure, dpi: int = 150, palette: Sequence[str] | None = None) -> bytes:
+    """``fig`` as PNG bytes (for files, and for notebooks: ``IPython.display.Image(...)``).
 
     ``palette``: the names of the colour maps the figure uses; it is then written as a palette
     PNG whose 256 colours are those maps, sampled evenly, and 16 greys for text and lines.
     Heatmap grids shrink several-fold without visible loss (an adaptive palette would spend
     its colours on the most frequent shades and band the colour bar).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     if not palette:
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        return path
+        return buffer.getvalue()
     from matplotlib import colormaps
     from PIL import Image
 
@@ -87,11 +98,10 @@ def save_figure(fig: Figure, path, dpi: int = 150, palette: Sequence[str] | None
     colours = np.concatenate([*shades, greys])
     table = Image.new("P", (1, 1))
     table.putpalette((colours * 255).round().astype(np.uint8).flatten().tolist())
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     image = Image.open(buffer).convert("RGB")
-    image.quantize(palette=table, dither=Image.Dither.NONE).save(path, optimize=True)
-    return path
+    out = io.BytesIO()
+    image.quantize(palette=table, dither=Image.Dither.NONE).save(out, format="png", optimize=True)
+    return out.getvalue()
 
 
 def attention_grid(
