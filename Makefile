@@ -16,7 +16,7 @@ export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint bench data clean reproduce wheel gpu-check
+.PHONY: help install train test lint bench data clean reproduce wheel gpu-check notebooks
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ lint: $(STAMP) ## ruff check + format check
 
 bench: $(STAMP) ## run every benchmark; tables printed, JSON + PNG in benchmarks/results/
 	$(BIN)/python -m proteinperf.benchmarks $(ARGS)
+
+notebooks: $(STAMP) ## re-execute notebooks/*.ipynb in place with the shipped models (a few minutes each)
+	$(BIN)/python notebooks/execute.py $(ARGS)
 
 data: $(STAMP) ## download (unless DATASET=sample) and prepare a corpus: make data DATASET=uniref50
 	$(BIN)/python -m proteinperf.cli data $(DATASET) $(ARGS)

@@ -17,6 +17,27 @@ MAX_LETTER_TICKS = 60  # beyond this, residue letters on the axes become unreada
 PANEL_INCHES = 1.9
 N_GREYS = 16  # of the 256 colours of a palette PNG (save_figure)
 GRID_DPI = 100  # heatmap grids: panels of 190 px, enough for the stripes and diagonals
+# Figures number layers as the layer numbers of embed and attention (1 = the first transformer
+# block) and heads the same way, from 1; ``heads`` arguments are 0-based indices, as in the API.
+LAYER_AXIS = "layer (1 = first transformer block)"
+HEAD_AXIS = "head (1 = first)"
+
+
+def head_number(head: int) -> int:
+    """The number a figure gives the head of 0-based index ``head``."""
+    return int(head) + 1
+
+
+def panel_name(layer: int, head: int) -> str:
+    """'layer 3 head 6' for layer number ``layer`` and 0-based head index ``head``."""
+    return f"layer {layer} head {head_number(head)}"
+
+
+def _span(numbers: Sequence[int]) -> str:
+    numbers = [int(n) for n in numbers]
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
+    return ", ".join(map(str, numbers))
 
 
 def _numpy(x) -> np.ndarray:
@@ -45,18 +66,29 @@ def grid_dpi(length: int) -> int:
 
 
 def save_figure(fig: Figure, path, dpi: int = 150, palette: Sequence[str] | None = None) -> Path:
-    """Write ``fig`` as PNG (or what the suffix says) and return the path.
+    """Write ``fig`` as PNG (or what the suffix says) and return the path; ``palette`` as in
+    ``figure_png``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not palette:
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        return path
+    path.write_bytes(figure_png(fig, dpi, palette))
+    return path
+
+
+def figure_png(fig: Figure, dpi: int = 150, palette: Sequence[str] | None = None) -> bytes:
+    """``fig`` as PNG bytes (for files, and for notebooks: ``IPython.display.Image(...)``).
 
     ``palette``: the names of the colour maps the figure uses; it is then written as a palette
     PNG whose 256 colours are those maps, sampled evenly, and 16 greys for text and lines.
     Heatmap grids shrink several-fold without visible loss (an adaptive palette would spend
     its colours on the most frequent shades and band the colour bar).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     if not palette:
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        return path
+        return buffer.getvalue()
     from matplotlib import colormaps
     from PIL import Image
 
@@ -66,11 +98,10 @@ def save_figure(fig: Figure, path, dpi: int = 150, palette: Sequence[str] | None
     colours = np.concatenate([*shades, greys])
     table = Image.new("P", (1, 1))
     table.putpalette((colours * 255).round().astype(np.uint8).flatten().tolist())
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     image = Image.open(buffer).convert("RGB")
-    image.quantize(palette=table, dither=Image.Dither.NONE).save(path, optimize=True)
-    return path
+    out = io.BytesIO()
+    image.quantize(palette=table, dither=Image.Dither.NONE).save(out, format="png", optimize=True)
+    return out.getvalue()
 
 
 def attention_grid(
@@ -105,13 +136,18 @@ def attention_grid(
             )
             _sequence_ticks(ax, labels, length, x=r == n_rows - 1, y=c == 0)
             if r == 0:
-                ax.set_title(f"head {head}", fontsize=9)
+                ax.set_title(f"head {head_number(head)}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"layer {layer}\nquery", fontsize=9)
             if r == n_rows - 1:
                 ax.set_xlabel("key", fontsize=8)
     bar = fig.colorbar(image, ax=axes, shrink=0.6)
     bar.set_label(f"attention weight (capped at {quantile:.0%} quantile)")
+    fig.supxlabel(
+        f"columns: head {_span([head_number(h) for h in heads])}; rows: layer {_span(layers)} "
+        "(1 = first transformer block)",
+        fontsize=8,
+    )
     if title:
         fig.suptitle(title)
     return fig
@@ -268,10 +304,10 @@ def error_grid(
             fontsize=7,
             color="white" if value > 0.6 * vmax else "black",
         )
-    ax.set_xticks(range(len(heads)), [str(h) for h in heads])
+    ax.set_xticks(range(len(heads)), [str(head_number(h)) for h in heads])
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    ax.set_xlabel(HEAD_AXIS)
+    ax.set_ylabel(LAYER_AXIS)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax).set_label(label)
     return fig
@@ -395,7 +431,7 @@ def per_layer_figure(study: Mapping, statistic: str = "similarity") -> Figure:
         ax.errorbar(x, r, yerr=yerr, fmt="o", ms=3, capsize=2, color=colour, label=key)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xticks(sorted(numbers))
-    ax.set_xlabel("layer (transformer block, 1 = first)")
+    ax.set_xlabel(LAYER_AXIS)
     ax.set_ylabel("Pearson r vs BLOSUM62")
     ax.set_title(f"{statistic} per layer, bootstrap 95% intervals over proteins", fontsize=9)
     ax.legend(fontsize=8)

@@ -178,7 +178,7 @@ def _figures(model, control, record, model_a, control_a, blosum, alphabet, max_l
         pairs = list(itertools.product(range(len(layers)), range(len(heads))))
         worst = sorted(pairs, key=lambda p: -float(model_a.errors["tv"][p]))
         rows = [
-            (f"L{layers[r]} H{heads[c]}", maps.exact[r, c], maps.favor[r, c])
+            (plots.panel_name(layers[r], heads[c]), maps.exact[r, c], maps.favor[r, c])
             for r, c in worst[:MAX_FAVOR_VS_EXACT_ROWS]
         ]
         estimates = approximates_softmax(maps.kernel)

@@ -56,26 +56,43 @@ def notebook_env(tmp_path_factory):
             os.environ[key] = value
 
 
-def test_notebooks_are_committed_without_outputs():
+def test_notebooks_are_committed_executed_and_clean():
+    """Committed with every output (figures a reader sees on GitHub, from `make notebooks`),
+    without what changes from run to run (timestamps, versions), errors or warnings."""
     assert len(NOTEBOOKS) >= 3
+    total = 0
     for path in NOTEBOOKS:
+        total += path.stat().st_size
         book = nbformat.read(path, as_version=4)
-        for cell in book.cells:
-            if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None, path.name
+        assert set(book.metadata.get("language_info", {})) <= {"name"}, path.name
+        code = [cell for cell in book.cells if cell.cell_type == "code"]
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), path.name
+        outputs = [o for cell in code for o in cell.outputs]
+        assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2, path.name
+        for cell in code:
+            assert "execution" not in cell.metadata, path.name
+            for o in cell.outputs:
+                assert o.output_type != "error", path.name
+                assert not (o.output_type == "stream" and o.name == "stderr"), (path.name, o.text)
+    assert total < 3_000_000, f"notebooks hold {total:,} bytes: figures at too high a dpi?"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, kernel_manager_factory, notebook_env):
+    """Tiny settings, outputs kept in memory: the committed notebook is left as it is."""
+    committed = path.read_bytes()
     book = nbformat.read(path, as_version=4)
+    km = kernel_manager_factory()
     client = NotebookClient(
-        book,
-        timeout=240,
-        km=kernel_manager_factory(),
-        resources={"metadata": {"path": str(path.parent)}},
+        book, timeout=240, km=km, resources={"metadata": {"path": str(path.parent)}}
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        if km.has_kernel:  # nbclient shuts down only the kernels it made itself
+            km.shutdown_kernel(now=True)
     outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was shown"
     assert not [o for o in outputs if o.output_type == "error"]
+    assert path.read_bytes() == committed

@@ -1,5 +1,6 @@
 """The figures say what is true: bands that stay positive on log axes, shared colour scales,
-no "error" drawn for kernels that estimate nothing, integer layer ticks, small heatmap files."""
+no "error" drawn for kernels that estimate nothing, layers and heads numbered from 1, small
+heatmap files."""
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def test_error_grids_share_a_colour_scale():
 
 def test_no_difference_panel_for_a_kernel_that_estimates_no_softmax():
     exact, favor = np.eye(5), np.full((5, 5), 0.2)
-    rows = [("L1 H0", exact, favor), ("L1 H1", exact, 2 * favor)]
+    rows = [("layer 1 head 1", exact, favor), ("layer 1 head 2", exact, 2 * favor)]
     estimate = plots.exact_vs_favor(rows, approximates=True)
     titles = [ax.get_title() for ax in estimate.axes if ax.get_title()]
     assert sum("−" in t for t in titles) == 2
@@ -47,6 +48,22 @@ def test_per_layer_ticks_are_the_layer_numbers():
     study = {"model": {"per_layer": [dict(row, layer=n) for n in (1, 2, 3)]}}
     study["layer_numbering"] = "esm"
     assert list(plots.per_layer_figure(study).axes[0].get_xticks()) == [1, 2, 3]
+
+
+def test_layers_and_heads_are_numbered_from_one_and_say_so():
+    """Heads are 0-based indices in the API; every figure numbers heads and layers from 1."""
+    grid = plots.error_grid(np.full((2, 3), 0.1), [1, 2], [0, 1, 2])
+    ax = grid.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "2"]
+    assert "1 = first" in ax.get_xlabel() and "1 = first" in ax.get_ylabel()
+    maps = plots.attention_grid(np.random.default_rng(0).random((2, 2, 5, 5)), [3, 4], [6, 7])
+    titles = [a.get_title() for a in maps.axes if a.get_title()]
+    assert titles == ["head 7", "head 8"]
+    assert "head 7-8" in maps.get_supxlabel() and "layer 3-4" in maps.get_supxlabel()
+    assert plots.panel_name(3, 5) == "layer 3 head 6"
+    study = {"model": {"per_layer": []}, "layer_numbering": "esm"}
+    assert plots.per_layer_figure(study).axes[0].get_xlabel() == plots.LAYER_AXIS
 
 
 def test_palette_png_is_small_and_keeps_the_colour_map(tmp_path):
