@@ -72,6 +72,20 @@ def select(indices: Sequence[int] | None, n: int, what: str) -> list[int]:
     return [i % n for i in chosen]
 
 
+def select_numbered(numbers: Sequence[int] | None, n: int, what: str) -> list[int]:
+    """0-based indices of items numbered from 1, as figures number heads (-1 = the last; all
+    of them when None)."""
+    if numbers is None:
+        return list(range(n))
+    chosen = [int(i) for i in numbers]
+    bad = [i for i in chosen if not (1 <= i <= n or -n <= i <= -1)]
+    if bad or not chosen:
+        raise ConfigError(
+            f"{what} are numbered 1..{n} (or -{n}..-1 from the end), got {list(numbers)}"
+        )
+    return [i - 1 if i > 0 else i % n for i in chosen]
+
+
 @torch.no_grad()
 def attention_inputs(
     model: PerformerLM, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None

@@ -21,6 +21,7 @@ GRID_DPI = 100  # heatmap grids: panels of 190 px, enough for the stripes and di
 # block) and heads the same way, from 1; ``heads`` arguments are 0-based indices, as in the API.
 LAYER_AXIS = "layer (1 = first transformer block)"
 HEAD_AXIS = "head (1 = first)"
+HEAD_NUMBERING = "1 = first head, -1 = last"  # of the attention report's outputs and --heads
 
 
 def head_number(head: int) -> int:

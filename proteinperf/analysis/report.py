@@ -25,7 +25,9 @@ from .attention_maps import (
     attention_maps,
     frame_sequence,
     select,
+    select_numbered,
 )
+from .plots import HEAD_NUMBERING, head_number
 from .similarity import (
     AMINO_ACIDS,
     ResidueAttentionStats,
@@ -139,7 +141,8 @@ def _matrices(model_a: ModelAnalysis, control_a: ModelAnalysis, blosum) -> dict:
         "amino_acids": np.array(list(AMINO_ACIDS)),
         "layers": np.array(model_a.layers),  # numbered as embed: 1 = first block
         "layer_numbering": np.array(LAYER_NUMBERING),
-        "heads": np.array(model_a.heads),
+        "heads": np.array([head_number(h) for h in model_a.heads]),
+        "head_numbering": np.array(HEAD_NUMBERING),
         "blosum62": blosum,
     }
     for prefix, a in (("model", model_a), ("control", control_a)):
@@ -245,7 +248,9 @@ def write_attention_report(
     quiet: bool = True,
 ) -> Path:
     """Analyse ``checkpoint`` on the first ``max_seqs`` sequences of ``fasta`` beside an untrained
-    control of the same shape (seeded by ``seed``); write the report to ``outdir``.
+    control of the same shape (seeded by ``seed``); write the report to ``outdir``. ``layers``
+    are numbered as in embed (1 = first block) and ``heads`` as in the figures (1 = first), and
+    the outputs number them the same way.
 
     ``bootstrap`` > 0 adds the BLOSUM62 study (blosum_study.json, similarity_vs_blosum62 with
     both controls, per layer): that many bootstrap resamples over the sequences, all layers and
@@ -281,7 +286,7 @@ def write_attention_report(
     control = untrained_control(model.config, seed).to(device)
     config = model.config
     layers = resolve_layers(layers, config.n_layers, embeddings=False)  # bad ones: before work
-    heads = select(heads, config.n_heads, "heads")
+    heads = select_numbered(heads, config.n_heads, "heads")
     blosum = blosum62()
     options = dict(layers=layers, heads=heads, threshold=threshold, max_length=max_length)
     sequences = [r.sequence for r in records]
@@ -317,7 +322,8 @@ def write_attention_report(
             "causal": model.config.causal,
             "layers": model_a.layers,
             "layer_numbering": LAYER_NUMBERING,
-            "heads": model_a.heads,
+            "heads": [head_number(h) for h in model_a.heads],
+            "head_numbering": HEAD_NUMBERING,
             "threshold": threshold,
             "max_length": max_length,
             "seed": seed,

@@ -34,7 +34,11 @@ def register(subparsers) -> None:
         "counted blocks from 0 (default: all)",
     )
     parser.add_argument(
-        "--heads", type=int, nargs="+", metavar="J", help="0-based heads to analyse (default: all)"
+        "--heads",
+        type=int,
+        nargs="+",
+        metavar="J",
+        help="heads to analyse, numbered as in the figures: 1 = first, -1 = last (default: all)",
     )
     parser.add_argument(
         "--max-seqs",

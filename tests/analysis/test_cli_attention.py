@@ -5,7 +5,7 @@ import pytest
 
 from proteinperf.cli import main
 
-ARGS = ["--max-seqs", "4", "--max-length", "40", "--layers", "1", "2", "--heads", "0", "2"]
+ARGS = ["--max-seqs", "4", "--max-length", "40", "--layers", "1", "2", "--heads", "1", "3"]
 FILES = {
     "attention_maps.png",
     "attention_maps_control.png",
@@ -38,7 +38,7 @@ def test_attention_end_to_end(tmp_path, tiny_checkpoint, sample, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protein"] == "sp|P69905|HBA_HUMAN"
-    assert summary["layers"] == [1, 2] and summary["heads"] == [0, 2]
+    assert summary["layers"] == [1, 2] and summary["heads"] == [1, 3]
     assert summary["layer_numbering"] == "esm"
     for who in ("model", "control"):
         assert summary[who]["n_sequences"] == 4
@@ -57,8 +57,9 @@ def test_attention_end_to_end(tmp_path, tiny_checkpoint, sample, capsys):
     assert main(argv) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     again = [*argv, "--overwrite", "--max-seqs", "2", "--max-length", "12", "--layers", "1"]
-    assert main([*again, "--heads", "1"]) == 0
-    assert json.loads((out / "summary.json").read_text())["model"]["n_sequences"] == 2
+    assert main([*again, "--heads", "-1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["n_sequences"] == 2 and summary["heads"] == [4]
 
 
 def test_attention_user_errors_are_one_line(tmp_path, tiny_checkpoint, sample, capsys):
@@ -67,6 +68,8 @@ def test_attention_user_errors_are_one_line(tmp_path, tiny_checkpoint, sample, c
         (["--layers", "0"], "layer 0 is the token embeddings, which have no attention"),
         (["--protein", "NOPE_HUMAN"], "protein 'NOPE_HUMAN' not found"),
         (["--threshold", "1.5"], "threshold must be in [0, 1)"),
+        (["--heads", "0"], "heads are numbered 1..4 (or -4..-1 from the end), got [0]"),
+        (["--heads", "5"], "heads are numbered 1..4 (or -4..-1 from the end), got [5]"),
     ]
     for extra, message in cases:
         argv = [
