@@ -100,7 +100,7 @@ def test_one_token_steps_without_rotary(attention, positional):
     torch.testing.assert_close(steps, model(tokens)["logits"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("attention", [*ATTENTIONS, "favor_softmax_hyp"])  # hyp: Block.step
+@pytest.mark.parametrize("attention", [*ATTENTIONS, "favor_softmax_hyp"])  # hyp: not fused
 @torch.inference_mode()
 def test_one_token_steps_without_qkv_bias_and_final_norm(attention):
     model = causal_model(attention, qkv_bias=False, final_layer_norm=False, lm_head="linear")
@@ -111,8 +111,8 @@ def test_one_token_steps_without_qkv_bias_and_final_norm(attention):
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_fused_token_path_equals_the_layer_by_layer_step(attention):
-    """Under inference_mode one-token steps take PerformerLM._step_token; with autograd on
-    they take Block.step. Both give the same logits and states, padded rows included."""
+    """Under inference_mode one-token steps take the fused in-place attention kernels; with
+    autograd on, the general ones. Both give the same logits and states, padded rows included."""
     model = causal_model(attention)
     tokens = random_tokens(2, 30)
     keep = torch.ones(2, 30, dtype=torch.bool)
