@@ -158,7 +158,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """x (..., L, dim) rotated by ``rotary_tables`` (cos, sin broadcasting to x)."""
     if cos.dtype != x.dtype:
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    swapped = torch.roll(x, x.shape[-1] // 2, -1)  # the two halves exchanged
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # the two halves exchanged
     return torch.addcmul(x * cos, swapped, sin)
 
 
@@ -493,13 +493,14 @@ class PerformerLM(nn.Module):
             elif length > 1:
                 positions = positions + torch.arange(length, device=tokens.device)
         n = self.config.n_layers
-        repr_layers = set(resolve_layers(list(repr_layers or ()), n))
+        repr_layers = set(resolve_layers(list(repr_layers), n)) if repr_layers else ()
 
         x = self.embed(tokens, padding_mask, positions, whole=state is None)  # (B, L, d)
         representations = LayerDict(n)
         if 0 in repr_layers:
             representations[0] = x
-        x = self.dropout(x)
+        if self.training:
+            x = self.dropout(x)
 
         rotary = None
         if self.config.positional == "rotary":
@@ -571,13 +572,16 @@ class PerformerLM(nn.Module):
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         if state is None:
             state = self.init_state(tokens.shape[0], tokens.device)
+        if tokens.shape[1] <= chunk_size:  # one call, no slicing (one-token decoding)
+            out = self(tokens, padding_mask, state=state)
+            return out["logits"], out["state"]
         logits = []
         for lo in range(0, tokens.shape[1], chunk_size):
             keep = None if padding_mask is None else padding_mask[:, lo : lo + chunk_size]
             out = self(tokens[:, lo : lo + chunk_size], keep, state=state)
             logits.append(out["logits"])
             state = out["state"]
-        return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1), state
+        return torch.cat(logits, dim=1), state
 
 
 __all__ = [

@@ -186,8 +186,8 @@ def _favor_token(
     context, shift = state
     b, h, _, d = q.shape
     m, e = context.shape[-2:]
-    qk = torch.stack((q, k), 1).mul_(d**-0.25)  # (B, 2, H, 1, d): feature_maps' normaliser
-    proj = torch.mm(qk.view(-1, d), features.T).view(b, 2, h, m)
+    qk = torch.cat((q, k), 1).mul_(d**-0.25)  # (B, 2H, 1, d): feature_maps' normaliser
+    proj = torch.mm(qk.view(-1, d), features.t()).view(b, 2, h, m)
     keep = None if key_padding_mask is None else key_padding_mask[:, 0]  # (B,)
     if kernel == "relu":
         phi = proj.relu_().add_(RELU_EPSILON)
@@ -195,14 +195,18 @@ def _favor_token(
         # exp(ωᵀx − |x|²/2) as in feature_maps: the query's own shift cancels in out; the key's
         # log-scale s = max_ω ωᵀk − |k|²/2 joins the running max E_n = max(E_{n−1}, s).
         peak = proj.amax(-1)  # (B, 2, H)
-        key = qk.select(1, 1).view(b, h, d)
+        key = qk.view(b, 2, h, d).select(1, 1)
         sq = torch.linalg.vecdot(key, key)  # (B, H): |k|²
         peak_k = peak.select(1, 1)
         log_scale = torch.sub(peak_k, sq, alpha=0.5)
         if keep is not None:
             log_scale.masked_fill_(~keep.unsqueeze(-1), MASKED_LOG_SCALE)
         new_shift = torch.maximum(shift, log_scale)
-        context.mul_(torch.sub(shift, new_shift).exp_().view(b, h, 1, 1))  # E_{n−1} → E_n
+        # E_{n−1} → E_n. Late in a sequence the running max rarely moves, and a rescaling by
+        # exp(0) = 1 changes nothing: where reading the flag costs no device sync (a CPU),
+        # skip that read and write of the whole state, which decoding pays per layer.
+        if context.device.type != "cpu" or bool((log_scale > shift).any()):
+            context.mul_(torch.sub(shift, new_shift).exp_().view(b, h, 1, 1))
         # The key's features times exp(s − E_n) ≤ 1 in one exp: ωᵀk − |k|²/2 − E_n.
         torch.add(new_shift, sq, alpha=0.5, out=peak_k)
         phi = proj.sub_(peak.unsqueeze(-1)).exp_()
