@@ -1,6 +1,7 @@
 """FAVOR+ attention core: pure tensor functions, no module state; of ours it imports only the
 import-free names of proteinperf.constants."""
 
+from .attend import attend
 from .blockwise import FUSED_KERNELS
 from .exact import softmax_attention, softmax_attention_weights
 from .favor import favor_attention, favor_attention_weights
@@ -17,6 +18,7 @@ from .phi import (
 
 __all__ = [
     "FUSED_KERNELS",
+    "attend",
     "KERNELS",
     "MASKED_LOG_SCALE",
     "RELU_EPSILON",

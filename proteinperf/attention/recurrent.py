@@ -19,8 +19,8 @@ every token. Both states are plain tuples of tensors; the functions here are pur
 ``kv_step`` writes into the cache's preallocated buffers (amortised O(1) appends).
 
 Decoding one token is ~50 tiny ops per layer, so its speed is per-op overhead and memory
-traffic, not FLOPs: ``favor_token_step`` and ``kv_token_step`` are the same math for one
-position with fewer ops, updating the state in place (for decoding without autograd).
+traffic, not FLOPs: without autograd, ``favor_step`` of one position takes ``_favor_token``, the
+same math in fewer ops that updates the state in place; ``kv_step`` writes into its buffers.
 """
 
 from __future__ import annotations
@@ -112,9 +112,14 @@ def favor_step(
     ``chunk_size`` (None: ``favor.default_chunk``), all at once
     (``favor.causal_linear_attention``): each chunk forms its masked product directly and
     reads the state before it from one scan over the chunks, so a long prompt costs
-    O(C + m + m·d/C) memory per position. One position (decoding) joins the state directly.
+    O(C + m + m·d/C) memory per position. One position (decoding) joins the state directly;
+    without autograd, in the state's dtype and for TOKEN_KERNELS it takes the fused
+    ``_favor_token``, which updates the state IN PLACE (the returned state shares its
+    tensors): continue from the returned state, never from an old one.
     """
     check_kernel_for_causal(kernel)
+    if q.shape[-2] == 1 and _fused_token_applies(state.context, q, k, v, features, kernel):
+        return _favor_token(state, q, k, v, features, kernel, key_padding_mask)
     out_dtype = v.dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v, features = _upcast(q, k, v, features)
@@ -145,51 +150,73 @@ def favor_step(
 TOKEN_KERNELS = ("softmax", "relu")
 
 
-def favor_token_step(
-    state: FavorState,
-    qk: torch.Tensor,  # (B, 2, H, d): query and key of the next position, already × d^-1/4
-    v_ext: torch.Tensor,  # (B, H, d_v + 1): its value with a trailing 1
-    features_t: torch.Tensor,  # (d, m): the features, transposed
-    kernel: str = "softmax",
-    keep: torch.Tensor | None = None,  # (B,) bool: False = a padded position (state unchanged)
-) -> tuple[torch.Tensor, FavorState]:
-    """``favor_step`` of one position in ~15 fused ops: (out (B, H, d_v), state).
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
 
-    Same math as ``favor_step`` with C = 1 (``feature_maps`` + ``_absorb`` + read), but q and k
-    share one feature projection and the key's weight exp(s − E_n) goes straight into its
-    features. For decoding without autograd: the prefix sums are updated IN PLACE (the returned
-    state shares them; do not reuse the old tuple). Kernels: TOKEN_KERNELS; dtypes of qk,
-    v_ext, features and state must match (the caller upcasts).
+
+def _fused_token_applies(context, q, k, v, features, kernel) -> bool:
+    """No autograd, nothing to upcast, a state that may be written in place."""
+    if kernel not in TOKEN_KERNELS or torch.is_grad_enabled() or _autocast_on(q.device.type):
+        return False
+    if not q.dtype == k.dtype == v.dtype == features.dtype == context.dtype:
+        return False
+    return torch.is_inference_mode_enabled() or not context.is_inference()
+
+
+def _favor_token(
+    state: FavorState,
+    q: torch.Tensor,  # (B, H, 1, d)
+    k: torch.Tensor,  # (B, H, 1, d)
+    v: torch.Tensor,  # (B, H, 1, d_v)
+    features: torch.Tensor,  # (m, d)
+    kernel: str,
+    key_padding_mask: torch.Tensor | None,  # (B, 1) bool: False = a padded position
+) -> tuple[torch.Tensor, FavorState]:
+    """``favor_step`` of one position in ~15 fused ops: (out (B, H, 1, d_v), state).
+
+    Same math as ``feature_maps`` + ``_absorb`` + read, but q and k share one feature
+    projection and the key's weight exp(s − E_n) goes straight into its features. The prefix
+    sums are updated IN PLACE.
     """
     context, shift = state
-    b, _, h, d = qk.shape
+    b, h, _, d = q.shape
     m, e = context.shape[-2:]
-    proj = torch.mm(qk.view(-1, d), features_t).view(b, 2, h, m)
+    qk = torch.cat((q, k), 1).mul_(d**-0.25)  # (B, 2H, 1, d): feature_maps' normaliser
+    proj = torch.mm(qk.view(-1, d), features.t()).view(b, 2, h, m)
+    keep = None if key_padding_mask is None else key_padding_mask[:, 0]  # (B,)
     if kernel == "relu":
         phi = proj.relu_().add_(RELU_EPSILON)
-    elif kernel == "softmax":
+    else:  # softmax
         # exp(ωᵀx − |x|²/2) as in feature_maps: the query's own shift cancels in out; the key's
         # log-scale s = max_ω ωᵀk − |k|²/2 joins the running max E_n = max(E_{n−1}, s).
         peak = proj.amax(-1)  # (B, 2, H)
-        k = qk.select(1, 1)
-        sq = torch.linalg.vecdot(k, k)  # (B, H): |k|²
+        key = qk.view(b, 2, h, d).select(1, 1)
+        sq = torch.linalg.vecdot(key, key)  # (B, H): |k|²
         peak_k = peak.select(1, 1)
         log_scale = torch.sub(peak_k, sq, alpha=0.5)
         if keep is not None:
             log_scale.masked_fill_(~keep.unsqueeze(-1), MASKED_LOG_SCALE)
         new_shift = torch.maximum(shift, log_scale)
-        context.mul_(torch.sub(shift, new_shift).exp_().view(b, h, 1, 1))  # E_{n−1} → E_n
+        # E_{n−1} → E_n. Late in a sequence the running max rarely moves, and a rescaling by
+        # exp(0) = 1 changes nothing: where reading the flag costs no device sync (a CPU),
+        # skip that read and write of the whole state, which decoding pays per layer.
+        if context.device.type != "cpu" or bool((log_scale > shift).any()):
+            context.mul_(torch.sub(shift, new_shift).exp_().view(b, h, 1, 1))
         # The key's features times exp(s − E_n) ≤ 1 in one exp: ωᵀk − |k|²/2 − E_n.
         torch.add(new_shift, sq, alpha=0.5, out=peak_k)
         phi = proj.sub_(peak.unsqueeze(-1)).exp_()
         shift = new_shift
-    else:
-        raise ValueError(f"favor_token_step supports kernels {TOKEN_KERNELS}, got {kernel!r}")
     phi_q, phi_k = phi.unbind(1)  # (B, H, m)
     if keep is not None:
         phi_k = torch.where(keep.view(b, 1, 1), phi_k, 0.0)
+    v_ext = F.pad(v.view(b, h, -1), (0, 1), value=1.0)  # (B, H, d_v + 1)
     context.addcmul_(phi_k.unsqueeze(-1), v_ext.unsqueeze(-2))  # += φ(k) [v, 1]ᵀ
-    out = torch.bmm(phi_q.reshape(b * h, 1, m), context.view(b * h, m, e)).view(b, h, e)
+    out = torch.bmm(phi_q.reshape(b * h, 1, m), context.view(b * h, m, e)).view(b, h, 1, e)
     return out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS), FavorState(context, shift)
 
 
@@ -266,30 +293,14 @@ def kv_step(
     return out.masked_fill(empty, 0.0), cache
 
 
-def kv_token_step(
-    cache: KVCache,
-    qk: torch.Tensor,  # (B, 2, H, d): query and key of the next position
-    v: torch.Tensor,  # (B, H, d_v)
-    keep: torch.Tensor | None = None,  # (B,) bool: False = a padded position
-) -> tuple[torch.Tensor, KVCache]:
-    """``kv_step`` of one position: (out (B, H, d_v), cache), the cache written in place
-    (``kv_step`` takes its unpadded fast path itself)."""
-    q, k = qk.unsqueeze(3).unbind(1)  # (B, H, 1, d)
-    mask = None if keep is None else keep[:, None]
-    out, cache = kv_step(cache, q, k, v.unsqueeze(2), mask)
-    return out.squeeze(2), cache
-
-
 __all__ = [
     "FavorState",
     "KVCache",
     "TOKEN_KERNELS",
     "favor_step",
-    "favor_token_step",
     "init_kv_cache",
     "init_state",
     "kv_step",
-    "kv_token_step",
     "read_state",
     "update_state",
 ]

@@ -9,7 +9,8 @@ wall time measures the neighbours. The Performer and the KV cache take turns in 
 but neither is timed right after the other has flushed the caches. At each position p:
   * Performer (favor_softmax, m=256) recurrent: the state is built by real chunked prefill
     (``PerformerLM.step``, 1024 positions per chunk) up to p; latency = median of
-    one-token steps (the fused ``_step_token`` path); memory = bytes of the state tensors.
+    one-token steps (``PerformerLM.step``: the model's one forward path, the fused in-place
+    one-token attention kernels); memory = bytes of the state tensors.
   * Exact attention with a KV cache: the same model with softmax attention; the cache is filled
     with p random keys/values (a step's time and the cache size do not depend on the values;
     a real O(p²) prefill to 32k would take minutes on 2 cores); memory = bytes of the cache.

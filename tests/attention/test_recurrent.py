@@ -2,17 +2,14 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from proteinperf.attention import draw_features, favor_attention, naive_attention, softmax_attention
 from proteinperf.attention.recurrent import (
     FavorState,
     favor_step,
-    favor_token_step,
     init_kv_cache,
     init_state,
     kv_step,
-    kv_token_step,
     read_state,
     update_state,
 )
@@ -120,67 +117,76 @@ def test_kv_cache_matches_full_causal_and_grows():
 # --- fused one-position steps (decoding) -----------------------------------------------------
 
 
-def _token_inputs(q, k, v, i):
-    """favor_token_step's inputs at position i: [q, k] × d^-1/4 and [v, 1]."""
-    qk = torch.stack((q[:, :, i], k[:, :, i]), 1) * D**-0.25  # (B, 2, H, D)
-    return qk, F.pad(v[:, :, i], (0, 1), value=1.0)
+def _at(i, *tensors):
+    return [t[:, :, i : i + 1] for t in tensors]
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
 @pytest.mark.parametrize("scale", [2.0, 40.0])  # 40: exp(ωᵀk) alone would overflow float32
-def test_favor_token_step_equals_favor_step(kernel, scale):
+@torch.inference_mode()
+def test_fused_token_step_equals_favor_step(kernel, scale):
+    """Without autograd, favor_step of one position takes the fused in-place kernel."""
     q, k, v, w = _inputs(scale=scale)
     exact = favor_attention(*(t.double() for t in (q, k, v, w)), causal=True, kernel=kernel)
-    _, expected_state = _token_by_token(q, k, v, w, kernel)
+    with torch.inference_mode(False), torch.enable_grad():  # the unfused one-position path
+        _, expected_state = _token_by_token(q, k, v, w, kernel)
     state, outs = init_state(B, H, M, D), []
+    context = state.context
     for i in range(L):
-        out, state = favor_token_step(state, *_token_inputs(q, k, v, i), w.T, kernel)
+        out, state = favor_step(state, *_at(i, q, k, v), w, kernel)
         outs.append(out)
+    assert state.context is context  # updated in place: the fused kernel ran
     # Exponents reach ~10³ at scale 40: float32 keeps ~1e-4 of them (favor_step: 1.3e-3).
     tol = 1e-5 if scale == 2.0 else 1e-3
-    torch.testing.assert_close(torch.stack(outs, 2), exact.float(), atol=tol, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(outs, 2), exact.float(), atol=tol, rtol=1e-4)
     torch.testing.assert_close(state.shift, expected_state.shift)
     torch.testing.assert_close(state.context, expected_state.context, atol=tol, rtol=1e-3)
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
-def test_favor_token_step_skips_padded_rows(kernel):
+@torch.inference_mode()
+def test_fused_token_step_skips_padded_rows(kernel):
     q, k, v, w = _inputs()
     _, state = favor_step(init_state(B, H, M, D), q[:, :, :5], k[:, :, :5], v[:, :, :5], w, kernel)
     before = FavorState(*(t.clone() for t in state))
-    keep = torch.tensor([True, False])
-    out, after = favor_token_step(state, *_token_inputs(q, k, v, 5), w.T, kernel, keep)
+    keep = torch.tensor([[True], [False]])
+    out, after = favor_step(state, *_at(5, q, k, v), w, kernel, keep)
+    assert after.context is state.context
     torch.testing.assert_close(after.context[1], before.context[1], atol=0, rtol=0)
     torch.testing.assert_close(after.shift[1], before.shift[1], atol=0, rtol=0)
-    alone, _ = favor_step(before, q[:, :, 5:6], k[:, :, 5:6], v[:, :, 5:6], w, kernel)
-    torch.testing.assert_close(out[0], alone[0, :, 0], atol=1e-5, rtol=1e-4)
+    with torch.inference_mode(False), torch.enable_grad():
+        alone, _ = favor_step(before, *_at(5, q, k, v), w, kernel)
+    torch.testing.assert_close(out[0], alone[0], atol=1e-5, rtol=1e-4)
 
 
-def test_favor_token_step_updates_in_place_and_refuses_other_kernels():
+def test_fused_token_step_only_without_autograd_and_for_its_kernels():
     q, k, v, w = _inputs()
+    for kernel, fused in (("softmax", True), ("relu", True), ("softmax_hyp", False)):
+        with torch.inference_mode():
+            state = init_state(B, H, M, D)
+            _, after = favor_step(state, *_at(0, q, k, v), w, kernel)
+        assert (after.context is state.context) == fused, kernel
     state = init_state(B, H, M, D)
-    _, after = favor_token_step(state, *_token_inputs(q, k, v, 0), w.T)
-    assert after.context is state.context and state.context.abs().sum() > 0
-    with pytest.raises(ValueError, match="trig"):
-        favor_token_step(after, *_token_inputs(q, k, v, 1), w.T, "trig")
+    _, after = favor_step(state, *_at(0, q, k, v), w)  # autograd on: a new state, the old kept
+    assert after.context is not state.context and state.context.abs().sum() == 0
 
 
-def test_kv_token_step_equals_kv_step():
+def test_kv_step_one_position_at_a_time():
     q, k, v, _ = _inputs()
     cache, outs = init_kv_cache(B, H, D, D, capacity=4), []
     for i in range(20):
-        out, cache = kv_token_step(cache, torch.stack((q[:, :, i], k[:, :, i]), 1), v[:, :, i])
+        out, cache = kv_step(cache, *_at(i, q, k, v))
         outs.append(out)
     full = softmax_attention(q[:, :, :20], k[:, :, :20], v[:, :, :20], causal=True)
-    torch.testing.assert_close(torch.stack(outs, 2), full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(outs, 2), full, atol=1e-5, rtol=1e-4)
     # A padded position takes a slot that no later query sees.
-    keep = torch.tensor([True, False])
-    _, cache = kv_token_step(cache, torch.stack((q[:, :, 20], k[:, :, 20]), 1), v[:, :, 20], keep)
-    out, cache = kv_token_step(cache, torch.stack((q[:, :, 21], k[:, :, 21]), 1), v[:, :, 21])
+    keep = torch.tensor([[True], [False]])
+    _, cache = kv_step(cache, *_at(20, q, k, v), keep)
+    out, cache = kv_step(cache, *_at(21, q, k, v))
     assert cache.length == 22 and cache.keep[:, :22].sum() == 43
     drop = torch.cat((torch.arange(20), torch.tensor([21])))
     alone = softmax_attention(q[1:, :, drop], k[1:, :, drop], v[1:, :, drop], causal=True)
-    torch.testing.assert_close(out[1], alone[0, :, -1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out[1, :, 0], alone[0, :, -1], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu", "softmax_hyp"])

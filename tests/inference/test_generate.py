@@ -7,6 +7,7 @@ from helpers import TINY, variant_model, write_fasta
 from proteinperf.checkpoint import save_model
 from proteinperf.cli import main
 from proteinperf.data.alphabet import STANDARD_AMINO_ACIDS, get_alphabet
+from proteinperf.errors import InputError
 from proteinperf.inference.generate import filter_logits, generate
 from proteinperf.inference.likelihood import causal_log_probs
 from proteinperf.model import ModelConfig, PerformerLM
@@ -100,7 +101,7 @@ def test_one_token_steps_without_rotary(attention, positional):
     torch.testing.assert_close(steps, model(tokens)["logits"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("attention", [*ATTENTIONS, "favor_softmax_hyp"])  # hyp: Block.step
+@pytest.mark.parametrize("attention", [*ATTENTIONS, "favor_softmax_hyp"])  # hyp: not fused
 @torch.inference_mode()
 def test_one_token_steps_without_qkv_bias_and_final_norm(attention):
     model = causal_model(attention, qkv_bias=False, final_layer_norm=False, lm_head="linear")
@@ -111,8 +112,8 @@ def test_one_token_steps_without_qkv_bias_and_final_norm(attention):
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_fused_token_path_equals_the_layer_by_layer_step(attention):
-    """Under inference_mode one-token steps take PerformerLM._step_token; with autograd on
-    they take Block.step. Both give the same logits and states, padded rows included."""
+    """Under inference_mode one-token steps take the fused in-place attention kernels; with
+    autograd on, the general ones. Both give the same logits and states, padded rows included."""
     model = causal_model(attention)
     tokens = random_tokens(2, 30)
     keep = torch.ones(2, 30, dtype=torch.bool)
@@ -237,6 +238,18 @@ def test_rotary_model_generates_past_training_length_learned_one_errors():
         generate(learned, [""], max_length=40)
     samples = generate(causal_model("favor_relu"), [""], max_length=40, min_length=40)
     assert len(samples[0].sequence) == 40
+
+
+@torch.inference_mode()
+def test_learned_position_overflow_is_one_input_error_on_both_paths():
+    model = causal_model("favor_relu", positional="learned", max_len=16)
+    with pytest.raises(InputError, match="17 positions are past the model's learned positions"):
+        model(random_tokens(1, 17))
+    _, state = model.step(random_tokens(1, 16))
+    with pytest.raises(InputError, match="17 positions are past the model's learned positions"):
+        model.step(random_tokens(1, 1), state)
+    with pytest.raises(ValueError, match="need_head_weights"):
+        model(random_tokens(1, 1), state=state, need_head_weights=True)
 
 
 def test_cli_writes_fasta_and_fails_cleanly(tmp_path, capsys):
