@@ -2,12 +2,12 @@
 import-free names of proteinperf.constants."""
 
 from .attend import attend
-from .blockwise import FUSED_KERNELS
 from .exact import softmax_attention, softmax_attention_weights
 from .favor import favor_attention, favor_attention_weights
 from .features import draw_features
 from .naive import naive_attention, naive_attention_weights
 from .phi import (
+    FUSED_KERNELS,
     KERNELS,
     MASKED_LOG_SCALE,
     RELU_EPSILON,

@@ -24,7 +24,6 @@ import torch
 from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, RELU_EPSILON
 from .scan import ChunkDecays, chunk_prefixes, chunk_suffixes, pad_positions, running_max, scaled
 
-FUSED_KERNELS = ("softmax", "relu")
 _BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}  # feature entries per block
 
 

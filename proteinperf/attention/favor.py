@@ -19,10 +19,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .blockwise import FUSED_KERNELS, bidirectional_favor, causal_favor
+from .blockwise import bidirectional_favor, causal_favor
 from .fla_backend import fla_causal_linear_attention, use_fla
 from .naive import naive_attention_weights
-from .phi import DENOMINATOR_EPS, MASKED_LOG_SCALE, check_kernel_for_causal, feature_maps
+from .phi import (
+    DENOMINATOR_EPS,
+    FUSED_KERNELS,
+    MASKED_LOG_SCALE,
+    check_kernel_for_causal,
+    feature_maps,
+)
 from .scan import ChunkDecays, chunk_prefixes, pad_positions, running_max, scaled
 
 

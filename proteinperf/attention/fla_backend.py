@@ -24,11 +24,10 @@ from typing import NamedTuple
 
 import torch
 
-from .phi import MASKED_LOG_SCALE
+from .phi import FUSED_KERNELS, MASKED_LOG_SCALE
 from .scan import running_max
 
 FLA_VERSION = "0.6.0"  # the fla-core release whose layout and arguments this module uses
-FLA_KERNELS = ("softmax", "relu")
 DISABLE_ENV = "PROTEINPERF_FLA"  # "0": always the PyTorch path
 
 
@@ -64,7 +63,7 @@ def use_fla(x: torch.Tensor, kernel: str) -> bool:
     return (
         x.is_cuda
         and x.dtype != torch.float64
-        and kernel in FLA_KERNELS
+        and kernel in FUSED_KERNELS
         and os.environ.get(DISABLE_ENV, "1") != "0"
         and fla_kernels() is not None
     )

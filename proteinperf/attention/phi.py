@@ -16,6 +16,9 @@ from proteinperf.constants import KERNELS
 
 RELU_EPSILON = 1e-3  # the ε in ReLU(xωᵀ) + ε, keeps the denominator away from zero
 MASKED_LOG_SCALE = torch.finfo(torch.float32).min  # a padded key: exp(. - max) == 0
+# The kernels with hand-written fast paths: chunked training (blockwise), fla on CUDA and
+# one-token decoding (recurrent); the others run the generic feature-map code.
+FUSED_KERNELS = ("softmax", "relu")
 DENOMINATOR_EPS = 1e-12  # only guards 0/0 (e.g. a query that sees no unmasked key)
 
 

@@ -32,7 +32,13 @@ import torch.nn.functional as F
 
 from .favor import DENOMINATOR_EPS, causal_linear_attention, default_chunk
 from .fla_backend import fla_causal_linear_attention, use_fla
-from .phi import MASKED_LOG_SCALE, RELU_EPSILON, check_kernel_for_causal, feature_maps
+from .phi import (
+    FUSED_KERNELS,
+    MASKED_LOG_SCALE,
+    RELU_EPSILON,
+    check_kernel_for_causal,
+    feature_maps,
+)
 
 
 class FavorState(NamedTuple):
@@ -113,7 +119,7 @@ def favor_step(
     (``favor.causal_linear_attention``): each chunk forms its masked product directly and
     reads the state before it from one scan over the chunks, so a long prompt costs
     O(C + m + m·d/C) memory per position. One position (decoding) joins the state directly;
-    without autograd, in the state's dtype and for TOKEN_KERNELS it takes the fused
+    without autograd, in the state's dtype and for FUSED_KERNELS it takes the fused
     ``_favor_token``, which updates the state IN PLACE (the returned state shares its
     tensors): continue from the returned state, never from an old one.
     """
@@ -147,8 +153,6 @@ def favor_step(
 
 # --- one decoding position, fused --------------------------------------------------------
 
-TOKEN_KERNELS = ("softmax", "relu")
-
 
 def _autocast_on(device_type: str) -> bool:
     try:
@@ -161,7 +165,7 @@ def _autocast_on(device_type: str) -> bool:
 
 def _fused_token_applies(context, q, k, v, features, kernel) -> bool:
     """No autograd, nothing to upcast, a state that may be written in place."""
-    if kernel not in TOKEN_KERNELS or torch.is_grad_enabled() or _autocast_on(q.device.type):
+    if kernel not in FUSED_KERNELS or torch.is_grad_enabled() or _autocast_on(q.device.type):
         return False
     if not q.dtype == k.dtype == v.dtype == features.dtype == context.dtype:
         return False
@@ -296,7 +300,6 @@ def kv_step(
 __all__ = [
     "FavorState",
     "KVCache",
-    "TOKEN_KERNELS",
     "favor_step",
     "init_kv_cache",
     "init_state",

@@ -79,7 +79,7 @@ def fake_fla(monkeypatch):
 
     def on(x, kernel):
         calls.append(kernel)
-        return kernel in fla_backend.FLA_KERNELS
+        return kernel in fla_backend.FUSED_KERNELS
 
     monkeypatch.setattr(favor_module, "use_fla", on)
     monkeypatch.setattr(recurrent_module, "use_fla", on)
