@@ -19,15 +19,12 @@ is written is a ``Task`` (embed.py, score.py).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -38,8 +35,8 @@ from proteinperf.checksum import file_sha256
 from proteinperf.errors import InputError
 from proteinperf.outputs import output_lock
 
-from .common import WINDOW_RECORDS, WINDOW_RESIDUES, length_sorted_batches, progress
-from .fasta_index import INDEX_FILE, FastaIndex, IndexReader, build_index
+from .common import assign_batches, model_hash, plan_tokens, progress, resolve_accelerator
+from .fasta_index import INDEX_FILE, FastaIndex, IndexReader, Source
 from .peers import Peers, new_attempt, read_attempt
 from .shards import JournalTail, PartWriter, ShardStore, shard_dir
 
@@ -72,22 +69,6 @@ def _libc_trim():
 # ----------------------------------------------------------------------------- input
 
 
-@dataclass(frozen=True)
-class Source:
-    """The FASTA file and the options that decide its records."""
-
-    fasta: str
-    truncate: int | None = None
-    invalid: str = "error"
-    on_duplicate: str = "error"
-    max_residues: int | None = None  # longer records are refused by ``too_long(id, length)``
-    too_long: Callable[[str, int], None] | None = None
-
-    def build(self) -> FastaIndex:
-        return build_index(self.fasta, self.truncate, self.invalid, self.on_duplicate,
-                           self.max_residues, self.too_long)  # fmt: skip
-
-
 def prepare_index(store: ShardStore, source: Source, resume: bool) -> tuple[FastaIndex, bool]:
     """Rank 0: (the index of the FASTA file, whether it was reused): loaded from the shard
     folder when --resume finds one for the same bytes and options, else built (one pass)."""
@@ -106,46 +87,6 @@ def prepare_index(store: ShardStore, source: Source, resume: bool) -> tuple[Fast
             if index.sha256 == previous["fasta_sha256"] and index.same_options(wanted):
                 return index, True
     return source.build(), False
-
-
-# ----------------------------------------------------------------------------- plan
-
-
-def window_bounds(lengths: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """[start, end) of the windows ``common.windows`` makes of records with these lengths."""
-    start, residues = 0, 0
-    for i, n in enumerate(lengths):
-        residues += n
-        if residues >= WINDOW_RESIDUES or i + 1 - start >= WINDOW_RECORDS:
-            yield start, i + 1
-            start, residues = i + 1, 0
-    if start < len(lengths):
-        yield start, len(lengths)
-
-
-def assign_batches(lengths, toks_per_batch, cost, world, done=frozenset()):
-    """(window start, end, [(rank, [record indices])]) per window; finished batches left out.
-
-    Greedy: each batch (longest first) goes to the rank with the least ``cost`` so far.
-    """
-    loads = [0] * world
-    for start, end in window_bounds(lengths):
-        window = lengths[start:end]
-        plan = []
-        for batch in length_sorted_batches(window, toks_per_batch):
-            indices = [start + i for i in batch]
-            if all(i in done for i in indices):
-                continue
-            rank = min(range(world), key=loads.__getitem__)
-            loads[rank] += cost([window[i] for i in batch])
-            plan.append((rank, indices))
-        yield start, end, plan
-
-
-def plan_tokens(task) -> int:
-    """The token budget batches are planned with: a task may plan its own (pseudo-log-likelihood
-    scores one record per batch, so progress and --resume move after every protein)."""
-    return getattr(task, "plan_tokens", task.toks_per_batch)
 
 
 class BatchStream(IterableDataset):
@@ -181,15 +122,6 @@ class BatchStream(IterableDataset):
 
 
 # ----------------------------------------------------------------------------- Lightning
-
-
-def model_hash(model: torch.nn.Module) -> str:
-    """Digest of the weights and buffers (random features included): resume needs the same."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class BulkInference(pl.LightningModule):
@@ -309,12 +241,6 @@ class _ReportFailure(pl.Callback):
             pl_module.peers.fail(exception)
 
 
-def resolve_accelerator(accelerator: str | None, model) -> str:
-    if accelerator in (None, "auto"):
-        return next(model.parameters()).device.type
-    return accelerator
-
-
 def run_bulk(
     model,
     task,
@@ -423,22 +349,3 @@ class _quiet_lightning:
         self.warnings.__exit__(*exc)
         for lg, level in zip(self.loggers, self.levels):
             lg.setLevel(level)
-
-
-def summary_line(verb: str, summary: dict) -> str:
-    """One line: records, residues, seconds, residues/s and the per-rank balance."""
-    ranks = summary["rank_residues"]
-    balance = ""
-    if len(ranks) > 1:
-        balance = f"; {len(ranks)} ranks: {'/'.join(map(str, ranks))} residues (max/mean " + (
-            f"{summary['balance']:.2f})"
-        )
-    extra = ""
-    if summary["renamed"] or summary["skipped_duplicates"]:
-        renamed, skipped = summary["renamed"], summary["skipped_duplicates"]
-        extra = f"; duplicate ids: {renamed} renamed, {skipped} skipped"
-    return (
-        f"{verb} {summary['records']} records ({summary['residues']} residues) in "
-        f"{summary['seconds']:.1f} s, {summary['residues_per_s']:.0f} residues/s{balance}{extra}"
-        f" -> {summary['output']}"
-    )

@@ -369,6 +369,22 @@ def build_index(
     return index
 
 
+@dataclass(frozen=True)
+class Source:
+    """The FASTA file and the options that decide its records."""
+
+    fasta: str
+    truncate: int | None = None
+    invalid: str = "error"
+    on_duplicate: str = "error"
+    max_residues: int | None = None  # longer records are refused by ``too_long(id, length)``
+    too_long: Callable[[str, int], None] | None = None
+
+    def build(self) -> FastaIndex:
+        return build_index(self.fasta, self.truncate, self.invalid, self.on_duplicate,
+                           self.max_residues, self.too_long)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- reading
 
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
-from proteinperf.inference import distributed, fasta_index, shards
+from proteinperf.inference import fasta_index, shards
 from proteinperf.inference.common import read_records
 from proteinperf.inference.distributed import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.embed import embed_fasta
@@ -105,7 +105,9 @@ def test_index_of_a_compressed_file_and_its_digest(tmp_path):
         assert np.array_equal(loaded.starts, index.starts) and loaded.compressed == index.compressed
 
 
-def test_resume_reuses_the_index_and_reads_the_file_once(tmp_path, checkpoints, monkeypatch):
+def test_resume_reuses_the_index_and_reads_the_file_once(
+    tmp_path, checkpoints, monkeypatch, bulk_path
+):
     model, _ = load_model(checkpoints["favor_relu"])
     fasta = write_fasta(tmp_path / "in.fasta", proteins())
     run = lambda out, **kw: embed_fasta(  # noqa: E731
@@ -116,7 +118,7 @@ def test_resume_reuses_the_index_and_reads_the_file_once(tmp_path, checkpoints, 
     built = []
     build = fasta_index.build_index
     monkeypatch.setattr(
-        distributed, "build_index", lambda *a, **kw: built.append(a) or build(*a, **kw)
+        fasta_index, "build_index", lambda *a, **kw: built.append(a) or build(*a, **kw)
     )
     out = tmp_path / "e.h5"
     monkeypatch.setenv(KILL_AFTER_ENV, "2:raise")

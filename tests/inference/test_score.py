@@ -7,7 +7,8 @@ from helpers import SEQUENCES, variant_model
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
-from proteinperf.inference.distributed import KILL_AFTER_ENV, SimulatedKill, model_hash
+from proteinperf.inference.common import model_hash
+from proteinperf.inference.distributed import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.likelihood import pseudo_log_probs
 from proteinperf.inference.score import (
     SCORE_COLUMNS,
@@ -113,7 +114,9 @@ def test_forward_passes_are_those_pll_makes(tmp_path, checkpoints, fasta, budget
         hook.remove()
 
 
-def test_pll_journals_every_record_and_resumes(tmp_path, checkpoints, fasta, monkeypatch):
+def test_pll_journals_every_record_and_resumes(
+    tmp_path, checkpoints, fasta, monkeypatch, bulk_path
+):
     """One record per batch: the progress bar (and --resume) move after every protein."""
     model, _ = load_model(checkpoints["favor_relu"])
     reference, out = tmp_path / "ref.csv", tmp_path / "run.csv"
