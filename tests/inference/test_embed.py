@@ -402,3 +402,48 @@ def test_h5_writer_survives_a_full_disk_at_any_write(tmp_path, monkeypatch):
         np.testing.assert_array_equal(
             f["a/representations/1"][:], records[0]["representations"][1].numpy()
         )
+
+
+def test_h5_writer_writes_what_h5pys_own_calls_write(tmp_path):
+    """The writer's low-level calls make the same file, byte for byte, as create_group,
+    attrs[...] = and create_dataset (the layout readers know), names ASCII or not."""
+    from proteinperf.inference.writers import H5Writer
+
+    g = torch.Generator().manual_seed(0)
+    records = {}
+    for i, name in enumerate(["a", "sp|P1|X_Y", "é è", "b"]):
+        n = 3 + i
+        records[name] = {
+            "length": n,
+            "representations": {
+                0: torch.randn(n, D, generator=g),
+                2: torch.randn(n, D, generator=g),
+            },
+            "mean_representations": {2: torch.randn(D, generator=g)},
+            "bos_representations": {0: torch.randn(D, generator=g)},
+        }
+    meta = {"layers": [0, 2], "include": ["mean", "per-token", "bos"], "checkpoint": "m.pt"}
+    ids, names = [f"id {k}" for k in records], list(records)
+    writer = H5Writer(tmp_path / "ours.h5", meta)
+    for name, record_id in zip(names, ids):
+        writer.add(name, record_id, records[name])
+    writer.close(ids, names)
+    # (through a Python file object, as the writer's: the sec2 driver ends the file otherwise)
+    with (
+        open(tmp_path / "h5py.h5", "w+b") as raw,
+        h5py.File(raw, "w", libver="earliest", track_order=False) as f,
+    ):
+        for key, value in meta.items():
+            f.attrs[key] = value
+        for name, record_id in zip(names, ids):
+            group = f.create_group(name)
+            group.attrs["id"] = record_id
+            group.attrs["length"] = records[name]["length"]
+            for kind in ("representations", "mean_representations", "bos_representations"):
+                for layer, tensor in sorted(records[name][kind].items()):
+                    group.create_dataset(f"{kind}/{layer}", data=tensor.numpy(), track_times=False)
+        strings = h5py.string_dtype()
+        for key, values in (("ids", ids), ("keys", names)):
+            f.create_dataset(f"_index/{key}", data=np.array(values, dtype=object), dtype=strings,
+                             track_times=False)  # fmt: skip
+    assert (tmp_path / "ours.h5").read_bytes() == (tmp_path / "h5py.h5").read_bytes()
