@@ -215,12 +215,12 @@ def embed_fasta(
 
     Records are read in windows, sorted by length inside a window and batched under a token
     budget. A small input on one device runs in this process (``runner.run_local``); a large
-    one, ``devices`` x ``num_nodes`` > 1 or ``resume`` runs through Lightning's predict loop
-    (``distributed.run_bulk``): the batches are spread over the ranks, each rank writes a shard
-    beside the output and rank 0 merges them in input order; ``resume`` continues an
-    interrupted run from its shards. Both paths write the same bytes. The summary has records,
-    residues, seconds, residues_per_s, per-rank residues and ``rank`` (only rank 0 wrote the
-    output).
+    one, ``devices`` x ``num_nodes`` > 1 or ``resume`` takes the bulk path (``bulk.run_bulk``,
+    through Lightning's predict loop on several processes): the batches are spread over the
+    ranks, each rank writes a shard beside the output and rank 0 merges them in input order;
+    ``resume`` continues an interrupted run from its shards. Both paths write the same bytes.
+    The summary has records, residues, seconds, residues_per_s, per-rank residues and ``rank``
+    (only rank 0 wrote the output).
     """
     from .fasta_index import Source
     from .runner import run_task

@@ -4,7 +4,7 @@ A small input (a FASTA file of at most ``SMALL_INPUT_BYTES`` once decompressed: 
 proteins, seconds of work) on one device and without --resume runs here, in a plain loop: the
 same index of the file, the same batches (``common.assign_batches`` for one rank), the same
 Task computing them and writing the output, without Lightning, shards, a journal or a digest
-of the weights. A larger input, several devices or --resume take ``distributed.run_bulk``,
+of the weights. A larger input, several devices or --resume take ``bulk.run_bulk``,
 whose start-up only pays off there. Both paths write the same bytes.
 """
 
@@ -53,10 +53,10 @@ def run_task(
     quiet: bool = False,
 ) -> dict:
     """Run ``task`` over the records of ``source`` into ``output``; returns the summary of
-    ``distributed.run_bulk`` (in process: one rank)."""
+    ``bulk.run_bulk`` (in process: one rank)."""
     bulk = devices * num_nodes > 1 or resume or shard_dir(output).exists()
     if bulk or not small_input(source.fasta):
-        from .distributed import run_bulk  # (imports Lightning)
+        from .bulk import run_bulk
 
         return run_bulk(model, task, source, output, devices=devices, num_nodes=num_nodes,
                         strategy=strategy, accelerator=accelerator, resume=resume,

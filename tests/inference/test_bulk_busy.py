@@ -14,8 +14,8 @@ from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.inference import fasta_index, shards
+from proteinperf.inference.bulk import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.common import read_records
-from proteinperf.inference.distributed import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.embed import embed_fasta
 from proteinperf.inference.fasta_index import INDEX_FILE, IndexReader, build_index
 from proteinperf.inference.peers import PeerFailed, Peers, new_attempt

@@ -16,8 +16,8 @@ from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
+from proteinperf.inference.bulk import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.common import assign_batches
-from proteinperf.inference.distributed import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.embed import embed_fasta, embed_sequences
 from proteinperf.inference.fasta_index import IndexReader, build_index
 from proteinperf.inference.score import score_fasta

@@ -13,7 +13,7 @@ import pytest
 from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
-from proteinperf.inference import distributed, runner
+from proteinperf.inference import bulk, runner
 from proteinperf.inference.embed import embed_fasta
 from proteinperf.inference.score import score_fasta
 from proteinperf.inference.shards import shard_dir
@@ -45,8 +45,8 @@ def test_small_and_bulk_paths_write_the_same_bytes(tmp_path, checkpoints, monkey
     model, _ = load_model(checkpoints["favor_softmax"])
     fasta = write_fasta(tmp_path / "in.fasta", proteins())
     taken = []
-    bulk = distributed.run_bulk
-    monkeypatch.setattr(distributed, "run_bulk", lambda *a, **k: taken.append(1) or bulk(*a, **k))
+    real = bulk.run_bulk
+    monkeypatch.setattr(bulk, "run_bulk", lambda *a, **k: taken.append(1) or real(*a, **k))
     outs = {}
     for path, limit in (("small", runner.SMALL_INPUT_BYTES), ("bulk", -1)):
         monkeypatch.setattr(runner, "SMALL_INPUT_BYTES", limit)
@@ -88,7 +88,7 @@ def test_what_counts_as_small(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options, leftover, bulk",
+    "options, leftover, to_bulk",
     [
         ({}, False, False),
         ({"devices": 2}, False, True),
@@ -97,17 +97,17 @@ def test_what_counts_as_small(tmp_path):
     ],
 )
 def test_the_bulk_path_is_for_several_devices_resume_and_leftovers(
-    tmp_path, monkeypatch, options, leftover, bulk
+    tmp_path, monkeypatch, options, leftover, to_bulk
 ):
     calls = []
-    monkeypatch.setattr(distributed, "run_bulk", lambda *a, **k: calls.append("bulk"))
+    monkeypatch.setattr(bulk, "run_bulk", lambda *a, **k: calls.append("bulk"))
     monkeypatch.setattr(runner, "run_local", lambda *a, **k: calls.append("local"))
     fasta = write_fasta(tmp_path / "in.fasta", {"a": "MKT"})
     out = tmp_path / "e.h5"
     if leftover:
         shard_dir(out).mkdir()
     runner.run_task(None, None, runner.Source(fasta), out, **options)
-    assert calls == ["bulk" if bulk else "local"]
+    assert calls == ["bulk" if to_bulk else "local"]
 
 
 _PROBE = """
@@ -118,10 +118,14 @@ print(json.dumps([code, sorted({m.split(".")[0] for m in sys.modules})]))
 """
 
 
-def test_a_small_embed_imports_no_lightning(tmp_path, checkpoints):
+@pytest.mark.parametrize("resume", [False, True])
+def test_one_process_imports_no_lightning(tmp_path, checkpoints, resume):
+    """A small input in process, and the bulk path on one process (--resume), import neither
+    Lightning nor anything else heavy."""
     fasta = write_fasta(tmp_path / "in.fasta", proteins(4))
     out = tmp_path / "e.h5"
     argv = ["embed", str(checkpoints["favor_relu"]), fasta, str(out), "--quiet", "--device", "cpu"]
+    argv += ["--resume"] if resume else []
     done = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True,
                           env=cli_env(), cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -7,8 +7,8 @@ from helpers import SEQUENCES, variant_model
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
+from proteinperf.inference.bulk import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.common import model_hash
-from proteinperf.inference.distributed import KILL_AFTER_ENV, SimulatedKill
 from proteinperf.inference.likelihood import pseudo_log_probs
 from proteinperf.inference.score import (
     SCORE_COLUMNS,
