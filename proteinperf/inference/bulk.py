@@ -13,8 +13,9 @@ only runs the model and writes results.
 Each rank appends its results to its own shard (``shards.py``); rank 0 waits for the others
 (``peers.py``: a rank that fails stops them all with its error) and merges the shards into
 the requested output in input order, atomically, and removes them. What is computed and how it
-is written is a ``Task`` (embed.py, score.py). One process runs its rank here, in a plain loop;
-several run theirs through Lightning's predict loop (``distributed.py``), which starts them.
+is written is a ``Task`` (embed.py, score.py). One process runs its rank here, in a plain loop
+(``run_bulk``); several run theirs through Lightning's predict loop (``distributed.py``), which
+starts them.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ def _libc_trim():
     that freed memory is never handed back: measured here, a CPU run's RSS grew from 0.3 to
     0.9 GB in 300 batches (3 GB over the 20,000-protein corpus); trimming keeps it flat."""
     import ctypes
-    import sys
 
     if not sys.platform.startswith("linux"):
         return None
@@ -246,27 +246,10 @@ class RankRun:
 
 
 def run_bulk(
-    model,
-    task,
-    source: Source,
-    output,
-    *,
-    devices: int = 1,
-    num_nodes: int = 1,
-    strategy: str = "auto",
-    accelerator: str | None = None,
-    resume: bool = False,
-    quiet: bool = False,
+    model, task, source: Source, output, *, accelerator=None, resume=False, quiet=False
 ) -> dict:
-    """Run ``task`` over the records of ``source`` on ``devices`` x ``num_nodes`` processes;
-    returns a summary. The summary's ``rank`` is this process's global rank: only rank 0's
-    describes the output."""
-    if devices * num_nodes > 1:
-        from .distributed import run_distributed  # (imports Lightning)
-
-        return run_distributed(model, task, source, output, devices=devices,
-                               num_nodes=num_nodes, strategy=strategy, accelerator=accelerator,
-                               resume=resume, quiet=quiet)  # fmt: skip
+    """Run ``task`` over the records of ``source`` on this one process, with shards beside
+    ``output`` (``resume`` continues an interrupted run from them); returns a summary."""
     started = time.monotonic()
     was_training = model.training
     model.to(torch.device(resolve_accelerator(accelerator, model))).eval()

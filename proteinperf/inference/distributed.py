@@ -75,7 +75,8 @@ def run_distributed(
     resume: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """``bulk.run_bulk`` on ``devices`` x ``num_nodes`` Lightning processes."""
+    """``bulk.run_bulk`` on ``devices`` x ``num_nodes`` Lightning processes; the summary's
+    ``rank`` is this process's global rank: only rank 0's describes the output."""
     started = time.monotonic()
     with _quiet_lightning():
         trainer = pl.Trainer(

@@ -3,9 +3,10 @@
 A small input (a FASTA file of at most ``SMALL_INPUT_BYTES`` once decompressed: a few hundred
 proteins, seconds of work) on one device and without --resume runs here, in a plain loop: the
 same index of the file, the same batches (``common.assign_batches`` for one rank), the same
-Task computing them and writing the output, without Lightning, shards, a journal or a digest
-of the weights. A larger input, several devices or --resume take ``bulk.run_bulk``,
-whose start-up only pays off there. Both paths write the same bytes.
+Task computing them and writing the output, without shards, a journal or a digest of the
+weights. A larger input or --resume takes the bulk path (``bulk.run_bulk``: shards beside the
+output, resumable), and several devices take it through Lightning (``distributed.py``). All
+write the same bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from proteinperf.data.fasta import DECOMPRESSION_ERRORS, compression_of, open_binary
 
+from .bulk import summary
 from .common import assign_batches, model_hash, plan_tokens, progress, resolve_accelerator
 from .fasta_index import IndexReader, Source
 from .shards import Entry, shard_dir
@@ -52,14 +54,18 @@ def run_task(
     resume: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """Run ``task`` over the records of ``source`` into ``output``; returns the summary of
-    ``bulk.run_bulk`` (in process: one rank)."""
-    bulk = devices * num_nodes > 1 or resume or shard_dir(output).exists()
-    if bulk or not small_input(source.fasta):
+    """Run ``task`` over the records of ``source`` into ``output``; returns a summary
+    (``bulk.summary``; ``rank`` is this process's: only rank 0's describes the output)."""
+    if devices * num_nodes > 1:
+        from .distributed import run_distributed  # (imports Lightning)
+
+        return run_distributed(model, task, source, output, devices=devices,
+                               num_nodes=num_nodes, strategy=strategy, accelerator=accelerator,
+                               resume=resume, quiet=quiet)  # fmt: skip
+    if resume or shard_dir(output).exists() or not small_input(source.fasta):
         from .bulk import run_bulk
 
-        return run_bulk(model, task, source, output, devices=devices, num_nodes=num_nodes,
-                        strategy=strategy, accelerator=accelerator, resume=resume,
+        return run_bulk(model, task, source, output, accelerator=accelerator, resume=resume,
                         quiet=quiet)  # fmt: skip
     return run_local(model, task, source, output, accelerator=accelerator, quiet=quiet)
 
@@ -124,18 +130,7 @@ def run_local(model, task, source: Source, output, *, accelerator=None, quiet=Fa
         model.train(was_training)
     task.merge(store, index, store.done, Path(output))
     seconds = time.monotonic() - started
-    return {
-        "rank": 0,
-        "records": len(index.ids),
-        "residues": index.residues,
-        "seconds": seconds,
-        "residues_per_s": index.residues / seconds if seconds > 0 else 0.0,
-        "rank_residues": [index.residues],
-        "balance": 1.0,
-        "renamed": index.renamed,
-        "skipped_duplicates": index.skipped,
-        "output": str(output),
-    }
+    return summary(0, index, [[index.residues, 0, seconds]], seconds, output)
 
 
 def summary_line(verb: str, summary: dict) -> str:

@@ -88,18 +88,22 @@ def test_what_counts_as_small(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options, leftover, to_bulk",
+    "options, leftover, path",
     [
-        ({}, False, False),
-        ({"devices": 2}, False, True),
-        ({"resume": True}, False, True),
-        ({}, True, True),  # an interrupted run's shards: refused (or resumed) by the bulk path
+        ({}, False, "local"),
+        ({"devices": 2}, False, "ddp"),
+        ({"num_nodes": 2, "resume": True}, False, "ddp"),
+        ({"resume": True}, False, "bulk"),
+        ({}, True, "bulk"),  # an interrupted run's shards: refused (or resumed) by the bulk path
     ],
 )
 def test_the_bulk_path_is_for_several_devices_resume_and_leftovers(
-    tmp_path, monkeypatch, options, leftover, to_bulk
+    tmp_path, monkeypatch, options, leftover, path
 ):
+    from proteinperf.inference import distributed
+
     calls = []
+    monkeypatch.setattr(distributed, "run_distributed", lambda *a, **k: calls.append("ddp"))
     monkeypatch.setattr(bulk, "run_bulk", lambda *a, **k: calls.append("bulk"))
     monkeypatch.setattr(runner, "run_local", lambda *a, **k: calls.append("local"))
     fasta = write_fasta(tmp_path / "in.fasta", {"a": "MKT"})
@@ -107,7 +111,7 @@ def test_the_bulk_path_is_for_several_devices_resume_and_leftovers(
     if leftover:
         shard_dir(out).mkdir()
     runner.run_task(None, None, runner.Source(fasta), out, **options)
-    assert calls == ["bulk" if to_bulk else "local"]
+    assert calls == [path]
 
 
 _PROBE = """
