@@ -1,8 +1,9 @@
 """Failures injected into bulk inference (embed, score) from the test side.
 
-``failing(after_batches)`` patches ``BulkInference`` in this process, for runs the test makes
-itself: a rank raises ``SimulatedKill`` once it has written that many batches, or before
-merging if it has fewer. ``fault_env(folder, env, ...)`` does the same for a
+``failing(after_batches)`` patches ``bulk.RankRun`` (one rank's batches, run in a plain loop
+on one process or from Lightning's predict loop on several) in this process, for runs the
+test makes itself: a rank raises ``SimulatedKill`` once it has written that many batches, or
+before merging if it has fewer. ``fault_env(folder, env, ...)`` does the same for a
 ``python -m proteinperf.cli`` child and every rank Lightning starts from it: a
 ``sitecustomize.py`` written to ``folder``, put first on PYTHONPATH, installs the patch when
 each process starts; ``kill=True`` makes the rank die by SIGKILL (no ``except`` runs) instead
@@ -17,7 +18,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from proteinperf.inference import distributed
+from proteinperf.inference import bulk
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,33 +30,33 @@ class SimulatedKill(RuntimeError):
 def install(
     after_batches: int, kill: bool = False, ranks: Sequence[int] | None = None, setattr=setattr
 ) -> None:
-    """Patch ``BulkInference``: the chosen ranks (all if None) fail after ``after_batches``
+    """Patch ``bulk.RankRun``: the chosen ranks (all if None) fail after ``after_batches``
     written batches, or before merging. ``setattr``: monkeypatch.setattr to undo it later."""
-    cls = distributed.BulkInference
-    batch_end, predict_end = cls.on_predict_batch_end, cls.on_predict_end
+    cls = bulk.RankRun
+    after_step, finish = cls.after_step, cls.finish
 
-    def chosen(module) -> bool:
-        return ranks is None or module.global_rank in ranks
+    def chosen(rank_run) -> bool:
+        return ranks is None or rank_run.rank in ranks
 
-    def fail(module) -> None:
-        what = f"rank {module.global_rank} after {module.batches} batches"
+    def fail(rank_run) -> None:
+        what = f"rank {rank_run.rank} after {rank_run.batches_done} batches"
         if kill:
-            module.part.close()  # what it wrote is on disk; then no handler runs
+            rank_run.part.close()  # what it wrote is on disk; then no handler runs
             os.kill(os.getpid(), signal.SIGKILL)
         raise SimulatedKill(what)
 
-    def on_predict_batch_end(self, *args, **kwargs):
-        batch_end(self, *args, **kwargs)
-        if chosen(self) and self.batches >= after_batches:
+    def failing_after_step(self, *args, **kwargs):
+        after_step(self, *args, **kwargs)
+        if chosen(self) and self.batches_done >= after_batches:
             fail(self)
 
-    def on_predict_end(self):
+    def failing_finish(self):
         if chosen(self):
             fail(self)
-        predict_end(self)
+        return finish(self)
 
-    setattr(cls, "on_predict_batch_end", on_predict_batch_end)
-    setattr(cls, "on_predict_end", on_predict_end)
+    setattr(cls, "after_step", failing_after_step)
+    setattr(cls, "finish", failing_finish)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,14 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {name: save_model(folder / f"{name}.pt", variant_model(name)) for name in VARIANTS}
 
 
+@pytest.fixture
+def bulk_path(monkeypatch):
+    """Every FASTA input takes the bulk (sharded, resumable) path, however small."""
+    from proteinperf.inference import runner
+
+    monkeypatch.setattr(runner, "SMALL_INPUT_BYTES", -1)
+
+
 BENCHMARK_TESTS = Path(__file__).parent / "benchmarks"
 
 

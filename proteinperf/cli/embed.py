@@ -64,8 +64,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proteinperf.inference.distributed import summary_line
     from proteinperf.inference.embed import embed_fasta
+    from proteinperf.inference.runner import summary_line
 
     device = accelerator(args.device)
     model, _ = load(args.checkpoint, "cpu")  # Lightning moves it to each rank's device

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proteinperf.inference.distributed import summary_line
+    from proteinperf.inference.runner import summary_line
     from proteinperf.inference.score import score_fasta
 
     device = accelerator(args.device)

@@ -94,6 +94,26 @@ def open_binary(path: str | Path, raw: BinaryIO | None = None) -> BinaryIO:
     return _OPENERS[kind](path, "rb") if kind else open(path, "rb")
 
 
+def record_blocks(stream: BinaryIO, block_size: int, path: str | Path) -> Iterator[bytes]:
+    """The rest of ``stream`` in blocks of about ``block_size`` bytes (more for a record that is
+    longer), each ending where a record does: before a '>' that starts a line; the last block
+    holds what is left. A truncated or corrupt compressed file is one FastaFormatError."""
+    carry = b""
+    try:
+        while chunk := stream.read(block_size):
+            data = carry + chunk
+            cut = data.rfind(b"\n>") + 1
+            if cut <= 0:
+                carry = data
+                continue
+            carry = data[cut:]
+            yield data[:cut]
+    except DECOMPRESSION_ERRORS as e:
+        raise FastaFormatError(f"{path}: truncated or corrupt compressed file ({e})") from None
+    if carry:
+        yield carry
+
+
 def check_fasta_start(head: bytes, path: str | Path) -> None:
     """Raise a one-line DataError unless `head` (the first bytes of a file) looks like FASTA."""
     text = head.lstrip()

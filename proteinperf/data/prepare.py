@@ -40,6 +40,7 @@ from .fasta import (
     check_fasta_start,
     compression_of,
     open_binary,
+    record_blocks,
 )
 
 CORPUS_FORMAT_VERSION = 1
@@ -602,28 +603,14 @@ def _next_record_start(f, pos: int, size: int) -> int:
 
 
 def _decompressed_blocks(path: Path, start: int, block_size: int):
-    raw = path.stat().st_size
+    """(block, compressed bytes read for it): the blocks of ``fasta.record_blocks``."""
     with open(path, "rb") as fraw, open_binary(path, raw=fraw) as f:
-        carry, seen = b"", 0
-        try:
-            f.read(start)
-            while True:
-                chunk = f.read(block_size)
-                pos = fraw.tell()
-                if not chunk:
-                    break
-                buf = carry + chunk
-                cut = buf.rfind(b"\n>") + 1
-                if cut <= 0:
-                    carry = buf
-                    continue
-                carry = buf[cut:]
-                yield buf[:cut], pos - seen
-                seen = pos
-        except DECOMPRESSION_ERRORS as e:
-            raise FastaFormatError(f"{path}: truncated or corrupt compressed file ({e})") from None
-        if carry:
-            yield carry, raw - seen
+        f.read(start)  # (read once already: the head)
+        seen = 0
+        for block in record_blocks(f, block_size, path):
+            pos = fraw.tell()
+            yield block, pos - seen
+            seen = pos
 
 
 def _duplicate_count(path: Path, budget: int = 256 << 20) -> int:

@@ -7,6 +7,7 @@ on it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -36,6 +37,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
+
+
+def model_hash(model: torch.nn.Module) -> str:
+    """Digest of the weights and buffers (random features included): resume needs the same."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_accelerator(accelerator: str | None, model) -> str:
+    """The device type a run uses: ``accelerator``, or the model's where it is None/auto."""
+    if accelerator in (None, "auto"):
+        return model_device(model).type
+    return accelerator
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -124,6 +141,43 @@ def length_sorted_batches(
         else:
             batches.append([i])
     return batches
+
+
+def window_bounds(lengths: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """[start, end) of the windows ``common.windows`` makes of records with these lengths."""
+    start, residues = 0, 0
+    for i, n in enumerate(lengths):
+        residues += n
+        if residues >= WINDOW_RESIDUES or i + 1 - start >= WINDOW_RECORDS:
+            yield start, i + 1
+            start, residues = i + 1, 0
+    if start < len(lengths):
+        yield start, len(lengths)
+
+
+def assign_batches(lengths, toks_per_batch, cost, world, done=frozenset()):
+    """(window start, end, [(rank, [record indices])]) per window; finished batches left out.
+
+    Greedy: each batch (longest first) goes to the rank with the least ``cost`` so far.
+    """
+    loads = [0] * world
+    for start, end in window_bounds(lengths):
+        window = lengths[start:end]
+        plan = []
+        for batch in length_sorted_batches(window, toks_per_batch):
+            indices = [start + i for i in batch]
+            if all(i in done for i in indices):
+                continue
+            rank = min(range(world), key=loads.__getitem__)
+            loads[rank] += cost([window[i] for i in batch])
+            plan.append((rank, indices))
+        yield start, end, plan
+
+
+def plan_tokens(task) -> int:
+    """The token budget batches are planned with: a task may plan its own (pseudo-log-likelihood
+    scores one record per batch, so progress and --resume move after every protein)."""
+    return getattr(task, "plan_tokens", task.toks_per_batch)
 
 
 def encode_batch(

@@ -1,311 +1,82 @@
-"""Sharded, resumable, data-parallel inference over a FASTA file through Lightning's predict loop.
+"""Bulk runs on several processes: each rank's ``bulk.RankRun`` inside Lightning's predict loop.
 
-Rank 0 reads the FASTA file once (``fasta_index.py``: validation, duplicate ids, sha256, the
-byte span of every record) and saves the index into the shard folder, where the other ranks and
-a resumed run load it. Every rank then makes the same plan: records are taken in windows,
-sorted by length inside a window and batched under the token budget
-(``common.length_sorted_batches``); each batch goes to the rank with the least work so far. A
-batch's members do not depend on the number of ranks or on what a previous attempt finished, so
-its numbers do not either: a resumed or differently sharded run computes the same values. A
-DataLoader worker reads each rank's windows and tokenises its batches, so the main process
-only runs the model and writes results.
-
-Each rank appends its results to its own shard (``shards.py``); rank 0 waits for the others
-(``peers.py``: a rank that fails stops them all with its error) and merges the shards into
-the requested output in input order, atomically, and removes them. What is computed and how it
-is written is a ``Task`` (embed.py, score.py).
+Lightning starts the ranks (DDP: re-running the command, or spawning), places the model and
+the batches on each rank's device and gives the barrier that lets rank 0 make the shard folder
+before the others read it. Everything else is ``bulk.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset
 
-from proteinperf.checksum import file_sha256
-from proteinperf.errors import InputError
 from proteinperf.outputs import output_lock
 
-from .common import WINDOW_RECORDS, WINDOW_RESIDUES, length_sorted_batches, progress
-from .fasta_index import INDEX_FILE, FastaIndex, IndexReader, build_index
-from .peers import Peers, new_attempt, read_attempt
-from .shards import JournalTail, PartWriter, ShardStore, shard_dir
-
-
-def _libc_trim():
-    """glibc's malloc_trim, or None. Batches of ever-changing shapes fragment glibc's heap so
-    that freed memory is never handed back: measured here, a CPU run's RSS grew from 0.3 to
-    0.9 GB in 300 batches (3 GB over the 20,000-protein corpus); trimming keeps it flat."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-# ----------------------------------------------------------------------------- input
-
-
-@dataclass(frozen=True)
-class Source:
-    """The FASTA file and the options that decide its records."""
-
-    fasta: str
-    truncate: int | None = None
-    invalid: str = "error"
-    on_duplicate: str = "error"
-    max_residues: int | None = None  # longer records are refused by ``too_long(id, length)``
-    too_long: Callable[[str, int], None] | None = None
-
-    def build(self) -> FastaIndex:
-        return build_index(self.fasta, self.truncate, self.invalid, self.on_duplicate,
-                           self.max_residues, self.too_long)  # fmt: skip
-
-
-def prepare_index(store: ShardStore, source: Source, resume: bool) -> tuple[FastaIndex, bool]:
-    """Rank 0: (the index of the FASTA file, whether it was reused): loaded from the shard
-    folder when --resume finds one for the same bytes and options, else built (one pass)."""
-    previous = store.previous(resume)  # refuses leftovers without --resume, before any work
-    path = store.folder / INDEX_FILE
-    if previous is not None:
-        if previous.get("fasta_sha256") != file_sha256(source.fasta):
-            # refused now, not after indexing a file the shards do not belong to
-            raise InputError(
-                f"--resume: the shards in {store.folder} were made with other settings "
-                "(fasta_sha256 differ); rerun with the same ones or delete that folder"
-            )
-        if path.exists():
-            index = FastaIndex.load(path, source.fasta)
-            wanted = FastaIndex(source.fasta, source.truncate, source.invalid, source.on_duplicate)
-            if index.sha256 == previous["fasta_sha256"] and index.same_options(wanted):
-                return index, True
-    return source.build(), False
-
-
-# ----------------------------------------------------------------------------- plan
-
-
-def window_bounds(lengths: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """[start, end) of the windows ``common.windows`` makes of records with these lengths."""
-    start, residues = 0, 0
-    for i, n in enumerate(lengths):
-        residues += n
-        if residues >= WINDOW_RESIDUES or i + 1 - start >= WINDOW_RECORDS:
-            yield start, i + 1
-            start, residues = i + 1, 0
-    if start < len(lengths):
-        yield start, len(lengths)
-
-
-def assign_batches(lengths, toks_per_batch, cost, world, done=frozenset()):
-    """(window start, end, [(rank, [record indices])]) per window; finished batches left out.
-
-    Greedy: each batch (longest first) goes to the rank with the least ``cost`` so far.
-    """
-    loads = [0] * world
-    for start, end in window_bounds(lengths):
-        window = lengths[start:end]
-        plan = []
-        for batch in length_sorted_batches(window, toks_per_batch):
-            indices = [start + i for i in batch]
-            if all(i in done for i in indices):
-                continue
-            rank = min(range(world), key=loads.__getitem__)
-            loads[rank] += cost([window[i] for i in batch])
-            plan.append((rank, indices))
-        yield start, end, plan
-
-
-def plan_tokens(task) -> int:
-    """The token budget batches are planned with: a task may plan its own (pseudo-log-likelihood
-    scores one record per batch, so progress and --resume move after every protein)."""
-    return getattr(task, "plan_tokens", task.toks_per_batch)
-
-
-class BatchStream(IterableDataset):
-    """This rank's batches: {"index", "ids", "lengths", "sequences"} and what the task prepares
-    from the sequences (token tensors), made in a DataLoader worker."""
-
-    def __init__(self, index: FastaIndex, task, rank: int, world: int, done):
-        self.index, self.task = index, task
-        self.rank, self.world, self.done = rank, world, done
-
-    def __iter__(self):
-        reader = IndexReader(self.index)
-        lengths = self.index.lengths.tolist()
-        plans = assign_batches(lengths, plan_tokens(self.task), self.task.cost, self.world,
-                               self.done)  # fmt: skip
-        try:
-            for start, end, plan in plans:
-                mine = [indices for rank, indices in plan if rank == self.rank]
-                if not mine:
-                    continue
-                window = reader.window(start, end)
-                for indices in mine:
-                    sequences = [window[i - start] for i in indices]
-                    yield {
-                        "index": indices,
-                        "ids": [self.index.ids[i] for i in indices],
-                        "lengths": [lengths[i] for i in indices],
-                        "sequences": sequences,
-                        **self.task.prepare(sequences),
-                    }
-        finally:
-            reader.close()
-
-
-# ----------------------------------------------------------------------------- Lightning
-
-
-def model_hash(model: torch.nn.Module) -> str:
-    """Digest of the weights and buffers (random features included): resume needs the same."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+from .bulk import RankRun, prepare, summary
+from .common import resolve_accelerator
+from .fasta_index import FastaIndex, Source
 
 
 class BulkInference(pl.LightningModule):
-    """Runs a Task over the index on every rank; rank 0 merges the shards into the output.
+    """One rank of a bulk run as Lightning's predict loop drives it."""
 
-    Rank 0 arrives with the index (``prepare_index``) and the shard folder made; the other
-    ranks load both from that folder.
-    """
-
-    def __init__(self, model, task, index: FastaIndex | None, fasta: str, output):
+    def __init__(self, model, task, index: FastaIndex | None, fasta: str, output, quiet: bool):
         super().__init__()
-        self.model = model
-        self.task, self.index, self.fasta, self.output = task, index, fasta, Path(output)
-        self.store = ShardStore(shard_dir(output))
-        self.quiet = True
-        self.peers: Peers | None = None
-        self.part: PartWriter | None = None
+        self.model, self.task, self.index = model, task, index
+        self.fasta, self.output, self.quiet = fasta, output, quiet
+        self.rank_run: RankRun | None = None
 
     def setup(self, stage: str) -> None:
         self.trainer.strategy.barrier()  # rank 0 has made the folder before it got here
-        if self.index is None:
-            self.index = FastaIndex.load(self.store.folder / INDEX_FILE, self.fasta)
-        self.attempt = read_attempt(self.store.folder)
-        self.done = self.store.done()
-        for index, entry in self.done.items():
-            if index >= len(self.index.ids) or entry.id != self.index.ids[index]:
-                raise InputError(f"{self.store.folder}: shards do not match the input; delete it")
+        self.rank_run = RankRun(self.model, self.task, self.index, self.fasta, self.output,
+                                self.global_rank, self.trainer.world_size, self.quiet)  # fmt: skip
+        self.rank_run.setup()
+        self.index = self.rank_run.index
 
     def predict_dataloader(self):
-        stream = BatchStream(
-            self.index, self.task, self.global_rank, self.trainer.world_size, set(self.done)
-        )
-        return DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
+        return self.rank_run.batches()
 
     def on_predict_start(self) -> None:
-        self.part = PartWriter(self.store.folder, self.global_rank)
-        self.peers = Peers(self.store.folder, self.attempt, self.global_rank,
-                           self.trainer.world_size)  # fmt: skip
-        self.peers.start()
-        self.batches, self.residues, self.busy = 0, 0, 0.0
-        self.started = time.monotonic()
-        self.trim, self.last_trim = _libc_trim(), 0.0
-        self.bar = None
-        if self.global_rank == 0:
-            done = sum(entry.length for entry in self.done.values())
-            self.tail = JournalTail(self.store)
-            self.tail.skip_existing()
-            self.bar = progress(self.quiet, self.task.name, total=self.index.residues)
-            self.bar.update(done)
-            self.last_poll = 0.0
-
-    def on_predict_batch_start(self, batch, batch_idx, dataloader_idx=0) -> None:
-        self.peers.check()
+        self.rank_run.start()
 
     def predict_step(self, batch: dict, batch_idx: int):
-        results = self.task.compute(self.model, batch)
-        return list(zip(batch["index"], batch["ids"], batch["lengths"], *zip(*results)))
+        return self.rank_run.step(batch)
 
     def on_predict_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.part.add_batch(outputs)
-        self.batches += 1
-        self.residues += sum(batch["lengths"])
-        self.busy = time.monotonic() - self.started
-        if self.trim is not None and time.monotonic() - self.last_trim > 1.0:
-            self.trim(0)
-            self.last_trim = time.monotonic()
-        if self.bar is not None and time.monotonic() - self.last_poll > 0.5:
-            self._advance_bar()
-
-    def _advance_bar(self) -> None:
-        self.bar.update(self.tail.new_residues())
-        self.last_poll = time.monotonic()
+        self.rank_run.after_step(outputs, batch)
 
     def on_predict_end(self) -> None:
-        self.part.close()
-        self.peers.finish([self.residues, self.batches, self.busy])
-        if self.global_rank != 0:
-            self.peers.stop()
-            return
-        # (world, 3): residues, batches, busy seconds of every rank
-        stats = torch.tensor(self.peers.wait_all(), dtype=torch.float64)
-        self.peers.stop()
-        self._advance_bar()
-        self.bar.close()
-        done = self.store.done()
-        missing = len(self.index.ids) - len(done)
-        if missing:
-            raise RuntimeError(f"{self.store.folder}: {missing} records missing after the run")
-        self.task.merge(self.store, self.index, done, self.output)
-        self.store.remove()
-        self.trainer.callback_metrics["bulk_rank_residues"] = stats[:, 0].clone()
-        self.trainer.callback_metrics["bulk_rank_seconds"] = stats[:, 2].clone()
+        stats = self.rank_run.finish()
+        if stats is not None:  # rank 0; callback metrics reach the caller of ddp_spawn too
+            self.trainer.callback_metrics["bulk_rank_stats"] = torch.tensor(stats)
 
 
 class _ReportFailure(pl.Callback):
-    """A rank that raises keeps what it finished and tells the other ranks to stop."""
-
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if pl_module.part is not None:
-            with contextlib.suppress(Exception):
-                pl_module.part.close()
-        if pl_module.peers is not None:
-            pl_module.peers.fail(exception)
+        if pl_module.rank_run is not None:
+            pl_module.rank_run.failed(exception)
 
 
-def resolve_accelerator(accelerator: str | None, model) -> str:
-    if accelerator in (None, "auto"):
-        return next(model.parameters()).device.type
-    return accelerator
-
-
-def run_bulk(
+def run_distributed(
     model,
     task,
     source: Source,
     output,
     *,
-    devices: int = 1,
+    devices: int,
     num_nodes: int = 1,
     strategy: str = "auto",
     accelerator: str | None = None,
     resume: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """Run ``task`` over the records of ``source`` on ``devices`` x ``num_nodes`` processes;
-    returns a summary. The summary's ``rank`` is this process's global rank: only rank 0's
-    describes the output."""
+    """``bulk.run_bulk`` on ``devices`` x ``num_nodes`` Lightning processes; the summary's
+    ``rank`` is this process's global rank: only rank 0's describes the output."""
     started = time.monotonic()
     with _quiet_lightning():
         trainer = pl.Trainer(
@@ -327,55 +98,13 @@ def run_bulk(
         with lock:
             index = None
             if trainer.global_rank == 0:  # before the other ranks start (or join)
-                index = _prepare(model, task, source, output, resume)
-                announce = getattr(task, "announce", None)
-                if announce is not None and not quiet:
-                    print(announce(index.lengths.tolist()), file=sys.stderr, flush=True)
-            module = BulkInference(model, task, index, source.fasta, output)
-            module.quiet = quiet
+                index = prepare(model, task, source, output, resume, quiet)
+            module = BulkInference(model, task, index, source.fasta, output, quiet)
             trainer.predict(module, return_predictions=False)
     seconds = time.monotonic() - started
-    index = module.index
-    ranks = trainer.callback_metrics.get("bulk_rank_residues")
-    per_rank = [int(r) for r in ranks.tolist()] if ranks is not None else []
-    mean = sum(per_rank) / len(per_rank) if per_rank else 0.0
-    return {
-        "rank": trainer.global_rank,
-        "records": len(index.ids) if index is not None else 0,
-        "residues": index.residues if index is not None else 0,
-        "seconds": seconds,
-        "residues_per_s": sum(per_rank) / seconds if seconds > 0 else 0.0,
-        "rank_residues": per_rank,
-        "balance": max(per_rank) / mean if mean else 1.0,
-        "renamed": index.renamed if index is not None else 0,
-        "skipped_duplicates": index.skipped if index is not None else 0,
-        "output": str(output),
-    }
-
-
-def _prepare(model, task, source: Source, output, resume: bool) -> FastaIndex:
-    """Rank 0: index the input, check the shard folder against this run, make or reuse it."""
-    store = ShardStore(shard_dir(output))
-    index, reused = prepare_index(store, source, resume)
-    settings = {
-        "task": task.name,
-        "fasta": str(Path(source.fasta).resolve()),
-        "fasta_size": os.path.getsize(source.fasta),
-        "fasta_sha256": index.sha256,
-        "truncate": source.truncate,
-        "invalid": source.invalid,
-        "records": len(index.ids),
-        "model": model_hash(model),
-        **task.settings(),
-    }
-    if getattr(task, "model_name", None) == "":  # unnamed: its digest, hashed once (rank 0 merges)
-        task.model_name = f"sha256:{settings['model']}"
-    store.check(settings, resume)
-    store.create(settings)
-    if not reused:
-        index.save(store.folder / INDEX_FILE)
-    new_attempt(store.folder)
-    return index
+    stats = trainer.callback_metrics.get("bulk_rank_stats")
+    stats = stats.tolist() if stats is not None else None
+    return summary(trainer.global_rank, module.index, stats, seconds, output)
 
 
 class _quiet_lightning:
@@ -398,22 +127,3 @@ class _quiet_lightning:
         self.warnings.__exit__(*exc)
         for lg, level in zip(self.loggers, self.levels):
             lg.setLevel(level)
-
-
-def summary_line(verb: str, summary: dict) -> str:
-    """One line: records, residues, seconds, residues/s and the per-rank balance."""
-    ranks = summary["rank_residues"]
-    balance = ""
-    if len(ranks) > 1:
-        balance = f"; {len(ranks)} ranks: {'/'.join(map(str, ranks))} residues (max/mean " + (
-            f"{summary['balance']:.2f})"
-        )
-    extra = ""
-    if summary["renamed"] or summary["skipped_duplicates"]:
-        renamed, skipped = summary["renamed"], summary["skipped_duplicates"]
-        extra = f"; duplicate ids: {renamed} renamed, {skipped} skipped"
-    return (
-        f"{verb} {summary['records']} records ({summary['residues']} residues) in "
-        f"{summary['seconds']:.1f} s, {summary['residues_per_s']:.0f} residues/s{balance}{extra}"
-        f" -> {summary['output']}"
-    )

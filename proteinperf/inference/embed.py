@@ -136,7 +136,7 @@ def decode_result(payload: bytes, length: int, layers: Sequence[int], include) -
 
 @dataclass
 class EmbedTask:
-    """What ``distributed.run_bulk`` computes per batch, and how rank 0 writes the output."""
+    """What a run (``runner.run_task``) computes per batch, and how the output is written."""
 
     layers: list[int]
     include: list[str]
@@ -171,8 +171,7 @@ class EmbedTask:
         # The shards stay until the output is complete, so it needs its own room beside them:
         # refused here (the shards kept, for --resume) rather than after filling the disk.
         needed = sum(stored_bytes(entry.nbytes, self.fmt) for entry in done.values())
-        kept = "; the computed shards are kept: make room, then rerun with --resume"
-        check_free_space(output, needed + (64 << 10), then=kept)
+        check_free_space(output, needed + (64 << 10), then=store.kept_note)
         allocate = NameAllocator(files=self.fmt == "pt-dir")
         names = [allocate(record_id) for record_id in records.ids]
         with atomic_output(output, directory=self.fmt == "pt-dir") as tmp:
@@ -214,14 +213,17 @@ def embed_fasta(
 ) -> dict:
     """Embed every record of ``fasta`` into ``output`` (written atomically); returns a summary.
 
-    Runs through Lightning's predict loop on ``devices`` x ``num_nodes`` processes
-    (``distributed.run_bulk``): records are read in windows, sorted by length inside a window,
-    batched under a token budget and spread over the ranks; each rank writes a shard beside
-    the output and rank 0 merges them in input order. ``resume`` continues an interrupted run
-    from its shards. The summary has records, residues, seconds, residues_per_s, per-rank
-    residues and ``rank`` (only rank 0 wrote the output).
+    Records are read in windows, sorted by length inside a window and batched under a token
+    budget. A small input on one device runs in this process (``runner.run_local``); a large
+    one, ``devices`` x ``num_nodes`` > 1 or ``resume`` takes the bulk path (``bulk.run_bulk``,
+    through Lightning's predict loop on several processes): the batches are spread over the
+    ranks, each rank writes a shard beside the output and rank 0 merges them in input order;
+    ``resume`` continues an interrupted run from its shards. Both paths write the same bytes.
+    The summary has records, residues, seconds, residues_per_s, per-rank residues and ``rank``
+    (only rank 0 wrote the output).
     """
-    from .distributed import Source, run_bulk
+    from .fasta_index import Source
+    from .runner import run_task
 
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -241,7 +243,7 @@ def embed_fasta(
 
     source = Source(str(fasta), truncate, invalid, on_duplicate, length_limit(model), too_long)
     task = EmbedTask(layers, include, precision, toks_per_batch, fmt, metadata)
-    return run_bulk(
+    return run_task(
         model,
         task,
         source,

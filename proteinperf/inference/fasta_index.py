@@ -15,7 +15,6 @@ reader's own code (``fasta._finish``), so both paths give the same sequences and
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from proteinperf.atomic import atomic_output
 from proteinperf.constants import DUPLICATE_POLICIES, INVALID_POLICIES
 from proteinperf.data.alphabet import GAPS, RESIDUES
 from proteinperf.data.fasta import (
-    DECOMPRESSION_ERRORS,
     DataError,
     FastaFormatError,
     _finish,
@@ -34,6 +33,7 @@ from proteinperf.data.fasta import (
     compression_of,
     normalise,
     open_binary,
+    record_blocks,
 )
 from proteinperf.errors import ConfigError
 
@@ -80,11 +80,11 @@ class FastaIndex:
         )
 
     def save(self, path: Path) -> None:
-        """Written to a temporary name, fsync'ed and renamed: a reader never sees half of it."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        """Written atomically and fsync'ed: a reader (another rank, --resume) never sees half
+        of it."""
         meta = [self.sha256, str(self.truncate or 0), self.invalid, self.on_duplicate]
         meta += [str(int(self.compressed)), str(self.renamed), str(self.skipped)]
-        with open(tmp, "wb") as f:
+        with atomic_output(path, fsync=True) as tmp, open(tmp, "wb") as f:
             np.savez(
                 f,
                 ids=np.frombuffer("\n".join(self.ids).encode(), dtype=np.uint8),
@@ -93,9 +93,6 @@ class FastaIndex:
                 ends=self.ends,
                 meta=np.array(meta),
             )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path, fasta) -> FastaIndex:
@@ -138,26 +135,11 @@ class _HashingReader:
 
 
 def _blocks(path: str, digest) -> Iterator[bytes]:
-    """Decompressed blocks of ``path``, each ending where a record does (before a '>' that
-    starts a line), hashing the raw bytes on the way."""
+    """``fasta.record_blocks`` of ``path``, hashing the raw bytes on the way."""
     with open(path, "rb") as raw:
         reader = _HashingReader(raw, digest)
-        stream = open_binary(path, reader)
-        carry = b""
-        try:
-            while block := stream.read(BLOCK):
-                data = carry + block
-                cut = data.rfind(b"\n>") + 1
-                if cut <= 0:
-                    carry = data
-                    continue
-                carry = data[cut:]
-                yield data[:cut]
-            if carry:
-                yield carry
-            reader.drain()
-        except DECOMPRESSION_ERRORS as e:
-            raise FastaFormatError(f"{path}: truncated or corrupt compressed file ({e})") from None
+        yield from record_blocks(open_binary(path, reader), BLOCK, path)
+        reader.drain()
 
 
 @dataclass
@@ -367,6 +349,22 @@ def build_index(
     index.sha256 = digest.hexdigest()
     index.renamed, index.skipped = duplicates.renamed, duplicates.skipped
     return index
+
+
+@dataclass(frozen=True)
+class Source:
+    """The FASTA file and the options that decide its records."""
+
+    fasta: str
+    truncate: int | None = None
+    invalid: str = "error"
+    on_duplicate: str = "error"
+    max_residues: int | None = None  # longer records are refused by ``too_long(id, length)``
+    too_long: Callable[[str, int], None] | None = None
+
+    def build(self) -> FastaIndex:
+        return build_index(self.fasta, self.truncate, self.invalid, self.on_duplicate,
+                           self.max_residues, self.too_long)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- reading

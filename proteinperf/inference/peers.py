@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from proteinperf.atomic import write_text_atomic
+
 HEARTBEAT_S = 2.0
 DEAD_AFTER_S = 60.0
 CHECK_EVERY_S = 0.5
@@ -24,12 +26,6 @@ ATTEMPT_FILE = "attempt"
 
 class PeerFailed(RuntimeError):
     """Another rank of this run failed; its error is the message."""
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Peers:
@@ -80,10 +76,10 @@ class Peers:
         if isinstance(error, PeerFailed) or not self.folder.is_dir():
             return
         message = f"{type(error).__name__}: {error}".splitlines()[0]
-        _write(self._path("error", self.rank), f"rank {self.rank} failed: {message}")
+        write_text_atomic(self._path("error", self.rank), f"rank {self.rank} failed: {message}")
 
     def finish(self, stats: list[float]) -> None:
-        _write(self._path("finished", self.rank), json.dumps(stats))
+        write_text_atomic(self._path("finished", self.rank), json.dumps(stats))
 
     # ------------------------------------------------------------------ the others
 
@@ -127,7 +123,7 @@ def new_attempt(folder: Path) -> str:
         for old in folder.glob(f"{kind}-*"):
             old.unlink(missing_ok=True)
     token = os.urandom(6).hex()
-    _write(folder / ATTEMPT_FILE, token)
+    write_text_atomic(folder / ATTEMPT_FILE, token)
     return token
 
 

@@ -115,7 +115,7 @@ def cost_line(strategy: str, lengths: Sequence[int], toks_per_batch: int) -> str
 
 @dataclass
 class ScoreTask:
-    """What ``distributed.run_bulk`` computes per batch, and how rank 0 writes the CSV."""
+    """What a run (``runner.run_task``) computes per batch, and how the CSV is written."""
 
     strategy: str
     precision: str
@@ -204,14 +204,15 @@ def score_fasta(
     Columns: ``columns(strategy)``; ``model`` is ``model_name`` (the CLI gives the checkpoint
     as typed), by default ``sha256:<digest of the weights>``. Unless ``quiet``, one line on
     stderr first says what the strategy costs and what the alternative costs.
-    Runs like ``embed_fasta`` (sharded over ``devices`` x ``num_nodes`` Lightning processes,
-    resumable); ``distributed_strategy`` is Lightning's strategy (``strategy`` is the scoring
-    one). Returns the summary of ``distributed.run_bulk`` plus ``strategy``.
+    Runs like ``embed_fasta`` (a small input in this process; else sharded over ``devices`` x
+    ``num_nodes`` Lightning processes, resumable); ``distributed_strategy`` is Lightning's
+    strategy (``strategy`` is the scoring one). Returns the run's summary plus ``strategy``.
     """
 
     from proteinperf.atomic import check_target
 
-    from .distributed import Source, run_bulk
+    from .fasta_index import Source
+    from .runner import run_task
 
     strategy = resolve_score_strategy(strategy, model.config.causal)
     check_target(output)
@@ -222,7 +223,7 @@ def score_fasta(
         check_length(model, length, f"record '{record_id}'")
 
     source = Source(str(fasta), truncate, invalid, on_duplicate, length_limit(model), too_long)
-    summary = run_bulk(
+    summary = run_task(
         model,
         ScoreTask(strategy, precision, toks_per_batch, model_name or ""),
         source,

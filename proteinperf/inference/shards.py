@@ -49,6 +49,9 @@ class Entry:
 
 
 class ShardStore:
+    # what a merge that finds no room tells the user (the run stops; its shards stay)
+    kept_note = "; the computed shards are kept: make room, then rerun with --resume"
+
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self._readers: dict[str, object] = {}

@@ -42,6 +42,9 @@ def test_bulk_rows_time_the_forward_of_a_real_cli_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.fasta", "in.fasta"]
     first.update(records=50)
     run.update(records=2)
-    table, checks = embedding.bulk_markdown({"run": run, "first": first})
-    assert [c["value"] for c in checks] == [run["forward_share"], first["first_batch_s"]]
+    assert 0 < run["forward_cpu_s"] < run["cpu_s"] and 0 < run["forward_cpu_share"] < 1
+    table, checks = embedding.bulk_markdown({"run": run, "first": first, "small": run})
+    values = [c["value"] for c in checks]
+    assert values == [run["forward_share"], first["first_batch_s"], run["wall_s"]]
     assert "| embed, short records | 2 |" in table and "| first batch only | 50 |" in table
+    assert "| embed, small input (in process) | 2 |" in table

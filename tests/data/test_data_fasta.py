@@ -5,7 +5,7 @@ from helpers import SAMPLE, write
 
 from proteinperf.data import Alphabet, FastaFormatError, get_alphabet, parse_header, read_fasta
 from proteinperf.data.blocks import parse_block
-from proteinperf.data.fasta import normalise
+from proteinperf.data.fasta import normalise, open_binary, record_blocks
 
 ODD = ">a desc one\nMKV\nla\n\n>b\r\nAC DE\r\nFG*\r\n>empty\n>c n=3 Tax=X y TaxID=7 RepID=Q\nwy\n"
 
@@ -163,3 +163,26 @@ def test_truncated_gzip(tmp_path):
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(FastaFormatError, match="truncated or corrupt"):
         list(read_fasta(path))
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".xz"])
+@pytest.mark.parametrize("block_size", [1, 7, 64, 1 << 20])
+def test_record_blocks_end_where_records_do(tmp_path, suffix, block_size):
+    """Blocks join back into the file; every block but the first starts a record and none
+    cuts one (a record longer than the block size stays whole)."""
+    text = ">a\nMKV\n>b x>y\n" + "W" * 100 + "\n\n>c\nAC\n>d\nE"
+    path = write(tmp_path / f"in.fasta{suffix}", text)
+    with open_binary(path) as stream:
+        blocks = list(record_blocks(stream, block_size, path))
+    assert b"".join(blocks).decode() == text
+    assert all(b.startswith(b">") for b in blocks)
+    assert all(b.endswith(b"\n") for b in blocks[:-1])
+    if block_size == 1:  # each read ends a record: one block per record
+        assert len(blocks) == 4
+
+
+def test_record_blocks_of_a_truncated_file_is_one_error(tmp_path):
+    path = write(tmp_path / "in.fasta.gz", ">a\n" + "MKV" * 5000 + "\n")
+    path.write_bytes(path.read_bytes()[:-20])
+    with open_binary(path) as stream, pytest.raises(FastaFormatError, match="truncated or corrupt"):
+        list(record_blocks(stream, 64, path))

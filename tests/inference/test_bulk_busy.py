@@ -14,7 +14,7 @@ from bulk_faults import SimulatedKill, failing, fault_env
 from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
-from proteinperf.inference import distributed, fasta_index, shards
+from proteinperf.inference import fasta_index, shards
 from proteinperf.inference.common import read_records
 from proteinperf.inference.embed import embed_fasta
 from proteinperf.inference.fasta_index import INDEX_FILE, IndexReader, build_index
@@ -105,7 +105,9 @@ def test_index_of_a_compressed_file_and_its_digest(tmp_path):
         assert np.array_equal(loaded.starts, index.starts) and loaded.compressed == index.compressed
 
 
-def test_resume_reuses_the_index_and_reads_the_file_once(tmp_path, checkpoints, monkeypatch):
+def test_resume_reuses_the_index_and_reads_the_file_once(
+    tmp_path, checkpoints, monkeypatch, bulk_path
+):
     model, _ = load_model(checkpoints["favor_relu"])
     fasta = write_fasta(tmp_path / "in.fasta", proteins())
     run = lambda out, **kw: embed_fasta(  # noqa: E731
@@ -116,7 +118,7 @@ def test_resume_reuses_the_index_and_reads_the_file_once(tmp_path, checkpoints, 
     built = []
     build = fasta_index.build_index
     monkeypatch.setattr(
-        distributed, "build_index", lambda *a, **kw: built.append(a) or build(*a, **kw)
+        fasta_index, "build_index", lambda *a, **kw: built.append(a) or build(*a, **kw)
     )
     out = tmp_path / "e.h5"
     with failing(after_batches=2), pytest.raises(SimulatedKill):

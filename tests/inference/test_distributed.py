@@ -17,7 +17,7 @@ from helpers import cli_env, write_fasta
 
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
-from proteinperf.inference.distributed import assign_batches
+from proteinperf.inference.common import assign_batches
 from proteinperf.inference.embed import embed_fasta, embed_sequences
 from proteinperf.inference.fasta_index import IndexReader, build_index
 from proteinperf.inference.score import score_fasta
@@ -135,7 +135,7 @@ def test_record_over_the_budget_gets_a_batch_of_its_own(tmp_path, checkpoints):
 
 
 @pytest.mark.parametrize("task", ["embed-h5", "embed-pt-dir", "score"])
-def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoints, task):
+def test_killed_run_resumes_to_the_same_output(tmp_path, checkpoints, task, bulk_path):
     model, _ = load_model(checkpoints["favor_relu"])
     fasta = write_fasta(tmp_path / "in.fasta", proteins())
     if task == "score":
@@ -234,7 +234,7 @@ def test_two_processes_spawn_match_one_process_pt_dir(tmp_path, checkpoints):
             torch.testing.assert_close(b[kind][2], a[kind][2], atol=1e-5, rtol=0)
 
 
-def test_resume_refuses_an_input_edited_in_place(tmp_path, checkpoints):
+def test_resume_refuses_an_input_edited_in_place(tmp_path, checkpoints, bulk_path):
     """Same path, size and mtime, other residues: the shards would be stale embeddings."""
     model, _ = load_model(checkpoints["favor_relu"])
     fasta = Path(write_fasta(tmp_path / "in.fasta", proteins()))

@@ -11,6 +11,7 @@ from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
 from proteinperf.inference.common import length_sorted_batches
 from proteinperf.inference.embed import embed_fasta, embed_sequences, resolve_layers
+from proteinperf.inference.shards import shard_dir
 from proteinperf.inference.writers import NameAllocator
 
 D = TINY["d_model"]  # embedding width
@@ -285,15 +286,19 @@ def _full_disk_after(calls: int):
 
 
 @pytest.mark.parametrize("fmt", ["h5", "pt-dir"])
+@pytest.mark.parametrize("bulk", [False, True])
 def test_full_disk_while_merging_is_one_line_and_leaves_no_output(
-    tmp_path, checkpoints, fasta, capsys, monkeypatch, fmt
+    tmp_path, checkpoints, fasta, capsys, monkeypatch, fmt, bulk
 ):
-    """The disk fills up during the merge: one line naming the output, nothing left but the
-    shards (for --resume once there is room). HDF5 used to crash the process at exit after a
-    failed write, and torch.save to report it as a RuntimeError without the path."""
+    """The disk fills up while the output is written: one line naming the output, nothing
+    left but, on the bulk path, the shards (for --resume once there is room). HDF5 used to
+    crash the process at exit after a failed write, and torch.save to report it as a
+    RuntimeError without the path."""
     import builtins
 
-    from proteinperf.inference import writers
+    from proteinperf.inference import runner, writers
+
+    monkeypatch.setattr(runner, "SMALL_INPUT_BYTES", -1 if bulk else runner.SMALL_INPUT_BYTES)
 
     real_open = builtins.open
     full = _full_disk_after(5)
@@ -316,19 +321,22 @@ def test_full_disk_while_merging_is_one_line_and_leaves_no_output(
     argv = ["embed", str(checkpoints["favor_relu"]), fasta, str(out), "--format", fmt]
     assert main([*argv, "--quiet"]) == 2
     assert capsys.readouterr().err == f"proteinperf embed: error: {out}: No space left on device\n"
-    assert sorted(p.name for p in tmp_path.iterdir() if out.name in p.name) == [
-        f".{out.name}.shards"
-    ]
+    left = sorted(p.name for p in tmp_path.iterdir() if out.name in p.name)
+    assert left == ([f".{out.name}.shards"] if bulk else [])
     monkeypatch.undo()
-    assert main([*argv, "--quiet", "--resume"]) == 0 and out.exists()
+    assert main([*argv, "--quiet", *(["--resume"] if bulk else [])]) == 0 and out.exists()
 
 
+@pytest.mark.parametrize("bulk", [False, True])
 def test_merge_without_room_is_refused_first_and_resumes(
-    tmp_path, checkpoints, fasta, capsys, monkeypatch
+    tmp_path, checkpoints, fasta, capsys, monkeypatch, bulk
 ):
     import collections
     import shutil
 
+    from proteinperf.inference import runner
+
+    monkeypatch.setattr(runner, "SMALL_INPUT_BYTES", -1 if bulk else runner.SMALL_INPUT_BYTES)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 4096, 4096))
     ckpt = str(checkpoints["favor_relu"])
@@ -336,10 +344,13 @@ def test_merge_without_room_is_refused_first_and_resumes(
     assert main(["embed", ckpt, fasta, str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"proteinperf embed: error: {out}: No space left on device: it needs")
-    assert err.endswith("rerun with --resume\n") and err.count("\n") == 1
+    assert err.count("\n") == 1
+    # only the bulk path has shards to resume from
+    assert err.endswith("rerun with --resume\n") == bulk and err.endswith(" free\n") != bulk
     assert not out.exists() and not list(tmp_path.glob(".e.h5.tmp*"))
+    assert shard_dir(out).exists() == bulk
     monkeypatch.undo()
-    assert main(["embed", ckpt, fasta, str(out), "--quiet", "--resume"]) == 0
+    assert main(["embed", ckpt, fasta, str(out), "--quiet", *(["--resume"] if bulk else [])]) == 0
     assert out.is_file() and not list(tmp_path.glob(".e.h5*"))
 
 
@@ -391,3 +402,48 @@ def test_h5_writer_survives_a_full_disk_at_any_write(tmp_path, monkeypatch):
         np.testing.assert_array_equal(
             f["a/representations/1"][:], records[0]["representations"][1].numpy()
         )
+
+
+def test_h5_writer_writes_what_h5pys_own_calls_write(tmp_path):
+    """The writer's low-level calls make the same file, byte for byte, as create_group,
+    attrs[...] = and create_dataset (the layout readers know), names ASCII or not."""
+    from proteinperf.inference.writers import H5Writer
+
+    g = torch.Generator().manual_seed(0)
+    records = {}
+    for i, name in enumerate(["a", "sp|P1|X_Y", "é è", "b"]):
+        n = 3 + i
+        records[name] = {
+            "length": n,
+            "representations": {
+                0: torch.randn(n, D, generator=g),
+                2: torch.randn(n, D, generator=g),
+            },
+            "mean_representations": {2: torch.randn(D, generator=g)},
+            "bos_representations": {0: torch.randn(D, generator=g)},
+        }
+    meta = {"layers": [0, 2], "include": ["mean", "per-token", "bos"], "checkpoint": "m.pt"}
+    ids, names = [f"id {k}" for k in records], list(records)
+    writer = H5Writer(tmp_path / "ours.h5", meta)
+    for name, record_id in zip(names, ids):
+        writer.add(name, record_id, records[name])
+    writer.close(ids, names)
+    # (through a Python file object, as the writer's: the sec2 driver ends the file otherwise)
+    with (
+        open(tmp_path / "h5py.h5", "w+b") as raw,
+        h5py.File(raw, "w", libver="earliest", track_order=False) as f,
+    ):
+        for key, value in meta.items():
+            f.attrs[key] = value
+        for name, record_id in zip(names, ids):
+            group = f.create_group(name)
+            group.attrs["id"] = record_id
+            group.attrs["length"] = records[name]["length"]
+            for kind in ("representations", "mean_representations", "bos_representations"):
+                for layer, tensor in sorted(records[name][kind].items()):
+                    group.create_dataset(f"{kind}/{layer}", data=tensor.numpy(), track_times=False)
+        strings = h5py.string_dtype()
+        for key, values in (("ids", ids), ("keys", names)):
+            f.create_dataset(f"_index/{key}", data=np.array(values, dtype=object), dtype=strings,
+                             track_times=False)  # fmt: skip
+    assert (tmp_path / "ours.h5").read_bytes() == (tmp_path / "h5py.h5").read_bytes()

@@ -8,7 +8,7 @@ from helpers import SEQUENCES, variant_model
 from proteinperf.checkpoint import load_model
 from proteinperf.cli import main
 from proteinperf.data.alphabet import get_alphabet
-from proteinperf.inference.distributed import model_hash
+from proteinperf.inference.common import model_hash
 from proteinperf.inference.likelihood import pseudo_log_probs
 from proteinperf.inference.score import (
     SCORE_COLUMNS,
@@ -114,7 +114,7 @@ def test_forward_passes_are_those_pll_makes(tmp_path, checkpoints, fasta, budget
         hook.remove()
 
 
-def test_pll_journals_every_record_and_resumes(tmp_path, checkpoints, fasta):
+def test_pll_journals_every_record_and_resumes(tmp_path, checkpoints, fasta, bulk_path):
     """One record per batch: the progress bar (and --resume) move after every protein."""
     model, _ = load_model(checkpoints["favor_relu"])
     reference, out = tmp_path / "ref.csv", tmp_path / "run.csv"
