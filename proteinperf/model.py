@@ -27,6 +27,7 @@ from proteinperf.errors import ConfigError, InputError
 from proteinperf.layers import LayerDict, resolve_layers
 
 POSITIONALS = ("learned", "sinusoidal", "rotary")
+ROTARY_INV_FREQ_DTYPES = ("float32", "float16")
 LM_HEADS = ("esm", "linear")
 # ESM-2 trains with 15% masking of which 80% become <mask>; token dropout rescales embeddings
 # so their expected norm does not depend on how many positions are masked.
@@ -47,6 +48,8 @@ class ModelConfig:
     dropout: float = 0.1
     max_len: int = 1024  # only for positional="learned"
     positional: str = "rotary"  # "learned" | "sinusoidal" | "rotary"
+    # rotary frequencies rounded to this dtype: ESM-2 files saved in float16 store them so
+    rotary_inv_freq_dtype: str = "float32"
     attention: str = "favor_relu"  # "softmax" (exact) | "favor_<kernel>" for kernel in KERNELS
     nb_features: int = 256
     orthogonal_features: bool = True
@@ -88,6 +91,11 @@ class ModelConfig:
             fail(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.positional not in POSITIONALS:
             fail(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
+        if self.rotary_inv_freq_dtype not in ROTARY_INV_FREQ_DTYPES:
+            fail(
+                f"rotary_inv_freq_dtype must be one of {ROTARY_INV_FREQ_DTYPES}, got "
+                f"{self.rotary_inv_freq_dtype!r}"
+            )
         if self.lm_head not in LM_HEADS:
             fail(f"lm_head must be one of {LM_HEADS}, got {self.lm_head!r}")
         if self.feature_scaling not in FEATURE_SCALINGS:
@@ -130,25 +138,30 @@ class ModelConfig:
 # --- positions --------------------------------------------------------------------------------
 
 
-def rotary_inv_freq(dim: int, device=None) -> torch.Tensor:
-    """θ_i = 10000^(-2i/dim), i < dim/2 (float32, as fair-esm computes it)."""
-    return 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))
+def rotary_inv_freq(dim: int, device=None, dtype: str = "float32") -> torch.Tensor:
+    """θ_i = 10000^(-2i/dim), i < dim/2, computed in float32 as fair-esm does, then rounded to
+    ``dtype`` (fair-esm's buffer as a float16 file stores it) and returned as float32."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))
+    return inv_freq.to(getattr(torch, dtype)).float()
 
 
 _ROTARY_CONSTANTS: dict = {}
 
 
-def rotary_tables(positions: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(
+    positions: torch.Tensor, dim: int, inv_freq_dtype: str = "float32"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (*positions.shape, dim) of RoFormer rotary embeddings at integer positions,
     fair-esm's layout: the two halves of the head dim share the frequencies θ_i
     (non-interleaved). sin's first half is negated, so that ``apply_rotary`` can rotate x as
-    x·cos + swap(x)·sin, swap exchanging the halves (= fair-esm's rotate_half(x)·sin)."""
-    key = (dim, positions.device)
+    x·cos + swap(x)·sin, swap exchanging the halves (= fair-esm's rotate_half(x)·sin).
+    ``inv_freq_dtype`` as in ``rotary_inv_freq``."""
+    key = (dim, positions.device, inv_freq_dtype)
     if key not in _ROTARY_CONSTANTS:  # built outside inference mode: training may reuse them
         with torch.inference_mode(False):
             sign = torch.ones(2, dim // 2, device=positions.device)
             sign[0] = -1.0
-            freqs = rotary_inv_freq(dim, positions.device).repeat(2)
+            freqs = rotary_inv_freq(dim, positions.device, inv_freq_dtype).repeat(2)
             _ROTARY_CONSTANTS[key] = (freqs, sign.view(dim))
     freqs, sign = _ROTARY_CONSTANTS[key]
     angles = positions.float().unsqueeze(-1) * freqs  # (..., dim)
@@ -505,7 +518,9 @@ class PerformerLM(nn.Module):
 
         rotary = None
         if self.config.positional == "rotary":
-            rotary = rotary_tables(positions[:, None], self.config.head_dim)  # (B|1, 1, L, dh)
+            rotary = rotary_tables(  # (B|1, 1, L, dh)
+                positions[:, None], self.config.head_dim, self.config.rotary_inv_freq_dtype
+            )
 
         attention_inputs, attentions, layer_states = {}, None, []
         for i, block in enumerate(self.layers, start=1):
@@ -588,6 +603,7 @@ class PerformerLM(nn.Module):
 __all__ = [
     "ATTENTIONS",
     "POSITIONALS",
+    "ROTARY_INV_FREQ_DTYPES",
     "LM_HEADS",
     "ModelConfig",
     "PerformerLM",

@@ -218,6 +218,7 @@ def test_learned_positions_reject_long_sequences():
         (dict(padding_idx=40), "padding_idx"),
         (dict(d_model=36, n_heads=4), "rotary"),
         (dict(redraw_interval=-1), "redraw_interval"),
+        (dict(rotary_inv_freq_dtype="bfloat16"), "rotary_inv_freq_dtype"),
     ],
 )
 def test_config_validation(overrides, match):

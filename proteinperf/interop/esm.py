@@ -2,8 +2,9 @@
 
 ESM-2 already has proteinperf's layout (pre-LayerNorm blocks, rotary q/k, final LayerNorm,
 tied RoBERTa LM head, token dropout), so conversion renames nothing: it strips fairseq's
-prefixes, checks every tensor, and drops what the model recomputes (rotary inv_freq, the tied
-decoder weight). The contact regression is not part of the LM; it is kept beside the weights.
+prefixes, checks every tensor, and drops what the model recomputes: the tied decoder weight
+and the rotary inv_freq, of which it keeps only whether it was rounded to float16. The
+contact regression is not part of the LM; it is kept beside the weights.
 
 A model name (``esm2_t6_8M_UR50D``) instead of a file goes through fair-esm's own pretrained
 loader: its download into the torch-hub cache (``torch.hub.get_dir()/checkpoints``), the
@@ -20,7 +21,7 @@ import torch
 
 from proteinperf.checkpoint import save_model
 from proteinperf.errors import ProteinperfError
-from proteinperf.model import ModelConfig, PerformerLM, rotary_inv_freq
+from proteinperf.model import ROTARY_INV_FREQ_DTYPES, ModelConfig, PerformerLM, rotary_inv_freq
 
 ESM_PREFIXES = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 CONTACT_KEYS = ("contact_head.regression.weight", "contact_head.regression.bias")
@@ -135,12 +136,19 @@ def esm_config(state: dict, hparams: dict, where: str = "ESM checkpoint") -> Mod
     return config
 
 
-def check_rotary_inv_freq(inv_freq: torch.Tensor, head_dim: int, where: str) -> None:
-    """The model recomputes the rotary frequencies: refuse a checkpoint whose stored ones differ."""
-    if inv_freq.shape != (head_dim // 2,) or not torch.allclose(
-        inv_freq.float(), rotary_inv_freq(head_dim)
-    ):
-        raise ESMConversionError(f"{where} rotary inv_freq differs from 1/10000^(2i/d)")
+def check_rotary_inv_freq(inv_freq: torch.Tensor, head_dim: int, where: str) -> str:
+    """Which frequencies a stored rotary inv_freq holds, as the model's
+    ``rotary_inv_freq_dtype``: 1/10000^(2i/d) in float32, or rounded to float16 (the buffer of
+    a model saved in float16, which fair-esm and transformers load as is and run with).
+    Anything else is refused."""
+    if inv_freq.shape == (head_dim // 2,):
+        for dtype in ROTARY_INV_FREQ_DTYPES:  # float32 first: where both match, they agree
+            if torch.allclose(inv_freq.float(), rotary_inv_freq(head_dim, dtype=dtype)):
+                return dtype
+    raise ESMConversionError(
+        f"{where} rotary inv_freq differs from 1/10000^(2i/d) in "
+        f"{' and in '.join(ROTARY_INV_FREQ_DTYPES)}"
+    )
 
 
 def performer_from_esm_state(
@@ -154,17 +162,22 @@ def performer_from_esm_state(
     """A PerformerLM holding ESM-2 weights; FAVOR features are drawn from ``seed``."""
     config = esm_config(state, hparams, where)
     config.attention, config.nb_features = attention, nb_features
+    state = dict(state)
+    dtypes = {}
+    for i in range(config.n_layers):
+        inv_freq = state.pop(f"layers.{i}.self_attn.rot_emb.inv_freq", None)
+        if inv_freq is not None:
+            dtypes[i] = check_rotary_inv_freq(inv_freq, config.head_dim, f"{where}: layer {i}")
+    if len(set(dtypes.values())) > 1:
+        found = ", ".join(f"layer {i}: {dtype}" for i, dtype in dtypes.items())
+        raise ESMConversionError(f"{where}: layers' rotary inv_freq disagree ({found})")
+    config.rotary_inv_freq_dtype = next(iter(dtypes.values()), "float32")
     try:
         model = PerformerLM(config)
     except ValueError as err:
         raise ESMConversionError(f"{where}: {err}") from err
     model.redraw_features(seed, 0)
 
-    state = dict(state)
-    for i in range(config.n_layers):
-        inv_freq = state.pop(f"layers.{i}.self_attn.rot_emb.inv_freq", None)
-        if inv_freq is not None:
-            check_rotary_inv_freq(inv_freq, config.head_dim, f"{where}: layer {i}")
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     features = {k: v for k, v in model.state_dict().items() if k.endswith(".features")}

@@ -23,7 +23,6 @@ from proteinperf.data.alphabet import get_alphabet
 from proteinperf.interop.esm import (
     CONTACT_KEYS,
     ESMConversionError,
-    check_rotary_inv_freq,
     performer_from_esm_state,
     save_converted,
 )
@@ -45,12 +44,21 @@ _RENAMES = (
     (r"encoder\.layer\.(\d+)\.attention\.self\.query\.", r"layers.\1.self_attn.q_proj."),
     (r"encoder\.layer\.(\d+)\.attention\.self\.key\.", r"layers.\1.self_attn.k_proj."),
     (r"encoder\.layer\.(\d+)\.attention\.self\.value\.", r"layers.\1.self_attn.v_proj."),
+    (
+        r"encoder\.layer\.(\d+)\.attention\.self\.rotary_embeddings\.",
+        r"layers.\1.self_attn.rot_emb.",
+    ),
     (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.self_attn.out_proj."),
     (r"encoder\.layer\.(\d+)\.attention\.LayerNorm\.", r"layers.\1.self_attn_layer_norm."),
     (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.fc1."),
     (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.fc2."),
     (r"encoder\.layer\.(\d+)\.LayerNorm\.", r"layers.\1.final_layer_norm."),
     (r"contact_head\.regression\.", "contact_head.regression."),
+)
+# transformers 5 keeps one rotary inv_freq for all layers, saved under the layer wildcard;
+# fair-esm has one per layer (each then checked with the weights, float32 or float16)
+SHARED_INV_FREQ = re.compile(
+    r"esm\.(encoder\.layer\.\*\.attention\.self\.)?rotary_embeddings\.inv_freq"
 )
 # EsmConfig's defaults, for keys an older config.json leaves out
 _DEFAULTS = {
@@ -221,13 +229,14 @@ def read_hf_esm(directory) -> tuple[dict, dict, dict | None]:
         raise ESMConversionError(
             f"{directory}: no lm_head weights, not an EsmForMaskedLM (an EsmModel has no LM head)"
         )
-    head_dim = hparams["encoder_embed_dim"] // hparams["encoder_attention_heads"]
     # Older transformers saved the position ids, and a learned position table it ignores when
     # loading a rotary model (_keys_to_ignore_on_load_unexpected); neither is used.
     for key in ("esm.embeddings.position_ids", "esm.embeddings.position_embeddings.weight"):
         state.pop(key, None)
-    for key in [k for k in state if k.endswith("rotary_embeddings.inv_freq")]:
-        check_rotary_inv_freq(state.pop(key), head_dim, f"{directory}: {key}")
+    for key in [k for k in state if SHARED_INV_FREQ.fullmatch(k)]:
+        shared = state.pop(key)
+        for i in range(hparams["encoder_layers"]):
+            state[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = shared
     state = {fair_esm_name(k): v for k, v in state.items()}
     contact = {k.rsplit(".", 1)[1]: state.pop(k) for k in CONTACT_KEYS if k in state}
     return state, hparams, contact or None

@@ -40,7 +40,14 @@ SHIPPED = {
     "shipped-causal": "swissprot-transformer-causal",
 }
 TINY_KINDS = [(a, c) for a in ("favor_relu", "favor_softmax", "softmax") for c in (False, True)]
-NAMES = [*SHIPPED, *(f"tiny-{a}-{'clm' if c else 'mlm'}" for a, c in TINY_KINDS)]
+# a converted float16 ESM-2's rotary frequencies (head dim 32, large weights: float32's
+# frequencies change these logits by ~1e-2)
+FLOAT16_ROTARY = dict(n_heads=1, weight_scale=20.0, rotary_inv_freq_dtype="float16")
+NAMES = [
+    *SHIPPED,
+    *(f"tiny-{a}-{'clm' if c else 'mlm'}" for a, c in TINY_KINDS),
+    "tiny-float16-rotary",
+]
 
 
 def _tokens(sequences, causal: bool) -> torch.Tensor:
@@ -91,6 +98,8 @@ def exported(tmp_path_factory):
         name = f"tiny-{attention}-{'clm' if causal else 'mlm'}"
         model = tiny_model(attention, causal=causal, seed=len(sources), weight_scale=5.0)
         sources[name] = str(save_model(root / f"{name}.pt", model))
+    model = tiny_model("softmax", seed=len(sources), **FLOAT16_ROTARY)
+    sources["tiny-float16-rotary"] = str(save_model(root / "tiny-float16-rotary.pt", model))
     folders, spec = {}, {}
     for name, source in sources.items():
         folders[name] = (source, export_hf(source, root / name))
@@ -247,6 +256,17 @@ def test_load_model_reads_the_folder_back_with_its_metadata(tmp_path):
     export_hf(folder, tmp_path / "hf2")
     configs = [json.loads((p / "config.json").read_text()) for p in (folder, tmp_path / "hf2")]
     assert configs[0] == configs[1]
+
+
+def test_float16_rotary_frequencies_travel_with_the_folder(tmp_path):
+    model = tiny_model("softmax", **FLOAT16_ROTARY)
+    folder = export_hf(save_model(tmp_path / "m.pt", model), tmp_path / "hf")
+    assert json.loads((folder / "config.json").read_text())["rotary_inv_freq_dtype"] == "float16"
+    again, _ = load_model(folder)
+    assert again.config == model.config
+    tokens = _tokens(BATCH, causal=False)
+    with torch.no_grad():
+        assert torch.equal(again(tokens)["logits"], model(tokens)["logits"])
 
 
 def test_embed_of_the_folder_equals_embed_of_the_checkpoint(tmp_path, capsys):

@@ -1,4 +1,6 @@
 import argparse
+import dataclasses
+import re
 import urllib.error
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from proteinperf.interop.esm import (
     convert_esm_checkpoint,
     performer_from_esm_model,
 )
+from proteinperf.model import PerformerLM, rotary_inv_freq
 
 LAYERS, DIM, HEADS = 2, 64, 4
 SEQUENCES = [
@@ -287,3 +290,66 @@ def test_convert_by_name_errors(tmp_path, hub_cache, capsys):
     assert len(err.strip().splitlines()) == 1
     assert "could not load it" in err and str(hub_cache) in err
     assert not out.exists()
+
+
+def float16_esm2_file(tmp_path):
+    """A file saved as the released esm2_t36_3B / t48_15B are, in float16, and fair-esm's model
+    of it: float32 parameters holding the float16 values, rotary inv_freq rounded to float16."""
+    model, alphabet = random_esm2(seed=2)
+    path = save_official(model.half(), tmp_path / "esm2_t2_half_UR50D.pt")
+    data = torch.load(path, weights_only=False)
+    regression = torch.load(path.with_name(path.stem + "-contact-regression.pt"))
+    loaded, _ = esm.pretrained.load_model_and_alphabet_core(path.stem, data, regression)
+    return loaded.eval(), alphabet, path
+
+
+def test_float16_file_converts_with_its_rotary_frequencies(tmp_path, capsys):
+    """fair-esm runs a float16 file with the float16 rotary frequencies it stores; so does the
+    converted model. Both compute in float32 from the same float16-valued weights, so float32's
+    tolerance holds; the float32 frequencies miss it by far."""
+    reference, alphabet, path = float16_esm2_file(tmp_path)
+    inv_freq = reference.layers[0].self_attn.rot_emb.inv_freq
+    assert inv_freq.dtype == torch.float32 and not torch.equal(inv_freq, rotary_inv_freq(16))
+    assert main(["convert-esm", str(path), str(tmp_path / "c.ckpt")]) == 0
+    ours, _ = load_model(tmp_path / "c.ckpt")
+    assert ours.config.rotary_inv_freq_dtype == "float16"
+    assert read_checkpoint(tmp_path / "c.ckpt")["model_config"]["rotary_inv_freq_dtype"] == (
+        "float16"
+    )
+    tokens = batch(alphabet, [(0, 3), (2, 1)])
+    with torch.no_grad():
+        expected = reference(tokens)["logits"]
+        torch.testing.assert_close(ours(tokens)["logits"], expected, atol=1e-4, rtol=0)
+        # fair-esm's module loaded from that file (the by-name path) converts the same way
+        again = performer_from_esm_model(reference)
+        assert again.config.rotary_inv_freq_dtype == "float16"
+        torch.testing.assert_close(again(tokens)["logits"], expected, atol=1e-4, rtol=0)
+        float32 = PerformerLM(dataclasses.replace(ours.config, rotary_inv_freq_dtype="float32"))
+        float32.load_state_dict(ours.state_dict())
+        assert (float32.eval()(tokens)["logits"] - expected).abs().max() > 1e-3
+
+
+def test_float32_file_keeps_the_float32_frequencies(tmp_path, esm2_file):
+    _, _, path = esm2_file
+    ours, _ = load_model(convert_esm_checkpoint(path, tmp_path / "c.ckpt"))
+    assert ours.config.rotary_inv_freq_dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    "layer, inv_freq, message",
+    [  # neither float32's nor float16's frequencies; layers that disagree
+        (0, lambda f: f * 1.01, "layer 0 rotary inv_freq differs from 1/10000.+ in float32 and"),
+        (1, lambda f: rotary_inv_freq(16), r"layer 0: float16, layer 1: float32"),
+    ],
+)
+def test_other_rotary_frequencies_are_refused(tmp_path, capsys, layer, inv_freq, message):
+    _, _, path = float16_esm2_file(tmp_path)
+    obj = torch.load(path, weights_only=False)
+    key = f"encoder.sentence_encoder.layers.{layer}.self_attn.rot_emb.inv_freq"
+    obj["model"][key] = inv_freq(obj["model"][key])
+    torch.save(obj, tmp_path / "odd.pt")
+    assert main(["convert-esm", str(tmp_path / "odd.pt"), str(tmp_path / "o.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert str(tmp_path / "odd.pt") in err
+    assert not (tmp_path / "o.ckpt").exists()

@@ -13,6 +13,7 @@ from proteinperf.data.alphabet import get_alphabet
 from proteinperf.inference.contacts import predict_contacts
 from proteinperf.interop.esm import ESMConversionError
 from proteinperf.interop.hf_esm import convert_hf_esm, read_hf_esm
+from proteinperf.model import rotary_inv_freq
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -265,3 +266,31 @@ def test_refuses_base_model_and_other_rotary_frequencies(tmp_path, hf_dir):
     with pytest.raises(ESMConversionError, match="rotary inv_freq differs"):
         convert_hf_esm(odd, tmp_path / "o.ckpt")
     assert not (tmp_path / "o.ckpt").exists()
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "per-layer bin"])
+def test_float16_directory_converts_with_its_rotary_frequencies(tmp_path, layout):
+    """A model saved in float16: transformers loads its rotary inv_freq as stored (rounded to
+    float16) and runs with it; so does the converted model. Both compute in float32 from the
+    same float16-valued weights: float32's tolerance. The hub's ESM-2 files store one inv_freq
+    per layer (older transformers); transformers 5 saves one for all layers."""
+    directory = tmp_path / "half"
+    model = random_hf_esm2(seed=3).half()
+    model.save_pretrained(directory)
+    if layout == "per-layer bin":
+        state = model.state_dict()
+        shared = state.pop("esm.rotary_embeddings.inv_freq")
+        for i in range(LAYERS):
+            state[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = shared
+        (directory / "model.safetensors").unlink()
+        torch.save(state, directory / "pytorch_model.bin")
+    reference = transformers.EsmForMaskedLM.from_pretrained(directory, dtype=torch.float32)
+    inv_freq = reference.esm.rotary_embeddings.inv_freq
+    assert inv_freq.dtype == torch.float32 and not torch.equal(inv_freq, rotary_inv_freq(16))
+
+    ours, _ = load_model(convert_hf_esm(directory, tmp_path / "c.ckpt"))
+    assert ours.config.rotary_inv_freq_dtype == "float16"
+    tokens, mask = tokens_and_mask(MASKED)
+    with torch.no_grad():
+        expected = reference.eval()(tokens, attention_mask=mask).logits
+        torch.testing.assert_close(ours(tokens)["logits"], expected, atol=1e-4, rtol=0)
