@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_experiment_requires_init_from():
+    from proteinperf.train import register_resolvers
+
+    register_resolvers()  # the schemas conf/ builds on: this test must not rely on others' imports
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=esm2_to_performer"])
     assert cfg.model.attention == "favor_softmax" and cfg.optim.lr == 1e-4
