@@ -103,7 +103,10 @@ class BF16Results(TorchDispatchMode):
 @contextlib.contextmanager
 def _attention_under(mode_factory):
     """Run every favor_attention call of the model under a fresh dispatch mode."""
-    import proteinperf.model as model_module
+    import importlib
+
+    # the module (the package's ``attend`` attribute is the function of the same name)
+    model_module = importlib.import_module("proteinperf.attention.attend")
 
     original = model_module.favor_attention
 

@@ -177,7 +177,10 @@ def _many_records(path, n=600):
 @pytest.mark.slow
 @pytest.mark.parametrize("command, signum", [("embed", signal.SIGTERM), ("score", signal.SIGINT)])
 def test_embed_and_score_stop_on_signals_and_resume(inputs, tmp_path, command, signum):
-    fasta = _many_records(tmp_path / "many.fa")
+    from proteinperf.inference.runner import small_input
+
+    fasta = _many_records(tmp_path / "many.fa", 6000)
+    assert not small_input(fasta)  # the bulk path: the one that keeps batches for --resume
     out = tmp_path / ("out.h5" if command == "embed" else "out.csv")
     argv = [command, inputs["bid"], fasta, str(out), "--quiet", "--toks-per-batch", "1024"]
     argv += ["--strategy", "wt-marginals"] if command == "score" else []  # one pass a batch
