@@ -146,7 +146,9 @@ def favor_step(
                 out, state = causal_linear_attention(
                     phi_q, phi_k, log_scale, v_ext, chunk_size, state.context, state.shift
                 )
-            state = FavorState(*state)
+            # The scan's final state is a view into all the chunk prefixes: copied out, so that
+            # the state holds only its own numbers and one-token steps update it contiguously.
+            state = FavorState(*(t.contiguous() for t in state))
         out = out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)
     return out.to(out_dtype), state
 
