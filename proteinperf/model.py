@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch.nn.modules import module as nn_module
 
 from proteinperf.attention import (
-    attend,
     draw_features,
     favor_attention_weights,
     softmax_attention_weights,
 )
+from proteinperf.attention.attend import attend
 from proteinperf.attention.recurrent import init_kv_cache
 from proteinperf.attention.recurrent import init_state as init_favor_state
 from proteinperf.constants import ATTENTIONS, FEATURE_SCALINGS  # noqa: F401 (re-exported)
