@@ -7,6 +7,7 @@ the same parameter names), so ESM-2 weights load unchanged and only the attentio
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -275,10 +276,8 @@ class SelfAttention(nn.Module):
         ``Block.token``), q and k rotated together."""
         b, h, dh = x.shape[0], self.n_heads, self.head_dim
         x = x.view(b, -1)
-        q_proj, k_proj, v_proj = self.q_proj, self.k_proj, self.v_proj
-        q = F.linear(x, q_proj.weight, q_proj.bias)
-        k = F.linear(x, k_proj.weight, k_proj.bias)
-        v = F.linear(x, v_proj.weight, v_proj.bias)
+        q = F.linear(x, *_tensors(self, "q_proj"))
+        k = F.linear(x, *_tensors(self, "k_proj"))
         qk = torch.cat((q, k), 1).view(b, 2 * h, 1, dh)  # [q heads, k heads]
         if rotary is not None:
             qk = apply_rotary(qk, *rotary)
@@ -286,15 +285,14 @@ class SelfAttention(nn.Module):
         y, state = attend(
             q,
             k,
-            v.view(b, h, 1, dh),
-            self.features if self.is_favor else None,
+            F.linear(x, *_tensors(self, "v_proj")).view(b, h, 1, dh),
+            self._buffers["features"] if self.kernel is not None else None,
             kernel=self.kernel,
             causal=self.causal,
             key_padding_mask=key_padding_mask,
             state=state,
         )
-        out = self.out_proj
-        return torch.addmm(out.bias, y.reshape(b, -1), out.weight.t()).view(b, 1, -1), (q, k), state
+        return F.linear(y.reshape(b, 1, -1), *_tensors(self, "out_proj")), (q, k), state
 
     def attention_weights(
         self,
@@ -354,13 +352,23 @@ class Block(nn.Module):
         ~100 tiny ops whose price is per call, not per FLOP. The same math as ``forward``
         (tests compare both); ``PerformerLM.forward`` takes it only without autograd and
         where no forward hook could tell the difference."""
-        ln1, ln2 = self.self_attn_layer_norm, self.final_layer_norm
-        y = torch.layer_norm(x, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps)
-        y, qk, state = self.self_attn.token(y, key_padding_mask, rotary, state)
+        modules = self._modules
+        ln1, ln2 = modules["self_attn_layer_norm"], modules["final_layer_norm"]
+        y = torch.layer_norm(
+            x, ln1.normalized_shape, *_tensors(self, "self_attn_layer_norm"), ln1.eps
+        )
+        y, qk, state = modules["self_attn"].token(y, key_padding_mask, rotary, state)
         x = x + y
-        y = torch.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)
-        y = F.gelu(F.linear(y, self.fc1.weight, self.fc1.bias))
-        return x + F.linear(y, self.fc2.weight, self.fc2.bias), qk, state
+        y = torch.layer_norm(x, ln2.normalized_shape, *_tensors(self, "final_layer_norm"), ln2.eps)
+        y = F.gelu(F.linear(y, *_tensors(self, "fc1")))
+        return x + F.linear(y, *_tensors(self, "fc2")), qk, state
+
+
+def _tensors(module: nn.Module, name: str) -> tuple:
+    """(weight, bias) of the Linear or LayerNorm ``name`` in ``module``, read from the module
+    dicts: nn.Module's attribute lookup costs more than a decoding step's ops on them."""
+    parameters = module._modules[name]._parameters
+    return parameters["weight"], parameters["bias"]
 
 
 def _unobserved(modules: list[nn.Module]) -> bool:
@@ -370,7 +378,11 @@ def _unobserved(modules: list[nn.Module]) -> bool:
         return False
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return not (any(map(_HOOKS, modules)) or any(map(_PRE_HOOKS, modules)))
+
+
+_HOOKS = operator.attrgetter("_forward_hooks")  # C-level loops: checked at every step
+_PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")
 
 
 class LMHead(nn.Module):
