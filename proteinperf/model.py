@@ -7,12 +7,14 @@ the same parameter names), so ESM-2 weights load unchanged and only the attentio
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as nn_module
 
 from proteinperf.attention import (
     draw_features,
@@ -172,7 +174,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """x (..., L, dim) rotated by ``rotary_tables`` (cos, sin broadcasting to x)."""
     if cos.dtype != x.dtype:
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # the two halves exchanged
+    swapped = x.roll(x.shape[-1] // 2, -1)  # the two halves exchanged
     return torch.addcmul(x * cos, swapped, sin)
 
 
@@ -282,6 +284,29 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(b, length, self.n_heads * self.head_dim)  # (B, L, d)
         return self.out_proj(y), (q, k), state
 
+    def token(self, x, key_padding_mask, rotary, state):
+        """``forward`` of one decoding position per row (B, 1, d) without module calls (see
+        ``Block.token``), q and k rotated together."""
+        b, h, dh = x.shape[0], self.n_heads, self.head_dim
+        x = x.view(b, -1)
+        q = F.linear(x, *_tensors(self, "q_proj"))
+        k = F.linear(x, *_tensors(self, "k_proj"))
+        qk = torch.cat((q, k), 1).view(b, 2 * h, 1, dh)  # [q heads, k heads]
+        if rotary is not None:
+            qk = apply_rotary(qk, *rotary)
+        q, k = qk.view(b, 2, h, 1, dh).unbind(1)  # (B, H, 1, dh) each
+        y, state = attend(
+            q,
+            k,
+            F.linear(x, *_tensors(self, "v_proj")).view(b, h, 1, dh),
+            self._buffers["features"] if self.kernel is not None else None,
+            kernel=self.kernel,
+            causal=self.causal,
+            key_padding_mask=key_padding_mask,
+            state=state,
+        )
+        return F.linear(y.reshape(b, 1, -1), *_tensors(self, "out_proj")), (q, k), state
+
     def attention_weights(
         self,
         q: torch.Tensor,  # (B, H, L, dh), as forward returns them
@@ -334,6 +359,43 @@ class Block(nn.Module):
         if self.training:
             y = self.dropout(y)
         return x + y, qk, state
+
+    def token(self, x, key_padding_mask, rotary, state):
+        """``forward`` of one decoding position per row, calling no modules: a token costs
+        ~100 tiny ops whose price is per call, not per FLOP. The same math as ``forward``
+        (tests compare both); ``PerformerLM.forward`` takes it only without autograd and
+        where no forward hook could tell the difference."""
+        modules = self._modules
+        ln1, ln2 = modules["self_attn_layer_norm"], modules["final_layer_norm"]
+        y = torch.layer_norm(
+            x, ln1.normalized_shape, *_tensors(self, "self_attn_layer_norm"), ln1.eps
+        )
+        y, qk, state = modules["self_attn"].token(y, key_padding_mask, rotary, state)
+        x = x + y
+        y = torch.layer_norm(x, ln2.normalized_shape, *_tensors(self, "final_layer_norm"), ln2.eps)
+        y = F.gelu(F.linear(y, *_tensors(self, "fc1")))
+        return x + F.linear(y, *_tensors(self, "fc2")), qk, state
+
+
+def _tensors(module: nn.Module, name: str) -> tuple:
+    """(weight, bias) of the Linear or LayerNorm ``name`` in ``module``, read from the module
+    dicts: nn.Module's attribute lookup costs more than a decoding step's ops on them."""
+    parameters = module._modules[name]._parameters
+    return parameters["weight"], parameters["bias"]
+
+
+def _unobserved(modules: list[nn.Module]) -> bool:
+    """No autograd and no forward hooks on any of ``modules`` (nor on all modules): their
+    callers may skip the module calls."""
+    if torch.is_grad_enabled():
+        return False
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return False
+    return not (any(map(_HOOKS, modules)) or any(map(_PRE_HOOKS, modules)))
+
+
+_HOOKS = operator.attrgetter("_forward_hooks")  # C-level loops: checked at every step
+_PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")
 
 
 class LMHead(nn.Module):
@@ -402,6 +464,14 @@ class PerformerLM(nn.Module):
             self.emb_layer_norm_after = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.lm_head = LMHead(config)
         self.apply(_init_weights)
+        self._modules_seen = None  # ``_submodules``
+
+    def _submodules(self) -> list[nn.Module]:
+        """Every module of the model, listed at the first decoding step (whose hooks each step
+        checks; a module swapped in later is not seen)."""
+        if getattr(self, "_modules_seen", None) is None:
+            self._modules_seen = list(self.modules())
+        return self._modules_seen
 
     @property
     def attention_layers(self) -> list[SelfAttention]:
@@ -523,9 +593,13 @@ class PerformerLM(nn.Module):
             )
 
         attention_inputs, attentions, layer_states = {}, None, []
+        token = state is not None and length == 1 and _unobserved(self._submodules())
         for i, block in enumerate(self.layers, start=1):
             layer_state = None if state is None else state.layers[i - 1]
-            x, (q, k), layer_state = block(x, key_padding_mask, rotary, layer_state)
+            if token:
+                x, (q, k), layer_state = block.token(x, key_padding_mask, rotary, layer_state)
+            else:
+                x, (q, k), layer_state = block(x, key_padding_mask, rotary, layer_state)
             layer_states.append(layer_state)
             if i in repr_layers and i != n:
                 representations[i] = x

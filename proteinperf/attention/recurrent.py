@@ -123,9 +123,9 @@ def favor_step(
     ``_favor_token``, which updates the state IN PLACE (the returned state shares its
     tensors): continue from the returned state, never from an old one.
     """
-    check_kernel_for_causal(kernel)
     if q.shape[-2] == 1 and _fused_token_applies(state.context, q, k, v, features, kernel):
-        return _favor_token(state, q, k, v, features, kernel, key_padding_mask)
+        return _favor_token(state, q, k, v, features, kernel, key_padding_mask)  # causal ones
+    check_kernel_for_causal(kernel)
     out_dtype = v.dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v, features = _upcast(q, k, v, features)
@@ -146,7 +146,9 @@ def favor_step(
                 out, state = causal_linear_attention(
                     phi_q, phi_k, log_scale, v_ext, chunk_size, state.context, state.shift
                 )
-            state = FavorState(*state)
+            # The scan's final state is a view into all the chunk prefixes: copied out, so that
+            # the state holds only its own numbers and one-token steps update it contiguously.
+            state = FavorState(*(t.contiguous() for t in state))
         out = out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS)
     return out.to(out_dtype), state
 
@@ -191,7 +193,7 @@ def _favor_token(
     b, h, _, d = q.shape
     m, e = context.shape[-2:]
     qk = torch.cat((q, k), 1).mul_(d**-0.25)  # (B, 2H, 1, d): feature_maps' normaliser
-    proj = torch.mm(qk.view(-1, d), features.t()).view(b, 2, h, m)
+    proj = F.linear(qk.view(-1, d), features).view(b, 2, h, m)
     keep = None if key_padding_mask is None else key_padding_mask[:, 0]  # (B,)
     if kernel == "relu":
         phi = proj.relu_().add_(RELU_EPSILON)
@@ -218,7 +220,7 @@ def _favor_token(
     phi_q, phi_k = phi.unbind(1)  # (B, H, m)
     if keep is not None:
         phi_k = torch.where(keep.view(b, 1, 1), phi_k, 0.0)
-    v_ext = F.pad(v.view(b, h, -1), (0, 1), value=1.0)  # (B, H, d_v + 1)
+    v_ext = torch.constant_pad_nd(v.view(b, h, -1), (0, 1), 1.0)  # (B, H, d_v + 1): F.pad in 1 call
     context.addcmul_(phi_k.unsqueeze(-1), v_ext.unsqueeze(-2))  # += φ(k) [v, 1]ᵀ
     out = torch.bmm(phi_q.reshape(b * h, 1, m), context.view(b * h, m, e)).view(b, h, 1, e)
     return out[..., :-1] / (out[..., -1:] + DENOMINATOR_EPS), FavorState(context, shift)

@@ -279,7 +279,7 @@ def _targets(rows: list[dict], peak_gib: float) -> list[dict]:
     return out
 
 
-def _markdown(rows, targets, quality) -> str:
+def _markdown(rows, targets, quality, load_line: str = "") -> str:
     table = markdown_table(
         [
             "position",
@@ -305,6 +305,7 @@ def _markdown(rows, targets, quality) -> str:
     )
     parts = [
         table,
+        *(["", load_line] if load_line else []),
         "",
         markdown_table(
             ["target", "measured", "met"],
@@ -365,18 +366,29 @@ def run(quick: bool, out_dir: Path) -> dict:
     finally:
         torch.set_num_threads(threads)
     targets = _targets(rows, peak_gib)
+    machine = machine_info()
     return {
         "shape": {**SHAPE, "batch": 1, "dtype": "float32", "threads": 1},
         "settings": settings.__dict__,
-        "machine": machine_info(),
+        "machine": machine,
         "other_load_cpus": load.cpus,
         "decoding_cpu_s": cpu_s,
         "peak_rss_gib": peak_gib,
         "decoding": rows,
         "targets": targets,
         "quality": quality,
-        "markdown": _markdown(rows, targets, quality),
+        "markdown": _markdown(rows, targets, quality, _load_line(machine, load.cpus)),
     }
+
+
+def _load_line(machine: dict, other_cpus: float | None) -> str:
+    """Where the times were taken: CPU times on a shared machine still feel its load."""
+    one, five, _ = machine["load_average"]
+    other = "" if other_cpus is None else f", other processes busy on {other_cpus:.1f} CPUs"
+    return (
+        f"Measured on {machine['cpu']} ({machine['cpu_count']} CPUs), load average {one:.1f} "
+        f"(1 min) / {five:.1f} (5 min) at the end{other}."
+    )
 
 
 def _quality(settings: Settings, out_dir: Path, quick: bool) -> dict:

@@ -24,6 +24,7 @@ same trained q, k, v: there only the errors mean something, not the loss.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,23 +103,21 @@ class BF16Results(TorchDispatchMode):
 
 @contextlib.contextmanager
 def _attention_under(mode_factory):
-    """Run every favor_attention call of the model under a fresh dispatch mode."""
-    import importlib
-
-    # the module (the package's ``attend`` attribute is the function of the same name)
-    model_module = importlib.import_module("proteinperf.attention.attend")
-
-    original = model_module.favor_attention
+    """Run every favor_attention call of the model (made by ``attention.attend``) under a
+    fresh dispatch mode."""
+    # The package's name `attend` is the function: the module comes from importlib.
+    attend_module = importlib.import_module("proteinperf.attention.attend")
+    original = attend_module.favor_attention
 
     def wrapped(*args, **kwargs):
         with mode_factory():
             return original(*args, **kwargs)
 
-    model_module.favor_attention = wrapped
+    attend_module.favor_attention = wrapped
     try:
         yield
     finally:
-        model_module.favor_attention = original
+        attend_module.favor_attention = original
 
 
 @contextlib.contextmanager

@@ -80,6 +80,17 @@ def test_state_size_is_constant():
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
+def test_state_after_a_prompt_holds_only_its_own_numbers(kernel):
+    # The chunked kernel's final state is one row of all the chunk prefixes: the state that
+    # decoding keeps (and updates in place) must not be a strided view that keeps them alive.
+    q, k, v, w = _inputs()
+    _, state = favor_step(init_state(B, H, M, D), q, k, v, w, kernel, chunk_size=CHUNK)
+    for t in state:
+        assert t.is_contiguous()
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
 def test_padded_keys_leave_the_state_unchanged(kernel):
     q, k, v, w = _inputs()
     mask = torch.ones(B, 10, dtype=torch.bool)

@@ -179,6 +179,26 @@ def test_favor_state_is_constant_size_and_kv_cache_grows():
     assert sizes["exact"][1] == 20 * sizes["exact"][0]
 
 
+@pytest.mark.parametrize("attention", ["favor_softmax", "softmax"])
+@torch.inference_mode()
+def test_hooks_fire_in_one_token_steps_and_change_nothing(attention):
+    """One-token steps skip the module calls only where no forward hook is set: a hook on a
+    projection (set after decoding started) sees every step, and the logits are the same."""
+    model = causal_model(attention)
+    tokens = random_tokens(2, 20)
+    plain, _ = decode_after(model, tokens, 10)
+    calls = []
+    handle = model.layers[1].self_attn.q_proj.register_forward_hook(
+        lambda module, args, out: calls.append(tuple(out.shape))
+    )
+    try:
+        hooked, _ = decode_after(model, tokens, 10)
+    finally:
+        handle.remove()
+    assert calls == [(2, 10, 32)] + [(2, 1, 32)] * 10
+    torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=0)
+
+
 def test_bidirectional_model_cannot_step():
     with pytest.raises(ValueError, match="causal"):
         variant_model("favor_relu").step(random_tokens(1, 3))
