@@ -34,3 +34,19 @@ class Stopped(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+_stop_signal: list[int] = []  # the signal a stop handler raised Stopped for (see check_stopped)
+
+
+def note_stop(signum: int | None) -> None:
+    """Record (or, with None, forget) the signal that stopped this command."""
+    _stop_signal[:] = [] if signum is None else [signum]
+
+
+def check_stopped() -> None:
+    """Raise ``Stopped`` again if a stop signal came: a handler's exception raised inside a
+    callback whose errors Python only prints (an at-fork hook, a finaliser) is lost, so loops
+    call this once per batch."""
+    if _stop_signal:
+        raise Stopped(_stop_signal[0])

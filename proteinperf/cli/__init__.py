@@ -15,7 +15,7 @@ import signal
 import sys
 
 from proteinperf import __version__
-from proteinperf.errors import ProteinperfError, Stopped
+from proteinperf.errors import ProteinperfError, Stopped, note_stop
 
 # Order of appearance in --help.
 COMMAND_MODULES = (
@@ -127,12 +127,14 @@ def stop_on_signals():
     def stop(signum, frame):
         for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_DFL)
+        note_stop(signum)  # for check_stopped, should this exception be swallowed
         raise Stopped(signum)
 
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         yield
     finally:
+        note_stop(None)
         for s, handler in previous.items():
             signal.signal(s, handler)
 

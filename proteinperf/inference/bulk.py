@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from proteinperf.checksum import file_sha256
-from proteinperf.errors import InputError
+from proteinperf.errors import InputError, check_stopped
 from proteinperf.outputs import output_lock
 
 from .common import assign_batches, model_hash, plan_tokens, progress, resolve_accelerator
@@ -138,7 +138,9 @@ class RankRun:
 
     def batches(self) -> DataLoader:
         stream = BatchStream(self.index, self.task, self.rank, self.world, set(self.done))
-        return DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
+        return DataLoader(
+            stream, batch_size=None, num_workers=1, prefetch_factor=4, worker_init_fn=_by_name
+        )
 
     def start(self) -> None:
         self.part = PartWriter(self.store.folder, self.rank)
@@ -158,6 +160,7 @@ class RankRun:
 
     def step(self, batch: dict) -> list:
         """(index, id, length, payload, meta) of every record of ``batch``."""
+        check_stopped()
         self.peers.check()
         results = self.task.compute(self.model, batch)
         return list(zip(batch["index"], batch["ids"], batch["lengths"], *zip(*results)))
@@ -215,6 +218,13 @@ class RankRun:
         except BaseException as error:
             self.failed(error)
             raise
+
+
+def _by_name(worker_id: int) -> None:
+    """Batches leave the worker through named shared memory, not passed file descriptors: a
+    process stopped by a signal while it receives a descriptor leaves the worker's descriptor
+    server to print a ConnectionResetError traceback after the one-line stop message."""
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 # ----------------------------------------------------------------------------- runs

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.data.fasta import DECOMPRESSION_ERRORS, compression_of, open_binary
+from proteinperf.errors import check_stopped
 
 from .bulk import summary
 from .common import assign_batches, model_hash, plan_tokens, progress, resolve_accelerator
@@ -112,6 +113,7 @@ def run_local(model, task, source: Source, output, *, accelerator=None, quiet=Fa
             for start, end, plan in assign_batches(lengths, plan_tokens(task), task.cost, 1):
                 window = reader.window(start, end)
                 for _, indices in plan:
+                    check_stopped()
                     sequences = [window[i - start] for i in indices]
                     batch = {
                         "index": indices,

@@ -179,7 +179,9 @@ def _many_records(path, n=600):
 def test_embed_and_score_stop_on_signals_and_resume(inputs, tmp_path, command, signum):
     from proteinperf.inference.runner import small_input
 
-    fasta = _many_records(tmp_path / "many.fa", 6000)
+    fasta = _many_records(tmp_path / "many.fa")
+    note = " " + "a long description line " * 20  # bytes, not residues: the bulk path
+    Path(fasta).write_text(Path(fasta).read_text().replace(" some description", note))
     assert not small_input(fasta)  # the bulk path: the one that keeps batches for --resume
     out = tmp_path / ("out.h5" if command == "embed" else "out.csv")
     argv = [command, inputs["bid"], fasta, str(out), "--quiet", "--toks-per-batch", "1024"]
@@ -209,3 +211,19 @@ def test_prepare_stops_on_sigint_without_a_traceback(tmp_path):
     assert code == 130 and seconds < 5, (code, seconds, err)
     assert "Traceback" not in err and "stopped by SIGINT" in err.strip().splitlines()[-1]
     assert [p.name for p in tmp_path.iterdir()] == ["many.fa"]
+
+
+def test_a_swallowed_stop_is_raised_again_at_the_next_batch():
+    # A handler's Stopped raised inside an at-fork hook or a finaliser is only printed by
+    # Python; the batch loops call check_stopped, which raises it again.
+    from proteinperf.errors import Stopped, check_stopped, note_stop
+
+    check_stopped()  # nothing pending
+    note_stop(signal.SIGTERM)
+    try:
+        with pytest.raises(Stopped) as stopped:
+            check_stopped()
+        assert stopped.value.signum == signal.SIGTERM
+    finally:
+        note_stop(None)
+    check_stopped()

@@ -47,7 +47,9 @@ def test_evaluate_equals_test_step(make_cfg, tmp_path, objective):
     )
     assert got["objective"] == objective
     assert got["loss"] == pytest.approx(test["test/loss"], abs=1e-4)
-    assert got["accuracy"] == pytest.approx(test["test/acc"], abs=1e-5)
+    # Other batches pad to other lengths, which moves causal FAVOR+ logits by an ulp (chunked
+    # sums): after 6 steps some logits are near-ties, so one prediction may flip, no more.
+    assert got["accuracy"] == pytest.approx(test["test/acc"], abs=1.5 / got["targets"])
     assert got["unigram"]["loss"] == pytest.approx(test["test/unigram_loss"], abs=1e-4)
     assert got["unigram"]["accuracy"] == pytest.approx(test["test/unigram_acc"], abs=1e-5)
 
