@@ -57,6 +57,15 @@ def _values_and_grads(fn, q, k, v, upstream):
     return out, grads
 
 
+def _assert_equal_in_float64(fast, reference, q, k, v, upstream):
+    """Values and gradients of ``fast`` equal ``reference``'s to float64 round-off."""
+    out, grads = _values_and_grads(fast, q, k, v, upstream)
+    ref, ref_grads = _values_and_grads(reference, q, k, v, upstream)
+    torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-10)
+    for name, got, want in zip("qkv", grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=f"grad {name}")
+
+
 @pytest.mark.parametrize("kernel, causal", CASES)
 # (L, size): one position; whole chunks; a ragged last chunk; size 1; one chunk larger than L;
 # two whole chunks; many chunks with a ragged last one.
@@ -75,11 +84,7 @@ def test_linear_time_paths_match_the_reference(kernel, causal, length, size, pat
     def reference(q, k, v):
         return naive_attention(q, k, v, w, causal, kernel, mask)
 
-    out, grads = _values_and_grads(fast, q, k, v, upstream)
-    ref, ref_grads = _values_and_grads(reference, q, k, v, upstream)
-    torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-10)
-    for name, got, want in zip("qkv", grads, ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=f"grad {name}")
+    _assert_equal_in_float64(fast, reference, q, k, v, upstream)
 
 
 @pytest.mark.parametrize("kernel", FUSED_KERNELS)
@@ -107,11 +112,7 @@ def test_causal_spans_match_the_reference(kernel, length, size, span, pattern, k
     def reference(q, k, v):
         return naive_attention(q, k, v, w, True, kernel, mask)
 
-    out, grads = _values_and_grads(fast, q, k, v, upstream)
-    ref, ref_grads = _values_and_grads(reference, q, k, v, upstream)
-    torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-10)
-    for name, got, want in zip("qkv", grads, ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=f"grad {name}")
+    _assert_equal_in_float64(fast, reference, q, k, v, upstream)
 
 
 @pytest.mark.parametrize("kernel", FUSED_KERNELS)
