@@ -185,8 +185,7 @@ def read_hf_directory(path) -> dict:
     state = _safetensors(path / HF_WEIGHTS)
     n = len(HF_PREFIX)
     obj = {
-        **{k: v for k, v in meta.items() if k != "format"},
-        "format": MODEL_FORMAT,
+        **meta,  # its "format" was checked above
         "model_config": {
             f.name: config[f.name] for f in dataclasses.fields(ModelConfig) if f.name in config
         },

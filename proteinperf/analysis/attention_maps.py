@@ -114,6 +114,17 @@ def layer_attention(
     return layer.attention_weights(q, k, key_padding_mask), exact
 
 
+def _one_sequence_inputs(model, tokens, layers, heads) -> tuple[list[int], list[int], list]:
+    """(layers resolved, 0-based heads, (q, k) of every layer) of one sequence, tokens (1, L)."""
+    if tokens.dim() != 2 or tokens.shape[0] != 1:
+        raise ValueError(f"expected tokens of shape (1, L), got {tuple(tokens.shape)}")
+    config = model.config
+    layers = resolve_layers(layers, config.n_layers, embeddings=False)
+    heads = select(heads, config.n_heads, "heads")
+    inputs = attention_inputs(model, tokens.to(next(model.parameters()).device))
+    return layers, heads, inputs
+
+
 @torch.no_grad()
 def attention_maps(
     model: PerformerLM,
@@ -122,13 +133,7 @@ def attention_maps(
     heads: Sequence[int] | None = None,
 ) -> AttentionMaps:
     """Exact and (for FAVOR models) implicit FAVOR attention of one sequence, tokens (1, L)."""
-    if tokens.dim() != 2 or tokens.shape[0] != 1:
-        raise ValueError(f"expected tokens of shape (1, L), got {tuple(tokens.shape)}")
-    config = model.config
-    layers = resolve_layers(layers, config.n_layers, embeddings=False)
-    heads = select(heads, config.n_heads, "heads")
-    tokens = tokens.to(next(model.parameters()).device)
-    inputs = attention_inputs(model, tokens)
+    layers, heads, inputs = _one_sequence_inputs(model, tokens, layers, heads)
     exact, favor = [], []
     for layer in layers:
         block = block_index(layer)
@@ -142,8 +147,8 @@ def attention_maps(
         favor=torch.stack(favor) if favor else None,
         layers=layers,
         heads=heads,
-        causal=config.causal,
-        kernel=config.favor_kernel,
+        causal=model.config.causal,
+        kernel=model.config.favor_kernel,
     )
 
 
@@ -189,9 +194,7 @@ def softmax_estimate(
             f"kernel {kernel!r} estimates no softmax; use one of {SOFTMAX_ESTIMATORS}"
         )
     config = model.config
-    layers = resolve_layers(layers, config.n_layers, embeddings=False)
-    heads = select(heads, config.n_heads, "heads")
-    inputs = attention_inputs(model, tokens.to(next(model.parameters()).device))
+    layers, heads, inputs = _one_sequence_inputs(model, tokens, layers, heads)
     generator = torch.Generator().manual_seed(seed)
     out = []
     for layer in layers:

@@ -15,7 +15,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from proteinperf import __version__
+from proteinperf import __version__, pretrained
 from proteinperf.atomic import atomic_output
 from proteinperf.checkpoint import (
     ALPHABET,
@@ -140,8 +140,6 @@ def _card(checkpoint, stored: dict | None, model) -> dict:
     """The model's card: a registered model's ``.json`` card over the one inside the file (an
     exported folder keeps its card, name included); the file's name and the config's facts
     where it says nothing."""
-    from proteinperf import pretrained
-
     name = str(checkpoint)
     card = dict(stored or {})
     if name in pretrained.registry():

@@ -53,7 +53,7 @@ def export_model(
     card = {
         "objective": meta.get("objective") or ("clm" if model.config.causal else "mlm"),
         "attention": model.config.attention,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": model.num_parameters(),
         **(card or {}),
     }
     extra = {"card": card, "objective": card["objective"]}
