@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -211,8 +212,10 @@ class RankRun:
         """The whole rank in this process (one rank: no Lightning)."""
         try:
             self.start()
+            with _stop_signals_held():  # the worker is forked here
+                batches = iter(self.batches())
             with torch.inference_mode():
-                for batch in self.batches():
+                for batch in batches:
                     self.after_step(self.step(batch), batch)
             return self.finish()
         except BaseException as error:
@@ -225,6 +228,26 @@ def _by_name(worker_id: int) -> None:
     process stopped by a signal while it receives a descriptor leaves the worker's descriptor
     server to print a ConnectionResetError traceback after the one-line stop message."""
     torch.multiprocessing.set_sharing_strategy("file_system")
+    if hasattr(signal, "pthread_sigmask"):  # the fork inherited _stop_signals_held's mask
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """SIGINT/SIGTERM wait until the block ends. Forking the worker runs at-fork hooks (logging
+    releases its locks there): a stop raised inside one is only printed, and leaves logging's
+    lock held, so the next log call hangs. Held, the signal is handled right after the fork."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ----------------------------------------------------------------------------- runs
