@@ -175,11 +175,14 @@ def bidirectional_favor(q, k, v, features, kernel, key_padding_mask, block_size=
 
 
 # Causal: (positions, m) entries per span (super-chunk). On a CPU a call whose (L, m) tensors
-# hold up to 2^22 entries (16 MiB) runs as one span, a longer one in spans of 2^20: measured
-# (glibc's allocator, B=1, H=8, m=256, L=4096), larger temporaries come back as fresh pages
-# every call, and their page faults cost more than a span's ~170 extra ops. A GPU keeps long
-# inputs in one span (one set of kernel launches).
-_SPAN_ELEMENTS = {"cpu": (1 << 22, 1 << 20), "cuda": (1 << 28, 1 << 28)}
+# hold up to 2^21 entries (8 MiB) runs as one span and keeps its features for backward; a
+# longer one runs in spans of at most 2^18 entries (1 MiB: a span's temporaries stay in the
+# L2 cache), at least one chunk. Measured (B=1, H=8, d=64, m=256, C=128, fwd+bwd, 2 threads):
+# at L=2048 one span took 145 ms, spans of one chunk 122; at L=4096 spans of 4 chunks 249,
+# of one chunk 226 (the old chunk loop 239); at L=1024 one span 59, spans of one chunk 67.
+# The extra ops of a span (~170) are cheap on a CPU. A GPU keeps long inputs in one span
+# (one set of kernel launches).
+_SPAN_ELEMENTS = {"cpu": (1 << 21, 1 << 18), "cuda": (1 << 28, 1 << 28)}
 
 
 _KEEP_ELEMENTS = 1 << 21  # (L, m) entries up to which the causal kernel keeps its features

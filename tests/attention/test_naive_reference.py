@@ -129,12 +129,14 @@ def test_causal_spans_with_large_key_norms_in_float32(kernel):
 
 
 def test_span_size_bounds_the_temporaries():
-    # CPU: one span while a call's (positions, m) tensors hold <= 2^22 entries, else spans of
-    # <= 2^20 (at least one chunk); a GPU keeps long inputs in one span.
+    # CPU: one span while a call's (positions, m) tensors hold <= 2^21 entries, else spans of
+    # <= 2^18 (at least one chunk); a GPU keeps long inputs in one span.
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert blockwise.span_chunks(16, 64, 128, 32, cpu) == 32  # B=2, H=8, m=64, L=4096
-    per = blockwise.span_chunks(8, 256, 128, 32, cpu)  # B=1, H=8, m=256, L=4096
-    assert 1 <= per < 32 and per * 8 * 256 * 128 <= 1 << 20
+    assert blockwise.span_chunks(8, 256, 64, 16, cpu) == 16  # B=1, H=8, m=256, L=1024
+    assert blockwise.span_chunks(16, 64, 128, 16, cpu) == 16  # B=2, H=8, m=64, L=2048
+    assert blockwise.span_chunks(16, 64, 128, 32, cpu) == 2  # L=4096: 2^22 entries
+    assert blockwise.span_chunks(8, 256, 128, 32, cpu) == 1  # B=1, H=8, m=256, L=4096
+    assert blockwise.span_chunks(1, 64, 16, 4096, cpu) == 256  # small chunks: 2^18 a span
     assert blockwise.span_chunks(1 << 10, 1 << 10, 256, 4, cpu) == 1
     assert blockwise.span_chunks(8, 256, 256, 128, cuda) == 128  # L = 32768
 
