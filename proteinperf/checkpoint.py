@@ -305,11 +305,7 @@ def model_with_weights(
     return model
 
 
-def checkpoint_metadata(path) -> dict:
-    """What a checkpoint says besides its weights: a model file's extra keys, or the
-    ``proteinperf`` entry of a Lightning checkpoint (model_config, objective, and from
-    training runs ``unigram_log_probs``: the training split's residue log-frequencies)."""
-    obj = read_checkpoint(path, map_location="cpu")
+def _metadata(obj: dict) -> dict:
     kind = _kind(obj)
     if kind == "model":
         return {k: v for k, v in obj.items() if k not in ("state_dict", "format", "alphabet")}
@@ -318,10 +314,17 @@ def checkpoint_metadata(path) -> dict:
     return {}
 
 
-def load_model(
+def checkpoint_metadata(path) -> dict:
+    """What a checkpoint says besides its weights: a model file's extra keys, or the
+    ``proteinperf`` entry of a Lightning checkpoint (model_config, objective, and from
+    training runs ``unigram_log_probs``: the training split's residue log-frequencies)."""
+    return _metadata(read_checkpoint(path, map_location="cpu"))
+
+
+def load_model_and_metadata(
     path, device="cpu", overrides: dict | None = None, feature_seed: int = 0
-) -> tuple[PerformerLM, object]:
-    """(model in eval mode on ``device``, alphabet) from a model file or Lightning checkpoint."""
+) -> tuple[PerformerLM, object, dict]:
+    """``load_model`` and ``checkpoint_metadata`` from one read of the file."""
     from proteinperf.data.alphabet import get_alphabet
 
     where = f"checkpoint {path}"
@@ -329,7 +332,15 @@ def load_model(
     config = model_config_from_checkpoint(obj, where)
     state = model_state_from_checkpoint(obj, where)
     model = model_with_weights(config, state, overrides, feature_seed=feature_seed, where=where)
-    return model.to(device).eval(), get_alphabet()
+    return model.to(device).eval(), get_alphabet(), _metadata(obj)
+
+
+def load_model(
+    path, device="cpu", overrides: dict | None = None, feature_seed: int = 0
+) -> tuple[PerformerLM, object]:
+    """(model in eval mode on ``device``, alphabet) from a model file or Lightning checkpoint."""
+    model, alphabet, _ = load_model_and_metadata(path, device, overrides, feature_seed)
+    return model, alphabet
 
 
 __all__ = [
@@ -342,6 +353,7 @@ __all__ = [
     "checkpoint_metadata",
     "lightning_metadata",
     "load_model",
+    "load_model_and_metadata",
     "model_config_from_checkpoint",
     "model_with_weights",
     "model_state_from_checkpoint",

@@ -8,7 +8,9 @@ from helpers import TINY
 import proteinperf
 from proteinperf.checkpoint import (
     CheckpointError,
+    checkpoint_metadata,
     load_model,
+    load_model_and_metadata,
     model_config_from_checkpoint,
     model_with_weights,
     read_checkpoint,
@@ -49,6 +51,22 @@ def test_round_trip(tmp_path, model):
     assert same_outputs(model, loaded)
     assert proteinperf.load_model is load_model
     assert not list(tmp_path.glob("sub/.*tmp"))  # no temp file left behind
+
+
+def test_model_and_metadata_from_one_read(tmp_path, model, monkeypatch):
+    from proteinperf import checkpoint
+
+    path = save_model(tmp_path / "m.pt", model, extra={"step": 5, "objective": "mlm"})
+    reads = []
+    real = checkpoint.read_checkpoint
+    monkeypatch.setattr(
+        checkpoint, "read_checkpoint", lambda *a, **k: reads.append(a) or real(*a, **k)
+    )
+    loaded, alphabet, meta = load_model_and_metadata(path)
+    assert len(reads) == 1
+    assert meta == checkpoint_metadata(path)
+    assert meta["step"] == 5 and meta["objective"] == "mlm" and "state_dict" not in meta
+    assert same_outputs(model, loaded) and len(alphabet) == 33
 
 
 def test_save_rejects_reserved_extra(tmp_path, model):

@@ -359,12 +359,10 @@ def _progress(r: dict) -> str:
 
 
 def _tables(counts: list[dict], rows: list[dict]) -> tuple[str, str]:
+    columns = ["loop", "chunk-parallel", "chunk-parallel cpu spans"]
     count_table = markdown_table(
-        ["kernel", "L", "loop ops", "chunk-parallel ops (GPU spans)", "chunk-parallel ops (CPU spans)"],
-        [
-            [c["kernel"], c["length"], c["loop"], c["chunk-parallel"], c["chunk-parallel cpu spans"]]
-            for c in counts
-        ],
+        ["kernel", "L", "loop ops", "chunk-parallel ops (GPU spans)", "(CPU spans)"],
+        [[c["kernel"], c["length"], *(c[k] for k in columns)] for c in counts],
     )
     headers = ["kernel", "L", "C", "steps"]
     for impl in IMPLS:

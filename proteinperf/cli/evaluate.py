@@ -55,19 +55,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from proteinperf.atomic import check_target
-    from proteinperf.checkpoint import checkpoint_metadata, load_model
+    from proteinperf.checkpoint import load_model_and_metadata
     from proteinperf.inference.common import atomic_output, resolve_device
     from proteinperf.inference.evaluate import evaluate, format_table, unigram_log_probs_from
 
     if args.out is not None:
         check_target(args.out)
-    model, _ = load_model(args.checkpoint, device=resolve_device(args.device))
+    model, _, meta = load_model_and_metadata(args.checkpoint, device=resolve_device(args.device))
     causal = bool(model.config.causal)
     if args.unigram_from is not None:
         unigram = unigram_log_probs_from(args.unigram_from, causal)
         unigram_source = str(args.unigram_from)
     else:
-        stored = checkpoint_metadata(args.checkpoint).get("unigram_log_probs")
+        stored = meta.get("unigram_log_probs")
         unigram = torch.tensor(stored) if stored is not None else None
         unigram_source = "checkpoint" if stored is not None else None
     result = evaluate(

@@ -26,8 +26,7 @@ from proteinperf.checkpoint import (
     HF_WEIGHTS,
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
-    checkpoint_metadata,
-    load_model,
+    load_model_and_metadata,
     resolve_checkpoint,
 )
 from proteinperf.errors import ConfigError
@@ -67,9 +66,8 @@ def export_hf(checkpoint, out) -> Path:
     a transformers folder ``out``, atomically (an existing ``out`` is replaced)."""
     save_file = _safetensors_save()
     out = Path(out)
-    model, _ = load_model(checkpoint)
+    model, _, meta = load_model_and_metadata(checkpoint)
     config = model.config
-    meta = checkpoint_metadata(checkpoint)
     objective = "clm" if config.causal else "mlm"
     contacts = meta.get("contact_regression")
     extras = {

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.atomic import atomic_output
-from proteinperf.checkpoint import checkpoint_metadata, load_model, save_model
+from proteinperf.checkpoint import load_model_and_metadata, save_model
 from proteinperf.checksum import file_sha256
 from proteinperf.errors import InputError
 
@@ -36,8 +36,7 @@ def export_model(
     would not fit in ``dtype`` (float16: beyond ±65504, saved as inf).
     """
     out = Path(out)
-    model, _ = load_model(checkpoint)
-    meta = checkpoint_metadata(checkpoint)
+    model, _, meta = load_model_and_metadata(checkpoint)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_floating_point() and not name.endswith(".self_attn.features"):
             stored = tensor.data.to(dtype)
