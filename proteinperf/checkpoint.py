@@ -24,7 +24,7 @@ import torch
 
 from proteinperf import pretrained
 from proteinperf.atomic import atomic_output
-from proteinperf.errors import ProteinperfError
+from proteinperf.errors import ProteinperfError, require_extra
 from proteinperf.model import ModelConfig, PerformerLM
 from proteinperf.plain import plain
 
@@ -151,14 +151,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 
 
 def _safetensors(path: Path) -> dict:
-    try:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-    except ImportError:
-        raise CheckpointError(
-            f"checkpoint {path}: reading safetensors needs the hf extra "
-            "(pip install 'proteinperf[hf]')"
-        ) from None
+    purpose = f"checkpoint {path}: reading safetensors"
+    SafetensorError = require_extra("safetensors", "hf", purpose, CheckpointError).SafetensorError
+    load_file = require_extra("safetensors.torch", "hf", purpose, CheckpointError).load_file
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:

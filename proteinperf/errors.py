@@ -6,8 +6,11 @@ and keeps its traceback. The data, checkpoint and conversion errors live beside 
 cli.CommandError) and all derive from ProteinperfError; the two below are for the rest.
 Both are also ValueErrors, as the checks they replace were.
 
-No imports: `import proteinperf` (the CLI's --version, --help) stays free of torch.
+Standard-library imports only: `import proteinperf` (the CLI's --version, --help) stays free
+of torch.
 """
+
+import importlib
 
 
 class ProteinperfError(Exception):
@@ -50,3 +53,15 @@ def check_stopped() -> None:
     call this once per batch."""
     if _stop_signal:
         raise Stopped(_stop_signal[0])
+
+
+def require_extra(
+    module: str, extra: str, purpose: str, error: type[ProteinperfError] = ConfigError
+):
+    """``module`` imported, or ``error``: "<purpose> needs the <extra> extra (pip install ...)"."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise error(
+            f"{purpose} needs the {extra} extra (pip install 'proteinperf[{extra}]')"
+        ) from None

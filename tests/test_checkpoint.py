@@ -6,6 +6,7 @@ import torch
 from helpers import TINY
 
 import proteinperf
+from proteinperf import checkpoint
 from proteinperf.checkpoint import (
     CheckpointError,
     checkpoint_metadata,
@@ -54,8 +55,6 @@ def test_round_trip(tmp_path, model):
 
 
 def test_model_and_metadata_from_one_read(tmp_path, model, monkeypatch):
-    from proteinperf import checkpoint
-
     path = save_model(tmp_path / "m.pt", model, extra={"step": 5, "objective": "mlm"})
     reads = []
     real = checkpoint.read_checkpoint
@@ -177,3 +176,20 @@ def test_numpy_metadata_saves_as_plain_python(tmp_path, model):
     assert type(loaded["card"]["test"]["accuracy"]) is float
     assert loaded["unigram_log_probs"] == [0.0, 0.0, 0.0]
     load_model(path)
+
+
+def test_missing_safetensors_is_one_line_naming_the_extra(tmp_path, model, monkeypatch):
+    import sys
+
+    from proteinperf.interop.hf_export import export_hf
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails, as if not installed
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"reading safetensors needs the hf extra .*\[hf\]"):
+        checkpoint._safetensors(tmp_path / "w.safetensors")
+    from proteinperf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^export-hf needs the hf extra"):
+        export_hf(save_model(tmp_path / "m.pt", model), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from proteinperf.data.alphabet import get_alphabet
+from proteinperf.errors import require_extra
 from proteinperf.interop.esm import (
     CONTACT_KEYS,
     ESMConversionError,
@@ -162,14 +163,10 @@ def _check_vocab(directory: Path) -> None:
 def _load_weights(path: Path) -> dict:
     try:
         if path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError:
-                raise ESMConversionError(
-                    f"{path}: reading safetensors needs the safetensors package "
-                    "(pip install 'proteinperf[hf]')"
-                ) from None
-            return load_file(path)
+            safetensors = require_extra(
+                "safetensors.torch", "hf", f"{path}: reading safetensors", ESMConversionError
+            )
+            return safetensors.load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except ESMConversionError:
         raise

@@ -29,7 +29,7 @@ from proteinperf.checkpoint import (
     load_model_and_metadata,
     resolve_checkpoint,
 )
-from proteinperf.errors import ConfigError
+from proteinperf.errors import require_extra
 from proteinperf.interop.carry import carry
 from proteinperf.plain import plain
 
@@ -51,20 +51,10 @@ HEAD_CLASSES = {  # objective -> (auto class, class)
 CARD_FILE_FIELDS = ("path", "sha256", "size_mb")
 
 
-def _safetensors_save():
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise ConfigError(
-            "export-hf needs the hf extra (safetensors): pip install 'proteinperf[hf]'"
-        ) from None
-    return save_file
-
-
 def export_hf(checkpoint, out) -> Path:
     """Write ``checkpoint`` (a model file, Lightning .ckpt, exported folder or model name) as
     a transformers folder ``out``, atomically (an existing ``out`` is replaced)."""
-    save_file = _safetensors_save()
+    save_file = require_extra("safetensors.torch", "hf", "export-hf").save_file
     out = Path(out)
     model, _, meta = load_model_and_metadata(checkpoint)
     config = model.config
