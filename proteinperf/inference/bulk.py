@@ -77,36 +77,47 @@ def prepare_index(store: ShardStore, source: Source, resume: bool) -> tuple[Fast
     return source.build(), False
 
 
+def rank_batches(index: FastaIndex, task, rank: int = 0, world: int = 1, done=frozenset()):
+    """The batches of ``rank`` out of ``world``: {"index", "ids", "lengths", "sequences"} and
+    what the task prepares from the sequences (token tensors); records in ``done`` skipped."""
+    reader = IndexReader(index)
+    lengths = index.lengths.tolist()
+    plans = assign_batches(lengths, plan_tokens(task), task.cost, world, done)
+    try:
+        for start, end, plan in plans:
+            mine = [indices for r, indices in plan if r == rank]
+            if not mine:
+                continue
+            window = reader.window(start, end)
+            for indices in mine:
+                sequences = [window[i - start] for i in indices]
+                yield {
+                    "index": indices,
+                    "ids": [index.ids[i] for i in indices],
+                    "lengths": [lengths[i] for i in indices],
+                    "sequences": sequences,
+                    **task.prepare(sequences),
+                }
+    finally:
+        reader.close()
+
+
 class BatchStream(IterableDataset):
-    """This rank's batches: {"index", "ids", "lengths", "sequences"} and what the task prepares
-    from the sequences (token tensors), made in a DataLoader worker."""
+    """``rank_batches`` as a dataset: made in a DataLoader worker, off the main thread."""
 
     def __init__(self, index: FastaIndex, task, rank: int, world: int, done):
         self.index, self.task = index, task
         self.rank, self.world, self.done = rank, world, done
 
     def __iter__(self):
-        reader = IndexReader(self.index)
-        lengths = self.index.lengths.tolist()
-        plans = assign_batches(lengths, plan_tokens(self.task), self.task.cost, self.world,
-                               self.done)  # fmt: skip
-        try:
-            for start, end, plan in plans:
-                mine = [indices for rank, indices in plan if rank == self.rank]
-                if not mine:
-                    continue
-                window = reader.window(start, end)
-                for indices in mine:
-                    sequences = [window[i - start] for i in indices]
-                    yield {
-                        "index": indices,
-                        "ids": [self.index.ids[i] for i in indices],
-                        "lengths": [lengths[i] for i in indices],
-                        "sequences": sequences,
-                        **self.task.prepare(sequences),
-                    }
-        finally:
-            reader.close()
+        return rank_batches(self.index, self.task, self.rank, self.world, self.done)
+
+
+def announce(task, index: FastaIndex, quiet: bool) -> None:
+    """The task's line before the work (e.g. what a scoring strategy will cost), on stderr."""
+    line = getattr(task, "announce", None)
+    if line is not None and not quiet:
+        print(line(index.lengths.tolist()), file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- one rank
@@ -294,9 +305,7 @@ def prepare(model, task, source: Source, output, resume: bool, quiet: bool) -> F
     if not reused:
         index.save(store.folder / INDEX_FILE)
     new_attempt(store.folder)
-    announce = getattr(task, "announce", None)
-    if announce is not None and not quiet:
-        print(announce(index.lengths.tolist()), file=sys.stderr, flush=True)
+    announce(task, index, quiet)
     return index
 
 

@@ -19,9 +19,9 @@ import torch
 from proteinperf.data.fasta import DECOMPRESSION_ERRORS, compression_of, open_binary
 from proteinperf.errors import check_stopped
 
-from .bulk import summary
-from .common import assign_batches, model_hash, plan_tokens, progress, resolve_accelerator
-from .fasta_index import IndexReader, Source
+from .bulk import announce, rank_batches, summary
+from .common import model_hash, progress, resolve_accelerator
+from .fasta_index import Source
 from .shards import Entry, shard_dir
 
 SMALL_INPUT_BYTES = 256 << 10
@@ -95,39 +95,24 @@ def run_local(model, task, source: Source, output, *, accelerator=None, quiet=Fa
     """``task`` over every record of ``source`` in this process, on one device."""
     started = time.monotonic()
     index = source.build()
-    announce = getattr(task, "announce", None)
-    if announce is not None and not quiet:
-        import sys
-
-        print(announce(index.lengths.tolist()), file=sys.stderr, flush=True)
+    announce(task, index, quiet)
     if getattr(task, "model_name", None) == "":
         task.model_name = f"sha256:{model_hash(model)}"
     was_training = model.training
     model.to(torch.device(resolve_accelerator(accelerator, model))).eval()
-    lengths = index.lengths.tolist()
     store = MemoryStore()
     bar = progress(quiet, task.name, total=index.residues)
-    reader = IndexReader(index)
+    batches = rank_batches(index, task)
     try:
         with torch.inference_mode():
-            for start, end, plan in assign_batches(lengths, plan_tokens(task), task.cost, 1):
-                window = reader.window(start, end)
-                for _, indices in plan:
-                    check_stopped()
-                    sequences = [window[i - start] for i in indices]
-                    batch = {
-                        "index": indices,
-                        "ids": [index.ids[i] for i in indices],
-                        "lengths": [lengths[i] for i in indices],
-                        "sequences": sequences,
-                        **task.prepare(sequences),
-                    }
-                    for i, (payload, meta) in zip(indices, task.compute(model, batch)):
-                        entry = Entry(i, index.ids[i], "", 0, len(payload), lengths[i], meta)
-                        store.add(entry, payload)
-                    bar.update(sum(batch["lengths"]))
+            for batch in batches:
+                check_stopped()
+                rows = zip(batch["index"], batch["lengths"], task.compute(model, batch))
+                for i, length, (payload, meta) in rows:
+                    store.add(Entry(i, index.ids[i], "", 0, len(payload), length, meta), payload)
+                bar.update(sum(batch["lengths"]))
     finally:
-        reader.close()
+        batches.close()  # the FASTA's reader, now (not when the generator is collected)
         bar.close()
         model.train(was_training)
     task.merge(store, index, store.done, Path(output))
