@@ -21,7 +21,7 @@ from proteinperf.attention import (
     favor_attention_weights,
     softmax_attention_weights,
 )
-from proteinperf.attention.attend import attend
+from proteinperf.attention.dispatch import attend
 from proteinperf.attention.recurrent import init_kv_cache
 from proteinperf.attention.recurrent import init_state as init_favor_state
 from proteinperf.constants import ATTENTIONS, FEATURE_SCALINGS  # noqa: F401 (re-exported)

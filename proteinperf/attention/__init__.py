@@ -1,7 +1,7 @@
 """FAVOR+ attention core: pure tensor functions, no module state; of ours it imports only the
 import-free names of proteinperf.constants."""
 
-from .attend import attend
+from .dispatch import attend
 from .exact import softmax_attention, softmax_attention_weights
 from .favor import favor_attention, favor_attention_weights
 from .features import draw_features

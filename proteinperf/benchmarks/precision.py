@@ -24,7 +24,6 @@ same trained q, k, v: there only the errors mean something, not the loss.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from proteinperf.attention import dispatch
 from proteinperf.benchmarks._measure import machine_info, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,19 +105,17 @@ class BF16Results(TorchDispatchMode):
 def _attention_under(mode_factory):
     """Run every favor_attention call of the model (made by ``attention.attend``) under a
     fresh dispatch mode."""
-    # The package's name `attend` is the function: the module comes from importlib.
-    attend_module = importlib.import_module("proteinperf.attention.attend")
-    original = attend_module.favor_attention
+    original = dispatch.favor_attention
 
     def wrapped(*args, **kwargs):
         with mode_factory():
             return original(*args, **kwargs)
 
-    attend_module.favor_attention = wrapped
+    dispatch.favor_attention = wrapped
     try:
         yield
     finally:
-        attend_module.favor_attention = original
+        dispatch.favor_attention = original
 
 
 @contextlib.contextmanager
