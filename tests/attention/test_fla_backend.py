@@ -1,6 +1,9 @@
 """Causal FAVOR+ on flash-linear-attention (fla_backend.py): the glue, on CPU, against naive.py.
 
-fla's Triton kernels need CUDA. Here a stand-in ``fla`` package implements their documented
+fla's Triton kernels need CUDA: under Triton's CPU interpreter (TRITON_INTERPRET=1, triton
+3.9.0) fla-core 0.6.0 does not run (its autotuner asks for a GPU driver, and with the autotuner
+pinned to one config, ops/common/chunk_h.py calls ``i_t.to(tl.int64)`` on a loop index the
+interpreter keeps as a Python int). Here a stand-in ``fla`` package implements their documented
 semantics in plain torch (o_t = scale·q_tᵀS_t, S_t = exp(g_t)·S_{t−1} + k_t v_tᵀ, tensors
 [B, T, H, ·], state [B, H, K, V]) and rejects any other layout, so layout, gates, padding,
 normalisation and the state hand-off are all exercised; the CUDA test at the end runs the
