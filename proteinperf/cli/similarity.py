@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         "three things a checkpoint says about amino-acid similarity: its residue token "
         "embeddings, a substitution matrix learned from its masked (or next-token) predictions "
         "on the proteins of FASTA, and its attention (Vig et al. 2020). Each gets a bootstrap "
-        "95%% interval and controls: the same model untrained (several seeds), a "
+        "95% interval and controls: the same model untrained (several seeds), a "
         "frequency-only matrix and shuffled residues; a signal is claimed only where the "
         "interval lies above every control. Writes similarity.json, similarity.md, "
         "matrices.npz and PNGs to OUTDIR (built in a temporary folder, renamed when complete).",

@@ -63,6 +63,14 @@ def test_train_help_is_ours(capsys):
     assert "Hydra" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", [m.replace("_", "-") for m in COMMAND_MODULES[1:]])
+def test_help_text_shows_single_percent_signs(command, capsys):
+    # argparse %-formats help strings, not descriptions: "%%" in a description prints as is.
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "%%" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "name, module, attribute",
     [
