@@ -110,6 +110,7 @@ def write_summary(out_dir: Path, result: dict) -> None:
     table = pd.DataFrame(result["assays"], columns=["DMS_id", "n", "spearman", "auc"])
     mean = {"DMS_id": "mean", "spearman": result["mean_spearman"], "auc": result["mean_auc"]}
     table = pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+    table["n"] = table["n"].astype("Int64")  # counts, blank in the mean row (not 40.0000)
     with atomic_output(out_dir / SUMMARY_CSV) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with atomic_output(out_dir / SUMMARY_JSON) as tmp:

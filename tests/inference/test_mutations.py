@@ -17,6 +17,7 @@ from proteinperf.inference.mutations import (
     resolve_window,
     score_variants,
 )
+from proteinperf.inference.proteingym import write_summary
 
 WT = "MKTAYIAKQRQISF"  # M1 K2 T3 A4 Y5 I6 A7 K8 Q9 R10 ...
 
@@ -320,6 +321,17 @@ def test_proteingym_reference_run_is_resumable(tmp_path, checkpoints, capsys):
     assert result["assays"][1]["spearman"] == pytest.approx(summary["spearman"].iloc[1], abs=1e-4)
     assert run_cli(checkpoints["softmax"], "--reference", reference, "--out", out) == 2
     assert "--dms-dir" in capsys.readouterr().err
+
+
+def test_proteingym_summary_csv_writes_counts_as_integers(tmp_path):
+    result = {
+        "assays": [{"DMS_id": "A_1", "n": 40, "spearman": 0.25, "auc": 0.6}],
+        "mean_spearman": 0.25,
+        "mean_auc": 0.6,
+    }
+    write_summary(tmp_path, result)
+    lines = (tmp_path / "summary.csv").read_text().splitlines()
+    assert lines == ["DMS_id,n,spearman,auc", "A_1,40,0.2500,0.6000", "mean,,0.2500,0.6000"]
 
 
 @pytest.mark.slow
