@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import select
 import signal
 import sys
 
@@ -103,10 +104,30 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(128 + signum)
         return 128 + signum
     except USER_ERRORS as err:
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            return 128 + signal.SIGPIPE  # `proteinperf models | head`: the reader had enough
         if os.environ.get("PROTEINPERF_DEBUG"):
             raise
         print(f"proteinperf {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end);
+    if so, stdout becomes /dev/null so that nothing, the interpreter's final flush included,
+    writes to the closed pipe again."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout not a file
+        return False
+    poller.register(fd, select.POLLOUT)
+    if not any(event & select.POLLERR for _, event in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -1,6 +1,10 @@
 """Bad input gives one line on stderr and exit status 2 (a ProteinperfError or OSError);
 anything else is a bug and propagates with its traceback."""
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +104,20 @@ def test_user_errors_and_os_errors_are_one_line(monkeypatch, inputs, tmp_path, c
 def test_error_classes_keep_value_error():
     for cls in (DataError, ConfigError, InputError):
         assert issubclass(cls, ProteinperfError) and issubclass(cls, ValueError)
+
+
+def test_closed_stdout_pipe_is_not_an_error():
+    # `proteinperf models | head -1`: the reader may go before the command writes.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "proteinperf.cli", "models", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 128 + signal.SIGPIPE  # what a shell shows for a process it cut off
