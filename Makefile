@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: help install train test lint bench data clean reproduce wheel gpu-check notebooks
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  Hydra overrides pass through: make train model=performer_causal trainer.max_steps=200"
 
 $(STAMP): pyproject.toml
