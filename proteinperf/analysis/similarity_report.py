@@ -83,8 +83,10 @@ def write_similarity_report(
     seed: int = 0,
     device: str = "cpu",
     overwrite: bool = False,
+    say=None,
 ) -> Path:
-    """Run ``similarity_study`` on the first ``max_seqs`` proteins of ``fasta``; write OUTDIR."""
+    """Run ``similarity_study`` on the first ``max_seqs`` proteins of ``fasta``; write OUTDIR.
+    ``say``: told a line as each stage starts (None: silent)."""
     from proteinperf.checkpoint import load_model, resolve_checkpoint
     from proteinperf.data import read_fasta
 
@@ -107,6 +109,7 @@ def write_similarity_report(
         seed=seed,
         untrained_seeds=untrained_seeds,
         max_length=max_length,
+        say=say,
     )
     study["settings"] = {"checkpoint": str(checkpoint), "fasta": str(fasta), **study["settings"]}
     title = Path(str(checkpoint)).stem
@@ -126,4 +129,22 @@ def write_similarity_report(
     return outdir
 
 
-__all__ = ["FIGURES", "check_outdir", "markdown", "write_similarity_report"]
+def describe_similarity(outdir) -> list[str]:
+    """One line per measure of a written report: r, its interval, and whether it stands above
+    every control."""
+    study = json.loads((Path(outdir) / "similarity.json").read_text())
+    lines = []
+    for name in MEASURES:
+        block = study[name]
+        verdict = "signal" if block["signal"] else "no signal (not above every control)"
+        lines.append(f"{name}: r {r_text(block)}: {verdict}")
+    return lines
+
+
+__all__ = [
+    "FIGURES",
+    "check_outdir",
+    "describe_similarity",
+    "markdown",
+    "write_similarity_report",
+]

@@ -319,22 +319,30 @@ def similarity_study(
     untrained_seeds: int = 5,
     max_length: int | None = 512,
     attention_study: tuple[dict, dict] | None = None,
+    say=None,
 ) -> tuple[dict, dict]:
     """({"embedding", "substitution", "attention", "settings"}, matrices): the JSON-ready study
     (NaN where undefined) and the 20 x 20 matrices in AMINO_ACIDS order.
 
     ``attention_study``: the (study, matrices) of ``blosum_study`` with ``return_matrices`` on
     the same proteins, seed, max_length and ``untrained_seeds``, where the caller has run it
-    already (`make reproduce`); otherwise it is run here."""
+    already (`make reproduce`); otherwise it is run here. ``say``: told one line as each
+    measure starts (its cost is in how many models run over the proteins)."""
+    say = say or (lambda line: None)
     sequences = list(sequences)
     seeds = list(range(seed, seed + untrained_seeds))
     counts = composition(sequences, alphabet, max_length)
     options = dict(n_resamples=n_resamples, seed=seed, max_length=max_length)
     shared = shared_inputs(model, counts, seeds, n_resamples, seed)
+    say(f"embeddings: the model and {len(seeds)} untrained controls")
     embedding, embedding_matrices = embedding_block(model, alphabet, shared, n_resamples, seed)
+    runs = f"{len(sequences)} proteins x (the model, {len(seeds)} untrained, shuffled residues)"
+    say(f"substitutions: predictions over {runs}")
     substitution, substitution_matrix = substitution_block(
         model, sequences, alphabet, shared, options
     )
+    if attention_study is None:
+        say(f"attention: maps over {runs}")
     attention, attention_matrix = attention_block(
         model, sequences, alphabet, shared, options, attention_study
     )

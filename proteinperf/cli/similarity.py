@@ -4,6 +4,8 @@ learned substitutions, attention), each against BLOSUM62 beside controls."""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from proteinperf.constants import DEVICES
 
@@ -62,14 +64,23 @@ def register(subparsers) -> None:
         help="auto = cuda when available, else cpu (default: auto)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no stage lines and no summary on stderr"
+    )
     parser.set_defaults(
         func=lambda args: _run(args), input_args=("checkpoint", "fasta"), output_args=("outdir",)
     )
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proteinperf.analysis.similarity_report import write_similarity_report
+    from proteinperf.analysis.similarity_report import describe_similarity, write_similarity_report
     from proteinperf.inference.common import resolve_device
+
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(f"[{time.monotonic() - started:5.0f} s] {line}", file=sys.stderr, flush=True)
 
     out = write_similarity_report(
         args.checkpoint,
@@ -82,6 +93,9 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=str(resolve_device(args.device)),
         overwrite=args.overwrite,
+        say=say,
     )
+    for line in describe_similarity(out):
+        say(line)
     print(out)
     return 0

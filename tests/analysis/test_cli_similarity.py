@@ -38,7 +38,11 @@ def test_similarity_end_to_end(tmp_path, sample, capsys, causal):
     out = tmp_path / "study"
     argv = ["similarity", str(checkpoint), str(sample), str(out), *ARGS]
     assert main(argv) == 0
-    assert capsys.readouterr().out.strip() == str(out)
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    # Stages as they start, then one verdict per measure (what similarity.json says).
+    stages = re.findall(r"\] (embeddings|substitutions|attention): (?!r )", captured.err)
+    assert stages == ["embeddings", "substitutions", "attention"], captured.err
     assert {p.name for p in out.iterdir()} == FILES
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
     assert all(p.stat().st_size < 500_000 for p in out.glob("*.png"))
@@ -54,11 +58,15 @@ def test_similarity_end_to_end(tmp_path, sample, capsys, causal):
     assert settings["n_proteins"] == 4 and settings["untrained_seeds"] == [0, 1]
     assert settings["objective"] == ("causal" if causal else "masked")
     assert "| substitution |" in (out / "similarity.md").read_text()
+    for name in ("embedding", "substitution", "attention"):
+        verdict = "signal" if study[name]["signal"] else "no signal"
+        assert re.search(rf"\] {name}: r .*: {verdict}", captured.err), captured.err
 
     # An existing OUTDIR is refused unless asked; then it is replaced whole.
     assert main(argv) == 2
     assert "exists (use --overwrite" in capsys.readouterr().err
-    assert main([*argv, "--overwrite", "--max-seqs", "2"]) == 0
+    assert main([*argv, "--overwrite", "--max-seqs", "2", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
     assert json.loads((out / "similarity.json").read_text())["settings"]["n_proteins"] == 2
 
 
