@@ -207,10 +207,9 @@ def test_a_failing_rank_stops_both_ranks_with_its_error(tmp_path, tmp_path_facto
     cmd = [sys.executable, "-m", "proteinperf.cli", "embed", ckpt, fasta, str(out),
            "--toks-per-batch", "64", "--device", "cpu", "--devices", "2",
            "--strategy", "ddp"]  # fmt: skip
-    started = time.monotonic()
     env = fault_env(tmp_path_factory.mktemp("faults"), cli_env(), after_batches=1, ranks=[1])
+    # ~15 s; the timeout only guards against a hang (rank 0 at the 30-minute gloo timeout)
     failed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    seconds = time.monotonic() - started
     assert failed.returncode != 0
     assert "rank 1 failed: SimulatedKill" in failed.stderr, failed.stderr[-2000:]
     folder = shard_dir(out)
@@ -220,4 +219,3 @@ def test_a_failing_rank_stops_both_ranks_with_its_error(tmp_path, tmp_path_facto
     done = sum(len(rows) for rows in read_lines(journals[0]))
     assert done < 3000 / 2  # rank 0 stopped long before its half was done
     assert json.loads((folder / "run.json").read_text())["records"] == 3000
-    assert seconds < 120
