@@ -136,7 +136,7 @@ def test_resume_reuses_the_index_and_reads_the_file_once(
 def test_journal_names_only_bytes_that_were_fsynced(tmp_path, monkeypatch):
     """Batches are journaled after the fsync that covers them, and not every batch pays one."""
     clock = [0.0]
-    monkeypatch.setattr(shards.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(shards, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # its own
     synced: dict[int, int] = {}  # fd -> size of the file at its last fsync
     calls = []
     real_fsync = os.fsync
