@@ -107,17 +107,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_now(code: int) -> None:
     """Exit without the interpreter's teardown, but end our worker processes (a DataLoader's)
-    as that teardown would have: a worker polls for its parent only every 5 s, holding our
-    stdout and stderr open meanwhile, and one forked just before a stop signal took its
-    parent's place to be the orphan's new parent and never notices the exit at all."""
+    as that teardown would have: a worker looks for its parent only every 5 s, holding our
+    stdout and stderr open meanwhile, and one forked just before a stop signal may have been
+    orphaned before it first looked, and then waits forever."""
     import multiprocessing
 
     sys.stdout.flush()
     sys.stderr.flush()
-    for child in multiprocessing.active_children():
-        child.kill()
-        child.join(timeout=5)
-    os._exit(code)
+    try:
+        if hasattr(signal, "SIGCHLD"):  # torch's handler raises when a worker dies by a signal
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join(timeout=5)
+    finally:
+        os._exit(code)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
