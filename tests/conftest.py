@@ -5,6 +5,7 @@ Plain helpers (paths, TINY, write_fasta) are in tests/helpers.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,22 @@ def bulk_path(monkeypatch):
     from proteinperf.inference import runner
 
     monkeypatch.setattr(runner, "SMALL_INPUT_BYTES", -1)
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test leaves os.environ as it found it: later tests hand os.environ to their
+    subprocesses, and Lightning's launchers (MASTER_PORT), seed_everything (PL_GLOBAL_SEED)
+    and proteinperf.train (its DDP children's argv) set variables in the calling process."""
+    saved = dict(os.environ)
+    yield
+    for name in set(saved) | set(os.environ):
+        if name == "PYTEST_CURRENT_TEST" or os.environ.get(name) == saved.get(name):
+            continue
+        if name in saved:
+            os.environ[name] = saved[name]
+        else:
+            del os.environ[name]
 
 
 BENCHMARK_TESTS = Path(__file__).parent / "benchmarks"

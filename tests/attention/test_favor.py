@@ -83,7 +83,7 @@ def test_orthogonal_features_beat_iid():
 
     def mean_error(orthogonal):
         errs = []
-        for seed in range(20):
+        for seed in range(200):  # 20 draws: ahead by 0.1%, behind for other seeds; 200: by 7%
             g = torch.Generator().manual_seed(seed)
             w = draw_features(32, 16, orthogonal=orthogonal, generator=g)
             errs.append(_relative_error(favor_attention(q, k, v, w).double(), exact))

@@ -1,11 +1,13 @@
 """Never destroy an input, never let two runs share an output, stop promptly when told."""
 
+import contextlib
 import filecmp
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,30 +142,61 @@ def test_a_killed_run_leaves_nothing_a_later_run_keeps(tmp_path):
 
 
 def _run_and_signal(argv, signum, ready, cwd):
-    """Start a `proteinperf` command, send ``signum`` once ``ready()`` holds; (exit status,
-    seconds from the signal to the exit, stderr)."""
+    """Start a `proteinperf` command, send ``signum`` once ``ready(pid)`` holds; (exit status,
+    seconds from the signal to the exit, stderr). The processes it had started when the signal
+    came must not outlive it."""
     env = dict(os.environ, WANDB_MODE="disabled")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proteinperf.cli", *argv],
-        cwd=cwd, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not ready() and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read()
-    sent = time.monotonic()
-    proc.send_signal(signum)
-    err = proc.communicate(timeout=120)[1]
-    return proc.returncode, time.monotonic() - sent, err
+    with tempfile.TemporaryFile("w+") as log:  # not a pipe: a leftover worker would hold it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proteinperf.cli", *argv],
+            cwd=cwd, stderr=log, text=True, env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not ready(proc.pid) and time.monotonic() < deadline:
+            assert proc.poll() is None, _read(log)
+            time.sleep(0.05)
+        assert proc.poll() is None, _read(log)
+        started = _children(proc.pid)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        proc.wait(timeout=120)
+        seconds = time.monotonic() - sent
+        left = [pid for pid in started if _alive(pid)]
+        err = _read(log)
+    assert not left, f"processes {left} outlived the command: {err}"
+    return proc.returncode, seconds, err
+
+
+def _read(log) -> str:
+    log.seek(0)
+    return log.read()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie has ended: an orphan waits for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in "ZX"
 
 
 def _predict_started(out: Path):
-    """The rank's heartbeat: its batches start (the shards are journaled every few seconds
-    only, too late a sign for a run this short)."""
+    """The rank's heartbeat beats and its batch worker is forked: its batches start (the
+    shards are journaled every few seconds only, too late a sign for a run this short)."""
 
-    def ready():
-        return any(out.parent.glob(f".{out.name}.shards/alive-*"))
+    def ready(pid):
+        return any(out.parent.glob(f".{out.name}.shards/alive-*")) and bool(_children(pid))
 
     return ready
 
@@ -175,6 +208,7 @@ def _many_records(path, n=600):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 @pytest.mark.parametrize("command, signum", [("embed", signal.SIGTERM), ("score", signal.SIGINT)])
 def test_embed_and_score_stop_on_signals_and_resume(inputs, tmp_path, command, signum):
     from proteinperf.inference.runner import small_input
@@ -202,7 +236,7 @@ def test_embed_and_score_stop_on_signals_and_resume(inputs, tmp_path, command, s
 def test_prepare_stops_on_sigint_without_a_traceback(tmp_path):
     fasta = _many_records(tmp_path / "many.fa", 300_000)
 
-    def ready():
+    def ready(pid):
         return any(tmp_path.glob(".corpus.tmp-*/*"))
 
     code, seconds, err = _run_and_signal(

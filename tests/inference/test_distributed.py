@@ -187,13 +187,14 @@ def test_two_processes_killed_and_resumed_match_one_process_h5(
            "--include", "mean", "per-token", "--toks-per-batch", "50", "--device", "cpu",
            "--devices", "2", "--strategy", "ddp"]  # fmt: skip
     env = fault_env(tmp_path_factory.mktemp("faults"), cli_env(), after_batches=1, kill=True)
-    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode != 0, killed.stderr[-2000:]
     assert not out.exists() and len(list(shard_dir(out).glob("part-r000[01]-*.jsonl"))) == 2
     assert (shard_dir(out) / "index.npz").is_file()  # rank 0's, read by rank 1 and --resume
     resumed = subprocess.run(
-        [*cmd, "--resume"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
-    )
+        [*cmd, "--resume"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = resumed.stderr.strip().splitlines()[-1]
     assert summary.startswith("embedded 16 records") and "2 ranks" in summary, summary

@@ -236,18 +236,20 @@ def test_single_task_job_signalled_from_outside_resumes_in_its_folder(tmp_path, 
         text=True,
     )
     deadline = time.monotonic() + 120
-    while not (steps.exists() and steps.read_text() and int(steps.read_text()) >= 3):
+    while _step(steps) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGUSR1)
-    sent = time.monotonic()
-    out, _ = proc.communicate(timeout=60)
-    assert time.monotonic() - sent < 15, "did not exit promptly"
+    reached = _step(steps)  # at least the step before the one the signal found under way
+    out, _ = proc.communicate(timeout=120)  # a few seconds; the timeout only guards a hang
     assert proc.returncode == 128 + signal.SIGUSR1, out[-3000:]
     assert calls.read_text().split() == ["requeue", "4242"]
     run = tmp_path / "logs" / "tiny_cpu" / "runs" / "slurm-4242"
     saved = load(run / "checkpoints" / "last.ckpt")["global_step"]
-    assert 3 <= saved < 40 and not (run / "checkpoints" / "final.ckpt").exists()
+    # Promptly: after the step under way when the signal came, not at a later validation or
+    # the end (steps, not seconds: a busy machine may take any time to get there).
+    assert 3 <= saved <= reached + 2, (saved, reached)
+    assert not (run / "checkpoints" / "final.ckpt").exists()
 
     again = subprocess.run(
         cmd,
@@ -262,6 +264,16 @@ def test_single_task_job_signalled_from_outside_resumes_in_its_folder(tmp_path, 
     assert [p.name for p in (tmp_path / "logs" / "tiny_cpu" / "runs").iterdir()] == [run.name]
     assert load(run / "checkpoints" / "final.ckpt")["global_step"] == 40
     assert (run / "csv" / "metrics.before-restart-1.csv").is_file()  # the first part's log
+
+
+def _step(step_file: Path) -> int:
+    """The last step preemption_probe.Pace wrote (0 before the first)."""
+    for _ in range(100):
+        text = step_file.read_text().strip() if step_file.exists() else "0"
+        if text:
+            return int(text)
+        time.sleep(0.01)  # between Pace's truncate and write
+    return 0
 
 
 def _two_tasks(tmp_path, corpus_cache, job: str, *extra: str, restarts: str = "0") -> list:
