@@ -152,8 +152,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 
 def _safetensors(path: Path) -> dict:
     purpose = f"checkpoint {path}: reading safetensors"
-    SafetensorError = require_extra("safetensors", "hf", purpose, CheckpointError).SafetensorError
     load_file = require_extra("safetensors.torch", "hf", purpose, CheckpointError).load_file
+    from safetensors import SafetensorError  # imported with safetensors.torch
+
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:

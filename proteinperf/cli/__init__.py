@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_signals():
             check_paths(args)
             code = int(args.func(args) or 0)
+            if whole_process:  # a closed pipe shows here, not in the interpreter's last flush
+                sys.stdout.flush()
         if whole_process and getattr(args, "exit_at_once", False):
             # Its files are closed: skip the interpreter's teardown, which frees the objects
             # numba and LLVM loaded one by one (0.1-0.15 CPU-s of a 0.6 s `prepare`).
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             _exit_now(128 + signum)
         return 128 + signum
     except USER_ERRORS as err:
-        if isinstance(err, BrokenPipeError) and _stdout_closed():
+        if isinstance(err, BrokenPipeError) and whole_process and _stdout_closed():
             return 128 + signal.SIGPIPE  # `proteinperf models | head`: the reader had enough
         if os.environ.get("PROTEINPERF_DEBUG"):
             raise
@@ -127,10 +129,11 @@ def _stdout_closed() -> bool:
 
 
 def _exit_now(code: int) -> None:
-    """Exit without the interpreter's teardown, but end our worker processes (a DataLoader's)
-    as that teardown would have: a worker looks for its parent only every 5 s, holding our
-    stdout and stderr open meanwhile, and one forked just before a stop signal may have been
-    orphaned before it first looked, and then waits forever."""
+    """Exit without the interpreter's teardown, but end our daemonic worker processes (a
+    DataLoader's) as that teardown would have: a worker looks for its parent only every 5 s,
+    holding our stdout and stderr open meanwhile, and one forked just before a stop signal may
+    have been orphaned before it first looked, and then waits forever. Other children (ranks
+    started by ddp_spawn) are left to finish their own clean-up, as the teardown leaves them."""
     import multiprocessing
 
     try:
@@ -140,8 +143,10 @@ def _exit_now(code: int) -> None:
         if hasattr(signal, "SIGCHLD"):  # torch's handler raises when a worker dies by a signal
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for child in multiprocessing.active_children():
-            child.kill()
-            child.join(timeout=5)
+            if child.daemon:
+                with contextlib.suppress(Exception):
+                    child.kill()
+                    child.join(timeout=5)
     finally:
         os._exit(code)
 

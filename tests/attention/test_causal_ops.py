@@ -3,15 +3,15 @@
 Counted with a TorchDispatchMode (every aten op: on a GPU, about one kernel launch each), for
 one call forward + backward at B=2, H=8, d=64, m=64. A Python loop over chunks or positions
 would add ops in proportion to L. Counted under the GPU's span policy (one span for the
-whole call, ``blockwise._SPAN_ELEMENTS["cuda"]``): on a CPU long inputs run in cache-sized
+whole call, ``benchmarks.causal.gpu_span_policy``): on a CPU long inputs run in cache-sized
 spans on purpose, where an op costs microseconds and DRAM traffic is what counts.
 """
 
 import pytest
 import torch
 
-from proteinperf.attention import blockwise, draw_features, favor_attention
-from proteinperf.benchmarks.causal import dispatched_ops
+from proteinperf.attention import draw_features, favor_attention
+from proteinperf.benchmarks.causal import dispatched_ops, gpu_span_policy
 
 B, H, D, M = 2, 8, 64, 64
 
@@ -35,8 +35,8 @@ def _count(kernel, length, padded):
 
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("kernel", ["relu", "softmax"])
-def test_dispatched_ops_do_not_grow_with_length(kernel, padded, monkeypatch):
-    monkeypatch.setitem(blockwise._SPAN_ELEMENTS, "cpu", blockwise._SPAN_ELEMENTS["cuda"])
-    counts = {length: _count(kernel, length, padded) for length in (256, 1024, 4096)}
+def test_dispatched_ops_do_not_grow_with_length(kernel, padded):
+    with gpu_span_policy():
+        counts = {length: _count(kernel, length, padded) for length in (256, 1024, 4096)}
     assert counts[1024] <= 400, counts
     assert counts[4096] <= 1.25 * counts[256], counts

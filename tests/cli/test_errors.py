@@ -106,8 +106,13 @@ def test_error_classes_keep_value_error():
         assert issubclass(cls, ProteinperfError) and issubclass(cls, ValueError)
 
 
-def test_closed_stdout_pipe_is_not_an_error():
-    # `proteinperf models | head -1`: the reader may go before the command writes.
+@pytest.mark.parametrize("unbuffered", [True, False])
+def test_closed_stdout_pipe_is_not_an_error(unbuffered):
+    # `proteinperf models | head -1`: the reader may go before the command writes. Buffered
+    # (an installed command), the few KB reach the pipe only when stdout is flushed.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
@@ -116,6 +121,7 @@ def test_closed_stdout_pipe_is_not_an_error():
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
     finally:
         os.close(write_end)
