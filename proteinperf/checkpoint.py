@@ -150,16 +150,18 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     return obj
 
 
-def _safetensors(path: Path) -> dict:
-    purpose = f"checkpoint {path}: reading safetensors"
-    load_file = require_extra("safetensors.torch", "hf", purpose, CheckpointError).load_file
+def read_safetensors(path, error: type[ProteinperfError] = CheckpointError, where=None) -> dict:
+    """The tensors of a safetensors file on the CPU; any failure is one ``error`` that starts
+    with ``where`` (default "checkpoint PATH")."""
+    where = where or f"checkpoint {path}"
+    torch_io = require_extra("safetensors.torch", "hf", f"{where}: reading safetensors", error)
     from safetensors import SafetensorError  # imported with safetensors.torch
 
     try:
-        return load_file(path, device="cpu")
+        return torch_io.load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path}: corrupt or not safetensors ({detail})") from err
+        raise error(f"{where}: cannot be read, corrupt or not safetensors ({detail})") from err
 
 
 def read_hf_directory(path) -> dict:
@@ -178,17 +180,16 @@ def read_hf_directory(path) -> dict:
             "only folders written by `proteinperf export-hf` are read (for an ESM-2 folder, "
             "use `proteinperf convert-esm`)"
         )
-    state = _safetensors(path / HF_WEIGHTS)
-    n = len(HF_PREFIX)
+    state = read_safetensors(path / HF_WEIGHTS)
     obj = {
         **meta,  # its "format" was checked above
         "model_config": {
             f.name: config[f.name] for f in dataclasses.fields(ModelConfig) if f.name in config
         },
-        "state_dict": {k[n:] if k.startswith(HF_PREFIX) else k: v for k, v in state.items()},
+        "state_dict": {k.removeprefix(HF_PREFIX): v for k, v in state.items()},
     }
     if (path / HF_CONTACTS).is_file():
-        obj["contact_regression"] = _safetensors(path / HF_CONTACTS)
+        obj["contact_regression"] = read_safetensors(path / HF_CONTACTS)
     return obj
 
 
@@ -355,6 +356,7 @@ __all__ = [
     "model_state_from_checkpoint",
     "read_checkpoint",
     "read_hf_directory",
+    "read_safetensors",
     "resolve_checkpoint",
     "save_model",
 ]

@@ -11,6 +11,7 @@ of torch.
 """
 
 import importlib
+import signal
 
 
 class ProteinperfError(Exception):
@@ -38,6 +39,8 @@ class Stopped(BaseException):
         super().__init__(signum)
         self.signum = signum
 
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what stops a command: raised as Stopped
 
 _stop_signal: list[int] = []  # the signal a stop handler raised Stopped for (see check_stopped)
 

@@ -593,7 +593,12 @@ class PerformerLM(nn.Module):
             )
 
         attention_inputs, attentions, layer_states = {}, None, []
-        token = state is not None and length == 1 and _unobserved(self._submodules())
+        token = (  # the hook-free one-token branch: same math as forward without dropout
+            state is not None
+            and length == 1
+            and not self.training
+            and _unobserved(self._submodules())
+        )
         for i, block in enumerate(self.layers, start=1):
             layer_state = None if state is None else state.layers[i - 1]
             if token:

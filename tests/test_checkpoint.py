@@ -187,7 +187,7 @@ def test_missing_safetensors_is_one_line_naming_the_extra(tmp_path, model, monke
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     (tmp_path / "w.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"reading safetensors needs the hf extra .*\[hf\]"):
-        checkpoint._safetensors(tmp_path / "w.safetensors")
+        checkpoint.read_safetensors(tmp_path / "w.safetensors")
     from proteinperf.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^export-hf needs the hf extra"):

@@ -234,3 +234,23 @@ def test_config_from_dict_round_trip_and_unknown_keys():
     assert ModelConfig.from_dict(dataclasses.asdict(config)) == config
     with pytest.raises(ValueError, match="unknown model config keys: colour"):
         ModelConfig.from_dict({**dataclasses.asdict(config), "colour": "red"})
+
+
+def test_one_token_steps_take_the_module_path_in_train_mode(monkeypatch):
+    # The hook-free one-token branch (Block.token) has no dropout: only eval mode may take it.
+    from proteinperf.model import Block
+
+    model = tiny(causal=True, attention="favor_relu", dropout=0.1)
+    taken = []
+    real = Block.token
+    monkeypatch.setattr(Block, "token", lambda *a: taken.append(1) or real(*a))
+    tokens = torch.tensor([[0, 5, 6]])
+    with torch.no_grad():
+        _, state = model.step(tokens[:, :2])
+        model.step(tokens[:, 2:], state)
+        assert taken, "eval mode decodes through the one-token branch"
+        taken.clear()
+        model.train()
+        _, state = model.step(tokens[:, :2])
+        model.step(tokens[:, 2:], state)
+    assert not taken

@@ -34,6 +34,7 @@ from .similarity import (
     blosum62,
     compare_with_blosum,
     pair_values,
+    r_text,
 )
 
 ERROR_METRICS = ("tv", "mse", "rel_frobenius")
@@ -367,11 +368,6 @@ def _bar(quiet: bool, desc: str, total: int):
     return tqdm(total=total, desc=desc, unit="res", unit_scale=True, disable=quiet, leave=False)
 
 
-def _r(result: dict) -> str:
-    r = result.get("pearson")
-    return "n/a" if r is None or r != r else f"{r:.3f}"
-
-
 def describe_report(outdir, seconds: float | None = None) -> list[str]:
     """A few lines on what a report folder holds and what it found, for the terminal."""
     outdir = Path(outdir)
@@ -385,11 +381,11 @@ def describe_report(outdir, seconds: float | None = None) -> list[str]:
         f"({summary['model']['n_sequences']} sequences, layers {summary['layers']}, "
         f"protein drawn: {summary['protein']})",
         "  attention similarity vs BLOSUM62 (Pearson r over residue-type pairs): model "
-        f"{_r(model['similarity_vs_blosum62'])}, untrained control "
-        f"{_r(control['similarity_vs_blosum62'])}",
+        f"{r_text(model['similarity_vs_blosum62'], undefined='n/a')}, untrained control "
+        f"{r_text(control['similarity_vs_blosum62'], undefined='n/a')}",
         "  mean attention between residue types vs BLOSUM62: model "
-        f"{_r(model['pair_attention_vs_blosum62'])}, untrained control "
-        f"{_r(control['pair_attention_vs_blosum62'])}",
+        f"{r_text(model['pair_attention_vs_blosum62'], undefined='n/a')}, untrained control "
+        f"{r_text(control['pair_attention_vs_blosum62'], undefined='n/a')}",
     ]
     if "approximation_error" in model:
         tv = model["approximation_error"]["tv"]["mean"]

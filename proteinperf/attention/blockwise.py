@@ -238,8 +238,6 @@ def _decays(running, start, chunks, size):
     keys before: the floor)."""
     if running is None:
         return ChunkDecays(None)
-    if start is None:
-        start = torch.full_like(running[:, 0], MASKED_LOG_SCALE)
     return ChunkDecays(running.view(-1, chunks, size), start)
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .phi import MASKED_LOG_SCALE
+
 
 def future_mask(size: int, device: torch.device) -> torch.Tensor:
     """bool (size, size): True where j > i (a key after the query)."""
@@ -59,10 +61,11 @@ def chunk_weights(ends: torch.Tensor, initial_end: torch.Tensor) -> torch.Tensor
 
 class ChunkDecays:
     """The stabiliser's weights for N chunks of C, from the running max M (..., N, C) and the
-    stabiliser ``start`` (...,) of the state before chunk 0: pair (i, j ≤ i) exp(M_j − M_i),
-    (..., N, C, C); query i from the state before its chunk exp(E_{n−1} − M_i) and key j to its
-    chunk's end exp(M_j − E_n), (..., N, C, 1); the scan over chunks (``chunk_weights``); ``end``
-    (...,) = E_{N−1}, what the state after the last chunk is relative to. All ≤ 1.
+    stabiliser ``start`` (...,) of the state before chunk 0 (None: no state, the floor):
+    pair (i, j ≤ i) exp(M_j − M_i), (..., N, C, C); query i from the state before its chunk
+    exp(E_{n−1} − M_i) and key j to its chunk's end exp(M_j − E_n), (..., N, C, 1); the scan
+    over chunks (``chunk_weights``); ``end`` (...,) = E_{N−1}, what the state after the last
+    chunk is relative to. All ≤ 1.
     Unscaled features (running None): every weight is 1, so all are None and ``mask`` keeps
     the lower triangle."""
 
@@ -70,6 +73,8 @@ class ChunkDecays:
         self.pair = self.scan = self.from_prev = self.to_end = self.end = None
         if running is None:
             return
+        if start is None:  # no state before: the floor, below every real key
+            start = torch.full_like(running[..., 0, 0], MASKED_LOG_SCALE)
         self.pair = pair_decay(running, future_mask(running.shape[-1], running.device))
         ends = running[..., -1]  # E_n, (..., N)
         self.scan = chunk_weights(ends, start)

@@ -16,7 +16,7 @@ import signal
 import sys
 
 from proteinperf import __version__
-from proteinperf.errors import ProteinperfError, Stopped, note_stop
+from proteinperf.errors import STOP_SIGNALS, ProteinperfError, Stopped, note_stop
 
 # Order of appearance in --help.
 COMMAND_MODULES = (
@@ -149,9 +149,6 @@ def _exit_now(code: int) -> None:
                     child.join(timeout=5)
     finally:
         os._exit(code)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager

@@ -95,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         say=say,
     )
-    for line in describe_similarity(out):
-        say(line)
+    if not args.quiet:
+        for line in describe_similarity(out):
+            say(line)
     print(out)
     return 0

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from proteinperf.checksum import file_sha256
-from proteinperf.errors import InputError, check_stopped
+from proteinperf.errors import STOP_SIGNALS, InputError, check_stopped
 from proteinperf.outputs import output_lock
 
 from .common import assign_batches, model_hash, plan_tokens, progress, resolve_accelerator
@@ -241,9 +241,6 @@ def _by_name(worker_id: int) -> None:
     torch.multiprocessing.set_sharing_strategy("file_system")
     if hasattr(signal, "pthread_sigmask"):  # the fork inherited _stop_signals_held's mask
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager

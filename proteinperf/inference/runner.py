@@ -19,6 +19,7 @@ import torch
 from proteinperf.data.fasta import DECOMPRESSION_ERRORS, compression_of, open_binary
 from proteinperf.errors import check_stopped
 
+from . import bulk
 from .bulk import announce, rank_batches, summary
 from .common import model_hash, progress, resolve_accelerator
 from .fasta_index import Source
@@ -64,9 +65,7 @@ def run_task(
                                num_nodes=num_nodes, strategy=strategy, accelerator=accelerator,
                                resume=resume, quiet=quiet)  # fmt: skip
     if resume or shard_dir(output).exists() or not small_input(source.fasta):
-        from .bulk import run_bulk
-
-        return run_bulk(model, task, source, output, accelerator=accelerator, resume=resume,
+        return bulk.run_bulk(model, task, source, output, accelerator=accelerator, resume=resume,
                         quiet=quiet)  # fmt: skip
     return run_local(model, task, source, output, accelerator=accelerator, quiet=quiet)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from proteinperf.checkpoint import read_safetensors
 from proteinperf.data.alphabet import get_alphabet
-from proteinperf.errors import require_extra
 from proteinperf.interop.esm import (
     CONTACT_KEYS,
     ESMConversionError,
@@ -161,15 +161,10 @@ def _check_vocab(directory: Path) -> None:
 
 
 def _load_weights(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, ESMConversionError, where=str(path))
     try:
-        if path.suffix == ".safetensors":
-            safetensors = require_extra(
-                "safetensors.torch", "hf", f"{path}: reading safetensors", ESMConversionError
-            )
-            return safetensors.load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except ESMConversionError:
-        raise
     except FileNotFoundError:
         raise ESMConversionError(f"{path}: no such file") from None
     except Exception as err:

@@ -27,7 +27,6 @@ from proteinperf.checkpoint import (
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
     load_model_and_metadata,
-    resolve_checkpoint,
 )
 from proteinperf.errors import require_extra
 from proteinperf.interop.carry import carry
@@ -133,7 +132,7 @@ def _card(checkpoint, stored: dict | None, model) -> dict:
     if name in pretrained.registry():
         card = {**card, **pretrained.model_card(name)}
     card = {k: v for k, v in card.items() if k not in CARD_FILE_FIELDS and v is not None}
-    card.setdefault("name", resolve_checkpoint(checkpoint).stem)
+    card.setdefault("name", pretrained.resolve(checkpoint).stem)
     card.setdefault("attention", model.config.attention)
     card.setdefault("parameters", model.num_parameters())
     return card
@@ -149,7 +148,7 @@ def _value(value) -> str:
 
 def model_card(card: dict, objective: str, config) -> str:
     """README.md of the folder: Hub metadata, what the model is, how to load it, its card."""
-    auto = "AutoModelForCausalLM" if objective == "clm" else "AutoModelForMaskedLM"
+    auto = HEAD_CLASSES[objective][0]
     pipeline = "text-generation" if objective == "clm" else "fill-mask"
     kind = "next-token (causal)" if objective == "clm" else "masked"
     lines = [
